@@ -1,0 +1,141 @@
+package events
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// wire is the stored form of an event.
+type wire struct {
+	Type     Type            `json:"type"`
+	Version  int             `json:"v"`
+	Envelope string          `json:"env"`
+	Time     time.Time       `json:"time"`
+	Data     json.RawMessage `json:"data"`
+}
+
+// Marshal encodes an event (without its sequence number, which is the
+// journal's key). A zero Version is written as CurrentVersion.
+func Marshal(e Event) ([]byte, error) {
+	if e.Payload == nil {
+		return nil, fmt.Errorf("events: envelope %s: event has no payload", e.Envelope)
+	}
+	var data []byte
+	if raw, ok := e.Payload.(Raw); ok {
+		data = raw.Data
+	} else {
+		var err error
+		if data, err = json.Marshal(e.Payload); err != nil {
+			return nil, fmt.Errorf("events: encode %s: %w", e.Type(), err)
+		}
+	}
+	v := e.Version
+	if v == 0 {
+		v = CurrentVersion
+	}
+	return json.Marshal(wire{Type: e.Type(), Version: v, Envelope: e.Envelope, Time: e.Time.UTC(), Data: data})
+}
+
+// Unmarshal decodes an event written by Marshal of this or any other
+// version. Unknown types decode to a Raw payload; unknown fields are ignored.
+func Unmarshal(b []byte) (Event, error) {
+	var w wire
+	if err := json.Unmarshal(b, &w); err != nil {
+		return Event{}, fmt.Errorf("events: decode: %w", err)
+	}
+	if w.Type == "" {
+		return Event{}, fmt.Errorf("events: decode: record has no type")
+	}
+	e := Event{Time: w.Time, Envelope: w.Envelope, Version: w.Version}
+	p := newPayload(w.Type)
+	if p == nil {
+		e.Payload = Raw{RawType: w.Type, Data: append([]byte(nil), w.Data...)}
+		return e, nil
+	}
+	if len(w.Data) > 0 && string(w.Data) != "null" {
+		if err := json.Unmarshal(w.Data, p); err != nil {
+			return Event{}, fmt.Errorf("events: decode %s v%d: %w", w.Type, w.Version, err)
+		}
+	}
+	e.Payload = deref(p)
+	return e, nil
+}
+
+// newPayload returns a pointer to a zero payload of the given type, or nil.
+func newPayload(t Type) any {
+	switch t {
+	case TypeReceived:
+		return &Received{}
+	case TypePoliciesApplied:
+		return &PoliciesApplied{}
+	case TypeSplit:
+		return &Split{}
+	case TypeAttemptStarted:
+		return &AttemptStarted{}
+	case TypeAttempted:
+		return &Attempted{}
+	case TypeDeferred:
+		return &Deferred{}
+	case TypeDelivered:
+		return &Delivered{}
+	case TypeBounced:
+		return &Bounced{}
+	case TypeExpired:
+		return &Expired{}
+	case TypeRetryRequested:
+		return &RetryRequested{}
+	case TypeDeleted:
+		return &Deleted{}
+	}
+	return nil
+}
+
+func deref(p any) Payload {
+	switch v := p.(type) {
+	case *Received:
+		return *v
+	case *PoliciesApplied:
+		return *v
+	case *Split:
+		return *v
+	case *AttemptStarted:
+		return *v
+	case *Attempted:
+		return *v
+	case *Deferred:
+		return *v
+	case *Delivered:
+		return *v
+	case *Bounced:
+		return *v
+	case *Expired:
+		return *v
+	case *RetryRequested:
+		return *v
+	case *Deleted:
+		return *v
+	}
+	panic(fmt.Sprintf("events: no payload for %T", p))
+}
+
+// Fields returns the payload as a generic JSON object, for printing events
+// (mta replay --json merges it with seq, time, envelope, type, version).
+func Fields(e Event) (map[string]any, error) {
+	var data []byte
+	if raw, ok := e.Payload.(Raw); ok {
+		data = raw.Data
+	} else {
+		var err error
+		if data, err = json.Marshal(e.Payload); err != nil {
+			return nil, err
+		}
+	}
+	m := map[string]any{}
+	if len(data) > 0 {
+		if err := json.Unmarshal(data, &m); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}

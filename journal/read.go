@@ -1,0 +1,168 @@
+package journal
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/ledgermail/ledgermail/events"
+)
+
+// ErrNoBody is returned by Body for a key that has no stored body.
+var ErrNoBody = errors.New("journal: no such body")
+
+// Body returns the stored body under key.
+func (j *Journal) Body(key string) ([]byte, error) {
+	v, closer, err := j.db.Get(bodyKey(key))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil, fmt.Errorf("%w: %s", ErrNoBody, key)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("journal: read body %s: %w", key, err)
+	}
+	defer closer.Close()
+	return bytes.Clone(v), nil
+}
+
+// Scan calls fn for every event with Seq >= from, in order, verifying each
+// record's checksum, sequence and chain. It stops at the first corrupt
+// record and returns its *CorruptError, or at the first error from fn.
+func (j *Journal) Scan(from uint64, fn func(events.Event) error) error {
+	return j.scan(from, fn, nil)
+}
+
+// ScanTolerant is Scan that reports each corrupt record to report and goes
+// on with the next one. report returning an error stops the scan.
+func (j *Journal) ScanTolerant(from uint64, fn func(events.Event) error, report func(*CorruptError) error) error {
+	return j.scan(from, fn, report)
+}
+
+func (j *Journal) scan(from uint64, fn func(events.Event) error, report func(*CorruptError) error) error {
+	if from == 0 {
+		from = 1
+	}
+	fail := func(err error) error {
+		var ce *CorruptError
+		if report != nil && errors.As(err, &ce) {
+			return report(ce)
+		}
+		return err
+	}
+	// The chain needs the checksum of the record before the first one read.
+	var prevSum uint32
+	havePrev := from == 1
+	if from > 1 {
+		if v, closer, err := j.db.Get(eventKey(from - 1)); err == nil {
+			r, derr := decodeRecord(from-1, v)
+			closer.Close()
+			if derr == nil {
+				prevSum, havePrev = r.sum, true
+			}
+		}
+	}
+	it, err := j.db.NewIter(&pebble.IterOptions{LowerBound: eventKey(from), UpperBound: prefixEnd(prefixEvent)})
+	if err != nil {
+		return fmt.Errorf("journal: iterate: %w", err)
+	}
+	defer it.Close()
+	expect := from
+	for ok := it.First(); ok; ok = it.Next() {
+		seq, err := seqFromKey(it.Key())
+		if err != nil {
+			return err
+		}
+		if seq != expect {
+			if err := fail(&CorruptError{Seq: expect, Reason: fmt.Sprintf("missing (next record is %d)", seq)}); err != nil {
+				return err
+			}
+			havePrev = false
+		}
+		expect = seq + 1
+		r, err := decodeRecord(seq, it.Value())
+		if err != nil {
+			if err := fail(err); err != nil {
+				return err
+			}
+			havePrev = false
+			continue
+		}
+		if havePrev && r.prev != prevSum {
+			if err := fail(&CorruptError{Seq: seq, Reason: fmt.Sprintf("chain broken (previous checksum %08x, record says %08x)", prevSum, r.prev)}); err != nil {
+				return err
+			}
+		}
+		prevSum, havePrev = r.sum, true
+		e, err := decodeEvent(r)
+		if err != nil {
+			if err := fail(err); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := fn(e); err != nil {
+			return err
+		}
+	}
+	return it.Error()
+}
+
+// Event reads one event by sequence number (checksum verified).
+func (j *Journal) Event(seq uint64) (events.Event, error) {
+	v, closer, err := j.db.Get(eventKey(seq))
+	if err != nil {
+		return events.Event{}, fmt.Errorf("journal: read event %d: %w", seq, err)
+	}
+	defer closer.Close()
+	r, err := decodeRecord(seq, v)
+	if err != nil {
+		return events.Event{}, err
+	}
+	return decodeEvent(r)
+}
+
+// EnvelopeEvents returns the events of envelope id in sequence order; with
+// children, also those of the envelopes split from it (IDs "id.N...").
+func (j *Journal) EnvelopeEvents(id string, children bool) ([]events.Event, error) {
+	lower := []byte(prefixIndex + id)
+	it, err := j.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: prefixEnd(string(lower))})
+	if err != nil {
+		return nil, fmt.Errorf("journal: iterate: %w", err)
+	}
+	var seqs []uint64
+	for ok := it.First(); ok; ok = it.Next() {
+		k := it.Key()[len(prefixIndex):]
+		if len(k) < 9 || k[len(k)-9] != 0 {
+			continue
+		}
+		env := string(k[:len(k)-9])
+		if env != id && !(children && strings.HasPrefix(env, id+".")) {
+			continue
+		}
+		seqs = append(seqs, seqFromIndex(k))
+	}
+	if err := it.Close(); err != nil {
+		return nil, fmt.Errorf("journal: iterate: %w", err)
+	}
+	sort.Slice(seqs, func(a, b int) bool { return seqs[a] < seqs[b] })
+	out := make([]events.Event, 0, len(seqs))
+	for _, s := range seqs {
+		e, err := j.Event(s)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, e)
+	}
+	return out, nil
+}
+
+func seqFromIndex(k []byte) uint64 {
+	var s uint64
+	for _, b := range k[len(k)-8:] {
+		s = s<<8 | uint64(b)
+	}
+	return s
+}

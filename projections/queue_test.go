@@ -1,0 +1,77 @@
+package projections
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ledgermail/ledgermail/events"
+)
+
+func ev(seq uint64, env string, p events.Payload) events.Event {
+	return events.Event{Seq: seq, Time: time.Unix(int64(1000+seq), 0).UTC(), Envelope: env, Version: 1, Payload: p}
+}
+
+func TestQueueFoldLifecycle(t *testing.T) {
+	q := NewQueue()
+	q.Apply([]events.Event{
+		ev(1, "A", events.Received{Sender: "s@x", Recipients: []string{"a@one", "b@two"}, BodyKey: "A", Size: 100}),
+		ev(2, "A", events.PoliciesApplied{Prepend: "Received: x\r\n", Recipients: []string{"a@one", "b@two"}}),
+		ev(3, "A", events.Split{Mode: "domain", Children: []events.Child{{ID: "A.1", Recipients: []string{"a@one"}}, {ID: "A.2", Recipients: []string{"b@two"}}}}),
+	})
+	s := q.Snapshot()
+	if len(s.Envelopes) != 2 || s.Counts[StateQueued] != 2 || s.Counts[StateSplit] != 1 || s.Counts[StateReceived] != 0 {
+		t.Fatalf("after split: %+v", s)
+	}
+	c, ok := q.Get("A.1")
+	if !ok || c.Parent != "A" || c.BodyKey != "A" || c.Prepend != "Received: x\r\n" || c.Size != 100+13 {
+		t.Fatalf("child A.1: %+v", c)
+	}
+	next := time.Unix(5000, 0).UTC()
+	q.Apply([]events.Event{
+		ev(4, "A.1", events.AttemptStarted{Attempt: 1}),
+		ev(5, "A.1", events.Attempted{Attempt: 1, Results: []events.RcptResult{{Recipient: "a@one", Code: 451, Enhanced: "4.3.0", Message: "try later", Temporary: true}}}),
+		ev(6, "A.1", events.Deferred{Recipients: []string{"a@one"}, NextAttempt: next, Reason: "451 4.3.0 try later"}),
+		ev(7, "A.2", events.AttemptStarted{Attempt: 1}),
+		ev(8, "A.2", events.Delivered{Recipients: []string{"b@two"}}),
+	})
+	s = q.Snapshot()
+	if len(s.Envelopes) != 1 || s.Envelopes[0].ID != "A.1" {
+		t.Fatalf("live: %+v", s.Envelopes)
+	}
+	e := s.Envelopes[0]
+	if e.State != StateDeferred || e.Attempts != 1 || !e.NextAttempt.Equal(next) || !strings.Contains(e.LastError, "451") {
+		t.Fatalf("deferred envelope: %+v", e)
+	}
+	if s.Counts[StateDelivered] != 1 || s.Counts[StateDeferred] != 1 || s.Counts[StateQueued] != 0 {
+		t.Fatalf("counts: %v", s.Counts)
+	}
+	q.Apply([]events.Event{ev(9, "A.1", events.Bounced{Recipients: []string{"a@one"}, Reason: "550 no"})})
+	if s = q.Snapshot(); len(s.Envelopes) != 0 || s.Counts[StateBounced] != 1 || s.Seq != 9 {
+		t.Fatalf("after bounce: %+v", s)
+	}
+}
+
+func TestReplayFormats(t *testing.T) {
+	e := ev(7, "A.1", events.Delivered{Recipients: []string{"a@one"}, Host: "127.0.0.1:25"})
+	b, err := JSONLine(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"seq":7`, `"envelope":"A.1"`, `"type":"Delivered"`, `"version":1`, `"recipients":["a@one"]`} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("json line %s lacks %s", b, want)
+		}
+	}
+	var sb strings.Builder
+	if err := WriteText(&sb, e); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(sb.String(), "A.1") || !strings.Contains(sb.String(), "Delivered") {
+		t.Errorf("text line %q", sb.String())
+	}
+	f := Filter{Envelope: "A"}
+	if !f.Match(e) || f.Match(ev(1, "AB", events.Deleted{})) || !f.Match(ev(1, "A", events.Deleted{})) {
+		t.Error("envelope filter")
+	}
+}

@@ -1,0 +1,203 @@
+package mxrelay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// errPermanentDNS marks resolution failures that will not heal by waiting.
+type dnsFailure struct {
+	outcome Outcome
+}
+
+func (d *dnsFailure) Error() string { return d.outcome.String() }
+
+type resolver struct {
+	servers []string
+	client  *dns.Client
+}
+
+func newResolver(servers []string) (*resolver, error) {
+	if len(servers) == 0 {
+		cfg, err := dns.ClientConfigFromFile("/etc/resolv.conf")
+		if err != nil {
+			return nil, fmt.Errorf("relay.dns_servers is empty and /etc/resolv.conf cannot be read: %w", err)
+		}
+		for _, s := range cfg.Servers {
+			servers = append(servers, net.JoinHostPort(s, cfg.Port))
+		}
+	}
+	return &resolver{servers: servers, client: &dns.Client{Timeout: 5 * time.Second}}, nil
+}
+
+// query asks each server in turn; it retries over TCP when truncated.
+func (r *resolver) query(ctx context.Context, name string, qtype uint16) (*dns.Msg, error) {
+	m := new(dns.Msg)
+	m.SetQuestion(dns.Fqdn(name), qtype)
+	m.RecursionDesired = true
+	var lastErr error = errors.New("no DNS servers configured")
+	for _, s := range r.servers {
+		in, _, err := r.client.ExchangeContext(ctx, m, s)
+		if err == nil && in.Truncated {
+			tcp := &dns.Client{Net: "tcp", Timeout: r.client.Timeout}
+			in, _, err = tcp.ExchangeContext(ctx, m, s)
+		}
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		return in, nil
+	}
+	return nil, lastErr
+}
+
+// mxHosts returns the hosts to try for domain, in order. A domain without
+// MX records is its own host (implicit MX); a null MX is a permanent failure.
+func (r *resolver) mxHosts(ctx context.Context, domain string) ([]string, error) {
+	in, err := r.query(ctx, domain, dns.TypeMX)
+	if err != nil {
+		return nil, &dnsFailure{temporary("MX lookup for %s failed: %v", domain, err)}
+	}
+	switch in.Rcode {
+	case dns.RcodeSuccess:
+	case dns.RcodeNameError:
+		return nil, &dnsFailure{permanent(550, "5.1.2", "domain %s does not exist (NXDOMAIN)", domain)}
+	default:
+		return nil, &dnsFailure{temporary("MX lookup for %s: %s", domain, dns.RcodeToString[in.Rcode])}
+	}
+	var mxs []*dns.MX
+	for _, rr := range in.Answer {
+		if mx, ok := rr.(*dns.MX); ok {
+			mxs = append(mxs, mx)
+		}
+	}
+	if len(mxs) == 0 {
+		return []string{domain}, nil
+	}
+	if len(mxs) == 1 && mxs[0].Mx == "." {
+		return nil, &dnsFailure{permanent(556, "5.1.10", "domain %s accepts no mail (null MX)", domain)}
+	}
+	// Equal preferences in random order, then a stable sort by preference.
+	rand.Shuffle(len(mxs), func(i, j int) { mxs[i], mxs[j] = mxs[j], mxs[i] })
+	sort.SliceStable(mxs, func(i, j int) bool { return mxs[i].Preference < mxs[j].Preference })
+	hosts := make([]string, 0, len(mxs))
+	for _, mx := range mxs {
+		if mx.Mx != "." {
+			hosts = append(hosts, strings.TrimSuffix(mx.Mx, "."))
+		}
+	}
+	return hosts, nil
+}
+
+// addrs resolves host to its IPv4 and IPv6 addresses (a literal IP is itself).
+func (r *resolver) addrs(ctx context.Context, host string) ([]string, error) {
+	if ip := net.ParseIP(host); ip != nil {
+		return []string{ip.String()}, nil
+	}
+	var out []string
+	var lastErr error
+	for _, t := range []uint16{dns.TypeA, dns.TypeAAAA} {
+		in, err := r.query(ctx, host, t)
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		for _, rr := range in.Answer {
+			switch v := rr.(type) {
+			case *dns.A:
+				out = append(out, v.A.String())
+			case *dns.AAAA:
+				out = append(out, v.AAAA.String())
+			}
+		}
+	}
+	if len(out) == 0 && lastErr != nil {
+		return nil, lastErr
+	}
+	return out, nil
+}
+
+type mxRelay struct {
+	opts     Options
+	resolver *resolver
+}
+
+// Deliver groups the recipients by domain and delivers each group to its
+// domain's MX hosts.
+func (x *mxRelay) Deliver(ctx context.Context, m Message) Result {
+	groups := map[string][]string{}
+	var order []string
+	for _, r := range m.Recipients {
+		d := strings.ToLower(domainOf(r))
+		if _, ok := groups[d]; !ok {
+			order = append(order, d)
+		}
+		groups[d] = append(groups[d], r)
+	}
+	total := Result{Rcpts: map[string]Outcome{}}
+	for _, d := range order {
+		sub := m
+		sub.Recipients = groups[d]
+		res := x.deliverDomain(ctx, d, sub)
+		total.Host, total.TLS = res.Host, res.TLS
+		for k, v := range res.Rcpts {
+			total.Rcpts[k] = v
+		}
+	}
+	return total
+}
+
+func (x *mxRelay) deliverDomain(ctx context.Context, domain string, m Message) Result {
+	if domain == "" {
+		return Result{Rcpts: allRcpts(m.Recipients, permanent(501, "5.1.3", "recipient has no domain"))}
+	}
+	hosts, err := x.resolver.mxHosts(ctx, domain)
+	if err != nil {
+		var df *dnsFailure
+		errors.As(err, &df)
+		return Result{Rcpts: allRcpts(m.Recipients, df.outcome)}
+	}
+	last := Result{Rcpts: allRcpts(m.Recipients, temporary("no address found for the MX hosts of %s", domain))}
+	for _, h := range hosts {
+		addrs, err := x.resolver.addrs(ctx, h)
+		if err != nil {
+			last = Result{Host: h, Rcpts: allRcpts(m.Recipients, temporary("address lookup for %s failed: %v", h, err))}
+			continue
+		}
+		for _, a := range addrs {
+			res := deliverHost(ctx, x.opts, net.JoinHostPort(a, strconv.Itoa(x.opts.MXPort)), false, m)
+			last = res
+			if tookTransaction(res) {
+				return res
+			}
+		}
+	}
+	return last
+}
+
+// tookTransaction reports whether a host gave a final answer for at least one
+// recipient; otherwise the next host is tried.
+func tookTransaction(r Result) bool {
+	for _, o := range r.Rcpts {
+		if !o.Temporary() {
+			return true
+		}
+	}
+	return false
+}
+
+func domainOf(addr string) string {
+	if i := strings.LastIndexByte(addr, '@'); i >= 0 {
+		return addr[i+1:]
+	}
+	return ""
+}

@@ -1,0 +1,287 @@
+package mxrelay
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/textproto"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+)
+
+// deliverHost runs one SMTP transaction with addr.
+func deliverHost(ctx context.Context, o Options, addr string, useAuth bool, m Message) Result {
+	res := Result{Host: addr}
+	d := net.Dialer{Timeout: o.ConnectTimeout}
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		res.Rcpts = allRcpts(m.Recipients, temporary("connect to %s: %v", addr, unwrapNet(err)))
+		return res
+	}
+	defer conn.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(dl)
+	}
+
+	c, tlsVersion, fail := openClient(o, conn, addr)
+	if fail != nil {
+		res.Rcpts = allRcpts(m.Recipients, *fail)
+		return res
+	}
+	defer c.Close()
+	res.TLS = tlsVersion
+	c.CommandTimeout = o.CommandTimeout
+	c.SubmissionTimeout = o.DataTimeout
+
+	if useAuth && o.Username != "" {
+		if tlsVersion == "" {
+			res.Rcpts = allRcpts(m.Recipients, temporary("%s: not authenticating without TLS", addr))
+			return res
+		}
+		if err := c.Auth(sasl.NewPlainClient("", o.Username, o.Password)); err != nil {
+			res.Rcpts = allRcpts(m.Recipients, classify(err))
+			return res
+		}
+	}
+	res.Rcpts = transaction(o, c, conn, m)
+	c.Quit()
+	return res
+}
+
+// transaction sends MAIL, every RCPT and DATA, and classifies each recipient.
+func transaction(o Options, c *smtp.Client, raw net.Conn, m Message) map[string]Outcome {
+	out := make(map[string]Outcome, len(m.Recipients))
+	opts := &smtp.MailOptions{}
+	if ok, _ := c.Extension("SIZE"); ok && m.Size > 0 {
+		opts.Size = m.Size
+	}
+	if ok, _ := c.Extension("SMTPUTF8"); ok && !isASCII(m.From, m.Recipients) {
+		opts.UTF8 = true
+	}
+	if err := c.Mail(m.From, opts); err != nil {
+		return allRcpts(m.Recipients, classify(err))
+	}
+	var accepted []string
+	for _, r := range m.Recipients {
+		if err := c.Rcpt(r, nil); err != nil {
+			out[r] = classify(err)
+			continue
+		}
+		accepted = append(accepted, r)
+	}
+	if len(accepted) == 0 {
+		c.Reset()
+		return out
+	}
+	finish := func(o Outcome) map[string]Outcome {
+		for _, r := range accepted {
+			out[r] = o
+		}
+		return out
+	}
+	w, err := c.Data()
+	if err != nil {
+		return finish(classify(err))
+	}
+	// The whole body must be written within data_timeout.
+	raw.SetWriteDeadline(time.Now().Add(o.DataTimeout))
+	if _, err := io.Copy(w, m.Body()); err != nil {
+		return finish(classify(err))
+	}
+	resp, err := w.CloseWithResponse()
+	raw.SetWriteDeadline(time.Time{})
+	if err != nil {
+		return finish(classify(err))
+	}
+	code, enh, text := 250, "", resp.StatusText
+	if f := strings.Fields(text); len(f) > 0 && looksEnhanced(f[0]) {
+		enh, text = f[0], strings.TrimSpace(strings.TrimPrefix(text, f[0]))
+	}
+	return finish(Outcome{Code: code, Enhanced: enh, Message: text})
+}
+
+// openClient greets the peer and negotiates STARTTLS per o.TLS. go-smtp's
+// client has no public STARTTLS after EHLO, and NewClientStartTLS would say
+// "EHLO localhost"; so the plaintext EHLO and STARTTLS are done here on the
+// raw connection, and the go-smtp client takes over after the handshake.
+func openClient(o Options, conn net.Conn, addr string) (*smtp.Client, string, *Outcome) {
+	conn.SetDeadline(time.Now().Add(o.CommandTimeout))
+	defer conn.SetDeadline(time.Time{})
+	if o.TLS == TLSNone {
+		c := smtp.NewClient(conn)
+		c.CommandTimeout = o.CommandTimeout
+		if err := c.Hello(o.Hostname); err != nil {
+			f := classify(err)
+			return nil, "", &f
+		}
+		return c, "", nil
+	}
+	br := bufio.NewReader(conn)
+	tp := textproto.NewReader(br)
+	greeting, err := readReply(tp, 220)
+	if err != nil {
+		f := classify(err)
+		return nil, "", &f
+	}
+	if _, err := fmt.Fprintf(conn, "EHLO %s\r\n", o.Hostname); err != nil {
+		f := classify(err)
+		return nil, "", &f
+	}
+	ehlo, err := readReply(tp, 250)
+	if err != nil {
+		f := classify(err)
+		return nil, "", &f
+	}
+	offered := false
+	for _, l := range strings.Split(ehlo, "\n")[1:] {
+		if strings.EqualFold(strings.TrimSpace(l), "STARTTLS") {
+			offered = true
+		}
+	}
+	var next net.Conn = conn
+	version := ""
+	switch {
+	case offered:
+		if _, err := io.WriteString(conn, "STARTTLS\r\n"); err != nil {
+			f := classify(err)
+			return nil, "", &f
+		}
+		if _, err := readReply(tp, 220); err != nil {
+			f := classify(err)
+			return nil, "", &f
+		}
+		cfg := tlsConfig(o, addr)
+		tc := tls.Client(conn, cfg)
+		if err := tc.Handshake(); err != nil {
+			f := temporary("%s: TLS handshake: %v", addr, err)
+			return nil, "", &f
+		}
+		next, version = tc, tls.VersionName(tc.ConnectionState().Version)
+	case o.TLS == TLSRequired:
+		f := temporary("%s does not offer STARTTLS and relay.tls is \"required\"", addr)
+		return nil, "", &f
+	}
+	// Hand the connection to go-smtp, which expects to read a greeting.
+	c := smtp.NewClient(&greetedConn{Conn: next, greeting: "220 " + firstLine(greeting) + "\r\n"})
+	c.CommandTimeout = o.CommandTimeout
+	if err := c.Hello(o.Hostname); err != nil {
+		f := classify(err)
+		return nil, "", &f
+	}
+	return c, version, nil
+}
+
+func tlsConfig(o Options, addr string) *tls.Config {
+	host, _, _ := net.SplitHostPort(addr)
+	if o.TLSConfig != nil {
+		cfg := o.TLSConfig.Clone()
+		if cfg.ServerName == "" {
+			cfg.ServerName = host
+		}
+		return cfg
+	}
+	// Opportunistic TLS protects against passive listeners; like Postfix's
+	// "may" level it does not verify the peer (RFC 7435).
+	return &tls.Config{ServerName: host, InsecureSkipVerify: o.TLS == TLSOpportunistic, MinVersion: tls.VersionTLS12}
+}
+
+// greetedConn replays a greeting line before the connection's own data.
+type greetedConn struct {
+	net.Conn
+	greeting string
+}
+
+func (g *greetedConn) Read(p []byte) (int, error) {
+	if g.greeting != "" {
+		n := copy(p, g.greeting)
+		g.greeting = g.greeting[n:]
+		return n, nil
+	}
+	return g.Conn.Read(p)
+}
+
+func readReply(tp *textproto.Reader, want int) (string, error) {
+	code, msg, err := tp.ReadResponse(want)
+	if err != nil {
+		var te *textproto.Error
+		if errors.As(err, &te) {
+			return "", replyError(te.Code, te.Msg)
+		}
+		return "", err
+	}
+	_ = code
+	return msg, nil
+}
+
+func replyError(code int, msg string) *smtp.SMTPError {
+	e := &smtp.SMTPError{Code: code, Message: msg}
+	if f := strings.Fields(msg); len(f) > 0 && looksEnhanced(f[0]) {
+		var a, b, c int
+		fmt.Sscanf(f[0], "%d.%d.%d", &a, &b, &c)
+		e.EnhancedCode = smtp.EnhancedCode{a, b, c}
+		e.Message = strings.TrimSpace(strings.TrimPrefix(msg, f[0]))
+	}
+	return e
+}
+
+func firstLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i]
+	}
+	return s
+}
+
+func looksEnhanced(s string) bool {
+	var a, b, c int
+	n, _ := fmt.Sscanf(s, "%d.%d.%d", &a, &b, &c)
+	return n == 3 && (a == 2 || a == 4 || a == 5)
+}
+
+// classify turns an error of the SMTP exchange into an Outcome: SMTP replies
+// keep their code (4xx temporary, 5xx permanent); anything else is temporary.
+func classify(err error) Outcome {
+	var se *smtp.SMTPError
+	if errors.As(err, &se) {
+		enh := ""
+		if se.EnhancedCode != (smtp.EnhancedCode{}) && se.EnhancedCode != smtp.NoEnhancedCode {
+			enh = fmt.Sprintf("%d.%d.%d", se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2])
+		}
+		return Outcome{Code: se.Code, Enhanced: enh, Message: se.Message, temp: se.Code < 500}
+	}
+	return Outcome{Message: unwrapNet(err).Error(), temp: true}
+}
+
+func temporary(format string, args ...any) Outcome {
+	return Outcome{Message: fmt.Sprintf(format, args...), temp: true}
+}
+
+// permanent builds a permanent outcome with an SMTP-style code.
+func permanent(code int, enhanced, format string, args ...any) Outcome {
+	return Outcome{Code: code, Enhanced: enhanced, Message: fmt.Sprintf(format, args...)}
+}
+
+func unwrapNet(err error) error {
+	var oe *net.OpError
+	if errors.As(err, &oe) && oe.Err != nil {
+		return oe.Err
+	}
+	return err
+}
+
+func isASCII(from string, rcpts []string) bool {
+	for _, s := range append([]string{from}, rcpts...) {
+		for i := 0; i < len(s); i++ {
+			if s[i] >= 0x80 {
+				return false
+			}
+		}
+	}
+	return true
+}

@@ -1,0 +1,168 @@
+// Package policy holds the queue policies the envelope actor applies right
+// after Received: header additions and the recipient split.
+//
+// The contract: policies never modify the stored body. What they add is a
+// header block prepended to it, recorded verbatim in the PoliciesApplied
+// event, so that replay reproduces the exact bytes that were relayed. Every
+// function here is pure: same inputs, same output.
+package policy
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/ledgermail/ledgermail/events"
+)
+
+// Options select the policies (SPEC [policies]).
+type Options struct {
+	AddDate      bool
+	AddMessageID bool
+	AddReceived  bool
+	// Split is "domain", "recipient" or "none".
+	Split string
+}
+
+// Input is what the policies see of an accepted envelope.
+type Input struct {
+	ID       string
+	Hostname string
+	Received events.Received
+	Arrived  time.Time
+	// Header is the stored body's header block (up to the first empty line).
+	Header []byte
+}
+
+// Apply runs the header policies and returns the PoliciesApplied event's
+// payload.
+func Apply(o Options, in Input) events.PoliciesApplied {
+	var b strings.Builder
+	var applied []string
+	if o.AddReceived {
+		b.WriteString(receivedHeader(in))
+		applied = append(applied, "received")
+	}
+	if o.AddDate && !hasField(in.Header, "Date") {
+		fmt.Fprintf(&b, "Date: %s\r\n", in.Arrived.Format(time.RFC1123Z))
+		applied = append(applied, "date")
+	}
+	if o.AddMessageID && !hasField(in.Header, "Message-ID") {
+		fmt.Fprintf(&b, "Message-ID: <%s.%s@%s>\r\n", strings.ToLower(in.ID), randomHex(4), in.Hostname)
+		applied = append(applied, "message-id")
+	}
+	return events.PoliciesApplied{Policies: applied, Prepend: b.String(), Recipients: append([]string(nil), in.Received.Recipients...)}
+}
+
+// receivedHeader builds an RFC 5321 §4.4 trace field in Postfix's form.
+func receivedHeader(in Input) string {
+	r := in.Received
+	host := r.ClientAddr
+	if h, _, err := net.SplitHostPort(r.ClientAddr); err == nil {
+		host = h
+	}
+	proto := "ESMTP"
+	if r.TLS != "" {
+		proto += "S"
+	}
+	if r.AuthUser != "" {
+		proto += "A"
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "Received: from %s ([%s])", orUnknown(r.Helo), host)
+	if r.TLS != "" {
+		fmt.Fprintf(&b, "\r\n\t(using %s)", r.TLS)
+	}
+	if r.AuthUser != "" {
+		fmt.Fprintf(&b, "\r\n\t(authenticated sender: %s)", r.AuthUser)
+	}
+	fmt.Fprintf(&b, "\r\n\tby %s (ledgermail) with %s id %s", in.Hostname, proto, in.ID)
+	if len(r.Recipients) == 1 {
+		fmt.Fprintf(&b, "\r\n\tfor <%s>", r.Recipients[0])
+	}
+	fmt.Fprintf(&b, "; %s\r\n", in.Arrived.Format(time.RFC1123Z))
+	return b.String()
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "unknown"
+	}
+	return s
+}
+
+// HeaderBlock returns the header section of a message (through the first
+// empty line, or all of it when there is none).
+func HeaderBlock(body []byte) []byte {
+	for i := 0; i < len(body); {
+		j := bytes.IndexByte(body[i:], '\n')
+		if j < 0 {
+			return body
+		}
+		line := body[i : i+j]
+		if len(bytes.TrimRight(line, "\r")) == 0 {
+			return body[:i]
+		}
+		i += j + 1
+	}
+	return body
+}
+
+// hasField reports whether the header block has a field named name
+// (case-insensitive; folded continuation lines are not field starts).
+func hasField(header []byte, name string) bool {
+	for _, line := range bytes.Split(header, []byte("\n")) {
+		if len(line) == 0 || line[0] == ' ' || line[0] == '\t' {
+			continue
+		}
+		if i := bytes.IndexByte(line, ':'); i > 0 && strings.EqualFold(strings.TrimSpace(string(line[:i])), name) {
+			return true
+		}
+	}
+	return false
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// Split groups recipients into the child envelopes of a split: per domain
+// (case-insensitive), per recipient, or all together ("none"). Groups keep
+// the recipients' order of first appearance.
+func Split(mode string, rcpts []string) [][]string {
+	switch mode {
+	case "recipient":
+		out := make([][]string, len(rcpts))
+		for i, r := range rcpts {
+			out[i] = []string{r}
+		}
+		return out
+	case "none":
+		if len(rcpts) == 0 {
+			return nil
+		}
+		return [][]string{append([]string(nil), rcpts...)}
+	}
+	idx := map[string]int{}
+	var out [][]string
+	for _, r := range rcpts {
+		d := ""
+		if i := strings.LastIndexByte(r, '@'); i >= 0 {
+			d = strings.ToLower(r[i+1:])
+		}
+		k, ok := idx[d]
+		if !ok {
+			k = len(out)
+			idx[d] = k
+			out = append(out, nil)
+		}
+		out[k] = append(out[k], r)
+	}
+	return out
+}

@@ -1,0 +1,226 @@
+package actors
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"go.uber.org/zap"
+
+	"github.com/ledgermail/ledgermail/events"
+	"github.com/ledgermail/ledgermail/journal"
+	"github.com/ledgermail/ledgermail/mxrelay"
+	"github.com/ledgermail/ledgermail/policy"
+	"github.com/ledgermail/ledgermail/projections"
+)
+
+// envelope is the actor of one envelope for one step of its life. It loads
+// the envelope from the journal, does the step, journals the outcome,
+// reports to the supervisor and stops.
+type envelope struct {
+	o   Options
+	ctx context.Context
+	id  string
+	sup *actor.PID
+	log *zap.Logger
+	env *projections.Envelope
+}
+
+// attemptDone carries a relay result back into the actor.
+type attemptDone struct {
+	attempt int
+	res     mxrelay.Result
+	took    time.Duration
+}
+
+func newEnvelope(o Options, ctx context.Context, id string, sup *actor.PID) *envelope {
+	return &envelope{o: o, ctx: ctx, id: id, sup: sup, log: o.Logger.With(zap.String("envelope", id))}
+}
+
+func (a *envelope) Receive(c actor.Context) {
+	switch m := c.Message().(type) {
+	case *actor.Started:
+		a.start(c)
+	case attemptDone:
+		a.finishAttempt(c, m)
+		a.stop(c)
+	case *actor.Stopped:
+		c.Send(a.sup, finished{id: a.id})
+	}
+}
+
+func (a *envelope) stop(c actor.Context) { c.Stop(c.Self()) }
+
+// later reports a failure to journal: the envelope is tried again later.
+func (a *envelope) later(c actor.Context, what string, err error) {
+	a.log.Error("journal write failed; will retry", zap.String("step", what), zap.Error(err))
+	c.Send(a.sup, schedule{id: a.id, at: a.o.Now().Add(a.o.Retry[0])})
+	a.stop(c)
+}
+
+func (a *envelope) start(c actor.Context) {
+	root := a.id
+	if i := strings.IndexByte(root, '.'); i >= 0 {
+		root = root[:i]
+	}
+	evs, err := a.o.Journal.EnvelopeEvents(root, true)
+	if err != nil {
+		a.later(c, "load", err)
+		return
+	}
+	set := map[string]*projections.Envelope{}
+	for _, e := range evs {
+		projections.Fold(set, e)
+	}
+	a.env = set[a.id]
+	if a.env == nil || !a.env.State.Live() {
+		a.stop(c)
+		return
+	}
+	if a.env.State == projections.StateReceived {
+		a.applyPolicies(c)
+		a.stop(c)
+		return
+	}
+	a.startAttempt(c)
+}
+
+// applyPolicies journals PoliciesApplied and Split in one write, then hands
+// the children to the supervisor.
+func (a *envelope) applyPolicies(c actor.Context) {
+	body, err := a.o.Journal.Body(a.env.BodyKey)
+	if err != nil {
+		a.later(c, "read body", err)
+		return
+	}
+	pa := policy.Apply(a.o.Policies, policy.Input{
+		ID: a.id, Hostname: a.o.Hostname, Received: a.env.Received, Arrived: a.env.Arrived,
+		Header: policy.HeaderBlock(body),
+	})
+	groups := policy.Split(a.o.Policies.Split, pa.Recipients)
+	split := events.Split{Mode: a.o.Policies.Split, Children: make([]events.Child, len(groups))}
+	ids := make([]string, len(groups))
+	for i, g := range groups {
+		ids[i] = fmt.Sprintf("%s.%d", a.id, i+1)
+		split.Children[i] = events.Child{ID: ids[i], Recipients: g}
+	}
+	_, err = a.o.Journal.Append(journal.Write{Events: []events.Event{
+		{Envelope: a.id, Payload: pa},
+		{Envelope: a.id, Payload: split},
+	}})
+	if err != nil {
+		a.later(c, "policies", err)
+		return
+	}
+	a.log.Info("policies applied", zap.Strings("policies", pa.Policies), zap.Strings("children", ids))
+	c.Send(a.sup, children{ids: ids})
+}
+
+func (a *envelope) startAttempt(c actor.Context) {
+	attempt := a.env.Attempts + 1
+	rcpts := append([]string(nil), a.env.Pending...)
+	if _, err := a.o.Journal.Append(journal.Write{Events: []events.Event{
+		{Envelope: a.id, Payload: events.AttemptStarted{Attempt: attempt, Recipients: rcpts}},
+	}}); err != nil {
+		a.later(c, "attempt", err)
+		return
+	}
+	body, err := a.o.Journal.Body(a.env.BodyKey)
+	if err != nil {
+		a.later(c, "read body", err)
+		return
+	}
+	prepend := a.env.Prepend
+	msg := mxrelay.Message{
+		Envelope: a.id, From: a.env.Sender, Recipients: rcpts,
+		Body: func() io.Reader { return io.MultiReader(strings.NewReader(prepend), bytes.NewReader(body)) },
+		Size: int64(len(prepend) + len(body)),
+	}
+	self, root, ctx, relay := c.Self(), c.ActorSystem().Root, a.ctx, a.o.Relay
+	go func() {
+		start := time.Now()
+		res := relay.Deliver(ctx, msg)
+		root.Send(self, attemptDone{attempt: attempt, res: res, took: time.Since(start)})
+	}()
+}
+
+// finishAttempt journals the attempt's outcome: Attempted, then Delivered,
+// Bounced and Deferred (or Expired) for the recipients each concerns.
+func (a *envelope) finishAttempt(c actor.Context, m attemptDone) {
+	now := a.o.Now()
+	att := events.Attempted{Attempt: m.attempt, Host: m.res.Host, TLS: m.res.TLS, Seconds: m.took.Seconds()}
+	var done, failed, temp []string
+	var failReason, tempReason string
+	rcpts := make([]string, 0, len(m.res.Rcpts))
+	for r := range m.res.Rcpts {
+		rcpts = append(rcpts, r)
+	}
+	sort.Strings(rcpts)
+	for _, r := range rcpts {
+		o := m.res.Rcpts[r]
+		att.Results = append(att.Results, events.RcptResult{Recipient: r, Code: o.Code, Enhanced: o.Enhanced, Message: o.Message, Temporary: o.Temporary()})
+		switch {
+		case o.Success():
+			done = append(done, r)
+		case o.Temporary():
+			temp, tempReason = append(temp, r), o.String()
+		default:
+			failed, failReason = append(failed, r), o.String()
+		}
+	}
+	evs := []events.Event{{Envelope: a.id, Payload: att}}
+	if len(done) > 0 {
+		evs = append(evs, events.Event{Envelope: a.id, Payload: events.Delivered{Recipients: done, Host: m.res.Host}})
+	}
+	if len(failed) > 0 {
+		evs = append(evs, events.Event{Envelope: a.id, Payload: events.Bounced{Recipients: failed, Reason: failReason}})
+	}
+	var next time.Time
+	if len(temp) > 0 {
+		if age := now.Sub(a.env.Arrived); a.o.MaxAge > 0 && age >= a.o.MaxAge {
+			evs = append(evs,
+				events.Event{Envelope: a.id, Payload: events.Expired{Recipients: temp, Age: age.Round(time.Second).String()}},
+				events.Event{Envelope: a.id, Payload: events.Bounced{Recipients: temp, Reason: "expired after " + age.Round(time.Second).String() + ": " + tempReason}})
+		} else {
+			next = now.Add(a.retryAfter(m.attempt))
+			evs = append(evs, events.Event{Envelope: a.id, Payload: events.Deferred{Recipients: temp, NextAttempt: next, Reason: tempReason}})
+		}
+	}
+	if _, err := a.o.Journal.Append(journal.Write{Events: evs}); err != nil {
+		a.later(c, "outcome", err)
+		return
+	}
+	a.log.Info("delivery attempt", zap.Int("attempt", m.attempt), zap.String("relay", m.res.Host), zap.String("tls", m.res.TLS),
+		zap.Duration("delay", m.took), zap.Strings("delivered", done), zap.Strings("bounced", failed), zap.Strings("deferred", temp),
+		zap.String("reply", firstNonEmpty(tempReason, failReason)))
+	if !next.IsZero() {
+		c.Send(a.sup, schedule{id: a.id, at: next})
+	}
+}
+
+// retryAfter is the wait after the given attempt, from the retry schedule
+// (the last interval repeats).
+func (a *envelope) retryAfter(attempt int) time.Duration {
+	i := attempt - 1
+	if i >= len(a.o.Retry) {
+		i = len(a.o.Retry) - 1
+	}
+	if i < 0 {
+		i = 0
+	}
+	return a.o.Retry[i]
+}
+
+func firstNonEmpty(s ...string) string {
+	for _, v := range s {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}

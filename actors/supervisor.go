@@ -1,0 +1,177 @@
+package actors
+
+import (
+	"container/heap"
+	"context"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"go.uber.org/zap"
+
+	"github.com/ledgermail/ledgermail/projections"
+)
+
+// Messages to the supervisor.
+type (
+	enqueue  struct{ id string }
+	retryNow struct{ id string }
+	// schedule asks for envelope id to be worked on again at at.
+	schedule struct {
+		id string
+		at time.Time
+	}
+	// children reports envelopes created by a split.
+	children struct{ ids []string }
+	// finished reports that an envelope actor stopped.
+	finished struct{ id string }
+	tick     struct{}
+)
+
+type supervisor struct {
+	o      Options
+	ctx    context.Context
+	due    dueHeap
+	ready  []string        // due, waiting for a free slot
+	active map[string]bool // envelope actors running
+	timer  *time.Timer
+	self   *actor.PID
+	send   func(pid *actor.PID, msg any)
+}
+
+func newSupervisor(o Options, ctx context.Context) *supervisor {
+	return &supervisor{o: o, ctx: ctx, active: map[string]bool{}}
+}
+
+func (s *supervisor) Receive(c actor.Context) {
+	switch m := c.Message().(type) {
+	case *actor.Started:
+		s.self = c.Self()
+		root := c.ActorSystem().Root
+		s.send = func(pid *actor.PID, msg any) { root.Send(pid, msg) }
+		s.recover(c)
+	case *actor.Stopping:
+		if s.timer != nil {
+			s.timer.Stop()
+		}
+	case enqueue:
+		s.makeReady(c, m.id)
+	case children:
+		for _, id := range m.ids {
+			s.makeReady(c, id)
+		}
+	case schedule:
+		heap.Push(&s.due, dueItem{at: m.at, id: m.id})
+		s.arm(c)
+	case retryNow:
+		s.retry(c, m.id)
+	case finished:
+		delete(s.active, m.id)
+		s.fill(c)
+	case tick:
+		s.popDue(c)
+	}
+}
+
+// recover schedules every live envelope of the replayed queue.
+func (s *supervisor) recover(c actor.Context) {
+	now := s.o.Now()
+	live := s.o.Queue.Live()
+	var deferred int
+	for _, e := range live {
+		switch e.State {
+		case projections.StateDeferred:
+			heap.Push(&s.due, dueItem{at: e.NextAttempt, id: e.ID})
+			deferred++
+		default: // received, queued, or an attempt cut short by a crash
+			s.ready = append(s.ready, e.ID)
+		}
+	}
+	s.o.Logger.Info("queue recovered", zap.Int("live", len(live)), zap.Int("deferred", deferred), zap.Int("ready", len(live)-deferred), zap.Time("now", now))
+	s.fill(c)
+	s.arm(c)
+}
+
+func (s *supervisor) makeReady(c actor.Context, id string) {
+	s.ready = append(s.ready, id)
+	s.fill(c)
+}
+
+func (s *supervisor) retry(c actor.Context, id string) {
+	if id != "" {
+		s.due.remove(id)
+		s.makeReady(c, id)
+		return
+	}
+	for s.due.Len() > 0 {
+		s.ready = append(s.ready, heap.Pop(&s.due).(dueItem).id)
+	}
+	s.fill(c)
+}
+
+// fill spawns envelope actors for ready envelopes while slots are free.
+func (s *supervisor) fill(c actor.Context) {
+	for len(s.ready) > 0 && len(s.active) < s.o.MaxActive {
+		id := s.ready[0]
+		s.ready = s.ready[1:]
+		if s.active[id] {
+			continue
+		}
+		s.active[id] = true
+		props := actor.PropsFromProducer(func() actor.Actor { return newEnvelope(s.o, s.ctx, id, s.self) })
+		c.Spawn(props)
+	}
+}
+
+func (s *supervisor) popDue(c actor.Context) {
+	now := s.o.Now()
+	for s.due.Len() > 0 && !s.due[0].at.After(now) {
+		s.ready = append(s.ready, heap.Pop(&s.due).(dueItem).id)
+	}
+	s.fill(c)
+	s.arm(c)
+}
+
+// arm sets the timer for the earliest due envelope.
+func (s *supervisor) arm(c actor.Context) {
+	if s.timer != nil {
+		s.timer.Stop()
+		s.timer = nil
+	}
+	if s.due.Len() == 0 {
+		return
+	}
+	wait := s.due[0].at.Sub(s.o.Now())
+	if wait < 0 {
+		wait = 0
+	}
+	self, send := s.self, s.send
+	s.timer = time.AfterFunc(wait, func() { send(self, tick{}) })
+}
+
+type dueItem struct {
+	at time.Time
+	id string
+}
+
+// dueHeap orders envelopes by due time.
+type dueHeap []dueItem
+
+func (h dueHeap) Len() int           { return len(h) }
+func (h dueHeap) Less(i, j int) bool { return h[i].at.Before(h[j].at) }
+func (h dueHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *dueHeap) Push(x any)        { *h = append(*h, x.(dueItem)) }
+func (h *dueHeap) Pop() any {
+	old := *h
+	it := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return it
+}
+
+func (h *dueHeap) remove(id string) {
+	for i, it := range *h {
+		if it.id == id {
+			heap.Remove(h, i)
+			return
+		}
+	}
+}

@@ -1,0 +1,108 @@
+// Package actors runs the queue: a supervisor actor that owns scheduling and
+// one short-lived actor per envelope that drives it one step at a time
+// (policies and split, or one delivery attempt) and journals every outcome.
+//
+// The contract:
+//   - The journal is the only state that survives: an envelope actor rebuilds
+//     its envelope from the journal when it starts, so a crash at any point
+//     loses nothing; at worst an attempt whose outcome was not yet journaled
+//     is repeated (at-least-once delivery).
+//   - Deferred envelopes are not live actors. The supervisor keeps only
+//     (due time, ID) and spawns the actor again when due, so a large queue
+//     costs memory per envelope, not per actor.
+//   - Actors keep their state private and talk only by messages.
+package actors
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"go.uber.org/zap"
+	"go.uber.org/zap/exp/zapslog"
+
+	"github.com/ledgermail/ledgermail/journal"
+	"github.com/ledgermail/ledgermail/mxrelay"
+	"github.com/ledgermail/ledgermail/policy"
+	"github.com/ledgermail/ledgermail/projections"
+)
+
+// Options configure the queue. Queue must already hold the replayed
+// journal and be subscribed to it.
+type Options struct {
+	Journal  *journal.Journal
+	Queue    *projections.Queue
+	Relay    mxrelay.Relay
+	Policies policy.Options
+	Hostname string
+	// Retry is the schedule of waits after each failed attempt; the last
+	// one repeats.
+	Retry []time.Duration
+	// MaxAge is how long an envelope may stay queued before it expires.
+	MaxAge time.Duration
+	// MaxActive bounds envelopes being worked on at once; 0 means 256.
+	MaxActive int
+	Logger    *zap.Logger
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// System is a running queue.
+type System struct {
+	sys    *actor.ActorSystem
+	sup    *actor.PID
+	cancel context.CancelFunc
+}
+
+// Start starts the supervisor, which schedules every live envelope of the
+// replayed queue.
+func Start(o Options) (*System, error) {
+	if o.Journal == nil || o.Queue == nil || o.Relay == nil {
+		return nil, fmt.Errorf("actors: journal, queue and relay are required")
+	}
+	if len(o.Retry) == 0 {
+		o.Retry = []time.Duration{time.Minute}
+	}
+	if o.MaxActive <= 0 {
+		o.MaxActive = 256
+	}
+	if o.Logger == nil {
+		o.Logger = zap.NewNop()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	core := o.Logger.Named("protoactor").Core()
+	sys := actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger {
+		return slog.New(zapslog.NewHandler(core))
+	}))
+	ctx, cancel := context.WithCancel(context.Background())
+	sup, err := sys.Root.SpawnNamed(actor.PropsFromProducer(func() actor.Actor {
+		return newSupervisor(o, ctx)
+	}), "queue")
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("actors: start supervisor: %w", err)
+	}
+	return &System{sys: sys, sup: sup, cancel: cancel}, nil
+}
+
+// Enqueue tells the supervisor that envelope id was just journaled as
+// Received. It is safe to call from any goroutine.
+func (s *System) Enqueue(id string) { s.sys.Root.Send(s.sup, enqueue{id: id}) }
+
+// RetryNow asks for an immediate attempt of envelope id (already journaled
+// as RetryRequested by the caller), or of every deferred envelope when id
+// is "".
+func (s *System) RetryNow(id string) { s.sys.Root.Send(s.sup, retryNow{id: id}) }
+
+// Stop cancels attempts in flight and stops the actors; pending work stays
+// in the journal for the next start.
+func (s *System) Stop() {
+	s.cancel()
+	f := s.sys.Root.StopFuture(s.sup)
+	_ = f.Wait()
+	s.sys.Shutdown()
+}

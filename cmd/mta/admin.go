@@ -1,0 +1,163 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/ledgermail/ledgermail/actors"
+	"github.com/ledgermail/ledgermail/events"
+	"github.com/ledgermail/ledgermail/journal"
+	"github.com/ledgermail/ledgermail/projections"
+)
+
+// journalLine is one line of GET /journal: the sequence number and the
+// event exactly as stored (events.Marshal), so clients decode it with
+// events.Unmarshal and print it as they would offline.
+type journalLine struct {
+	Seq   uint64          `json:"seq"`
+	Event json.RawMessage `json:"event"`
+}
+
+// newAdmin serves the admin API:
+//
+//	GET  /healthz                       "ok"
+//	GET  /queue                         projections.Snapshot as JSON
+//	GET  /envelopes/{id}                {"envelope": state, "events": [replay objects]}
+//	GET  /journal?envelope=&since=      journalLine per line (NDJSON)
+//	POST /queue/retry?id=ID|all         journal RetryRequested and retry now
+//	POST /queue/delete?id=ID            journal Deleted
+func newAdmin(j *journal.Journal, q *projections.Queue, sys *actors.System, log *zap.Logger) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("GET /queue", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, q.Snapshot()) })
+	mux.HandleFunc("GET /envelopes/{id}", func(w http.ResponseWriter, r *http.Request) {
+		id := r.PathValue("id")
+		evs, err := j.EnvelopeEvents(id, true)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		if len(evs) == 0 {
+			http.Error(w, "no envelope "+id, http.StatusNotFound)
+			return
+		}
+		set := map[string]*projections.Envelope{}
+		var lines []json.RawMessage
+		for _, e := range evs {
+			projections.Fold(set, e)
+			b, err := projections.JSONLine(e)
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusInternalServerError)
+				return
+			}
+			lines = append(lines, b)
+		}
+		writeJSON(w, map[string]any{"envelope": set[id], "events": lines})
+	})
+	mux.HandleFunc("GET /journal", func(w http.ResponseWriter, r *http.Request) {
+		f, err := parseFilter(r.URL.Query().Get("envelope"), r.URL.Query().Get("since"))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		bw := bufio.NewWriter(w)
+		defer bw.Flush()
+		enc := json.NewEncoder(bw)
+		err = j.ScanTolerant(1, func(e events.Event) error {
+			if !f.Match(e) {
+				return nil
+			}
+			raw, err := events.Marshal(e)
+			if err != nil {
+				return err
+			}
+			return enc.Encode(journalLine{Seq: e.Seq, Event: raw})
+		}, func(ce *journal.CorruptError) error {
+			return enc.Encode(map[string]any{"seq": ce.Seq, "corrupt": ce.Reason})
+		})
+		if err != nil {
+			enc.Encode(map[string]string{"error": err.Error()})
+		}
+	})
+	mux.HandleFunc("POST /queue/retry", func(w http.ResponseWriter, r *http.Request) {
+		id := r.URL.Query().Get("id")
+		ids, err := operatorEvent(j, q, id, func() events.Payload { return events.RetryRequested{By: "admin-api"} })
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusNotFound)
+			return
+		}
+		for _, t := range ids {
+			sys.RetryNow(t)
+		}
+		log.Info("retry requested", zap.String("envelope", id), zap.Int("envelopes", len(ids)))
+		writeJSON(w, map[string]int{"envelopes": len(ids)})
+	})
+	mux.HandleFunc("POST /queue/delete", func(w http.ResponseWriter, r *http.Request) {
+		id := r.URL.Query().Get("id")
+		if id == "all" {
+			http.Error(w, "delete takes one envelope ID", http.StatusBadRequest)
+			return
+		}
+		ids, err := operatorEvent(j, q, id, func() events.Payload { return events.Deleted{By: "admin-api"} })
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusNotFound)
+			return
+		}
+		log.Info("envelope deleted", zap.String("envelope", id))
+		writeJSON(w, map[string]int{"envelopes": len(ids)})
+	})
+	return mux
+}
+
+// operatorEvent journals an operator event for envelope id (and its live
+// children), or for every live envelope when id is "all". It returns how
+// envelopes it concerned.
+func operatorEvent(j *journal.Journal, q *projections.Queue, id string, p func() events.Payload) ([]string, error) {
+	var targets []string
+	for _, e := range q.Live() {
+		if id == "all" || e.ID == id || strings.HasPrefix(e.ID, id+".") {
+			targets = append(targets, e.ID)
+		}
+	}
+	if len(targets) == 0 {
+		if id == "all" {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("no live envelope %s in the queue", id)
+	}
+	w := journal.Write{}
+	for _, t := range targets {
+		w.Events = append(w.Events, events.Event{Envelope: t, Payload: p()})
+	}
+	if _, err := j.Append(w); err != nil {
+		return nil, err
+	}
+	return targets, nil
+}
+
+func parseFilter(envelope, since string) (projections.Filter, error) {
+	f := projections.Filter{Envelope: envelope}
+	if since != "" {
+		t, err := time.Parse(time.RFC3339, since)
+		if err != nil {
+			return f, errors.New("--since must be an RFC 3339 time like 2026-01-02T15:04:05Z")
+		}
+		f.Since = t
+	}
+	return f, nil
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}

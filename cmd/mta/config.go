@@ -1,0 +1,321 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// Config is the whole TOML configuration (SPEC.md "Configuration"). Every
+// key is optional; Defaults() holds the embedded defaults.
+type Config struct {
+	Hostname    string            `toml:"hostname"`
+	DataDir     string            `toml:"data_dir"`
+	Submission  SubmissionConfig  `toml:"submission"`
+	Submissions SubmissionsConfig `toml:"submissions"`
+	TLS         TLSConfig         `toml:"tls"`
+	Auth        AuthConfig        `toml:"auth"`
+	Limits      LimitsConfig      `toml:"limits"`
+	Relay       RelayConfig       `toml:"relay"`
+	Queue       QueueConfig       `toml:"queue"`
+	Policies    PoliciesConfig    `toml:"policies"`
+	Admin       AdminConfig       `toml:"admin"`
+	Log         LogConfig         `toml:"log"`
+}
+
+type SubmissionConfig struct {
+	Listen          []string `toml:"listen"`
+	TrustedNetworks []string `toml:"trusted_networks"`
+}
+
+type SubmissionsConfig struct {
+	Listen []string `toml:"listen"`
+}
+
+type TLSConfig struct {
+	Cert string `toml:"cert"`
+	Key  string `toml:"key"`
+}
+
+type AuthConfig struct {
+	UsersFile              string `toml:"users_file"`
+	AllowInsecureAuth      bool   `toml:"allow_insecure_auth"`
+	RequireSenderOwnership bool   `toml:"require_sender_ownership"`
+}
+
+type LimitsConfig struct {
+	MaxMessageBytes      int64 `toml:"max_message_bytes"`
+	MaxRecipients        int   `toml:"max_recipients"`
+	MaxConnections       int   `toml:"max_connections"`
+	MaxAuthFailuresPerIP int   `toml:"max_auth_failures_per_ip"`
+}
+
+type RelayConfig struct {
+	Mode                    string   `toml:"mode"`
+	Smarthost               string   `toml:"smarthost"`
+	Username                string   `toml:"username"`
+	Password                string   `toml:"password"`
+	DNSServers              []string `toml:"dns_servers"`
+	MXPort                  int      `toml:"mx_port"`
+	TLS                     string   `toml:"tls"`
+	ConnectTimeout          Duration `toml:"connect_timeout"`
+	CommandTimeout          Duration `toml:"command_timeout"`
+	DataTimeout             Duration `toml:"data_timeout"`
+	IdleTimeout             Duration `toml:"idle_timeout"`
+	MaxConnectionsPerDomain int      `toml:"max_connections_per_domain"`
+}
+
+type QueueConfig struct {
+	Retry  []Duration `toml:"retry"`
+	MaxAge Duration   `toml:"max_age"`
+}
+
+type ForwardRule struct {
+	Pattern string `toml:"pattern"`
+	Replace string `toml:"replace"`
+}
+
+type DKIMKey struct {
+	Domain   string `toml:"domain"`
+	Selector string `toml:"selector"`
+	KeyFile  string `toml:"key_file"`
+}
+
+type PoliciesConfig struct {
+	AddDateHeader      bool          `toml:"add_date_header"`
+	AddMessageIDHeader bool          `toml:"add_message_id_header"`
+	AddReceivedHeader  bool          `toml:"add_received_header"`
+	Split              string        `toml:"split"`
+	Forward            []ForwardRule `toml:"forward"`
+	SpamAssassin       string        `toml:"spamassassin"`
+	DKIM               []DKIMKey     `toml:"dkim"`
+}
+
+type AdminConfig struct {
+	Listen string `toml:"listen"`
+}
+
+type LogConfig struct {
+	Format string `toml:"format"` // "console" or "json"
+	Level  string `toml:"level"`  // debug, info, warn, error
+}
+
+// Duration is a TOML string like "1m30s".
+type Duration struct{ time.Duration }
+
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("%q is not a duration like \"30s\" or \"5m\"", b)
+	}
+	if v < 0 {
+		return fmt.Errorf("%q is negative", b)
+	}
+	d.Duration = v
+	return nil
+}
+
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.Duration.String()), nil }
+
+// Defaults returns the embedded defaults of SPEC.md.
+func Defaults() Config {
+	dur := func(s string) Duration { v, _ := time.ParseDuration(s); return Duration{v} }
+	var retry []Duration
+	for _, s := range []string{"1m", "5m", "15m", "30m", "1h", "2h", "4h"} {
+		retry = append(retry, dur(s))
+	}
+	return Config{
+		DataDir:     "./mta-data",
+		Submission:  SubmissionConfig{Listen: []string{"127.0.0.1:2587"}, TrustedNetworks: []string{}},
+		Submissions: SubmissionsConfig{Listen: []string{"127.0.0.1:2465"}},
+		Auth:        AuthConfig{RequireSenderOwnership: true},
+		Limits:      LimitsConfig{MaxMessageBytes: 26214400, MaxRecipients: 100, MaxConnections: 1000, MaxAuthFailuresPerIP: 10},
+		Relay: RelayConfig{Mode: "mx", MXPort: 25, TLS: "opportunistic", DNSServers: []string{},
+			ConnectTimeout: dur("20s"), CommandTimeout: dur("10s"), DataTimeout: dur("20s"), IdleTimeout: dur("30s"),
+			MaxConnectionsPerDomain: 20},
+		Queue:    QueueConfig{Retry: retry, MaxAge: dur("120h")},
+		Policies: PoliciesConfig{AddDateHeader: true, AddMessageIDHeader: true, AddReceivedHeader: true, Split: "domain", Forward: []ForwardRule{}, DKIM: []DKIMKey{}},
+		Admin:    AdminConfig{Listen: "127.0.0.1:8025"},
+		Log:      LogConfig{Format: "console", Level: "info"},
+	}
+}
+
+// ConfigError is a configuration problem: exit code 2.
+type ConfigError struct{ msg string }
+
+func (e *ConfigError) Error() string { return e.msg }
+
+func configErrorf(format string, args ...any) error {
+	return &ConfigError{msg: fmt.Sprintf(format, args...)}
+}
+
+// LoadConfig reads path over the defaults ("" means defaults only) and
+// validates the result.
+func LoadConfig(path string) (Config, error) {
+	c := Defaults()
+	if path != "" {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return c, configErrorf("cannot read config file: %v", err)
+		}
+		md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&c)
+		if err != nil {
+			var pe toml.ParseError
+			if errors.As(err, &pe) {
+				return c, configErrorf("%s: line %d: %s", path, pe.Position.Line, strings.TrimPrefix(pe.Message, "toml: "))
+			}
+			return c, configErrorf("%s: %s", path, strings.TrimPrefix(err.Error(), "toml: "))
+		}
+		if und := md.Undecoded(); len(und) > 0 {
+			return c, configErrorf("%s: unknown key %q", path, und[0].String())
+		}
+	}
+	if c.Hostname == "" {
+		h, err := os.Hostname()
+		if err != nil || h == "" {
+			h = "localhost"
+		}
+		c.Hostname = h
+	}
+	return c, c.Validate()
+}
+
+var hostnameRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$`)
+
+// Validate checks every value and names the first bad key.
+func (c *Config) Validate() error {
+	if !hostnameRE.MatchString(c.Hostname) {
+		return configErrorf("hostname %q is not a valid host name", c.Hostname)
+	}
+	if c.DataDir == "" {
+		return configErrorf("data_dir must not be empty")
+	}
+	for _, a := range c.Submission.Listen {
+		if err := checkHostPort(a); err != nil {
+			return configErrorf("submission.listen: %v", err)
+		}
+	}
+	for _, a := range c.Submissions.Listen {
+		if err := checkHostPort(a); err != nil {
+			return configErrorf("submissions.listen: %v", err)
+		}
+	}
+	if _, err := c.TrustedNetworks(); err != nil {
+		return err
+	}
+	if (c.TLS.Cert == "") != (c.TLS.Key == "") {
+		return configErrorf("tls.cert and tls.key must be given together")
+	}
+	if c.Limits.MaxMessageBytes <= 0 {
+		return configErrorf("limits.max_message_bytes must be positive")
+	}
+	if c.Limits.MaxRecipients <= 0 {
+		return configErrorf("limits.max_recipients must be positive")
+	}
+	if c.Limits.MaxConnections <= 0 {
+		return configErrorf("limits.max_connections must be positive")
+	}
+	switch c.Relay.Mode {
+	case "mx":
+	case "static":
+		if err := checkHostPort(c.Relay.Smarthost); err != nil {
+			return configErrorf("relay.smarthost: %v (required when relay.mode is \"static\")", err)
+		}
+	default:
+		return configErrorf("relay.mode %q must be \"mx\" or \"static\"", c.Relay.Mode)
+	}
+	for _, a := range c.Relay.DNSServers {
+		if err := checkHostPort(a); err != nil {
+			return configErrorf("relay.dns_servers: %v", err)
+		}
+	}
+	switch c.Relay.TLS {
+	case "opportunistic", "required", "none":
+	default:
+		return configErrorf("relay.tls %q must be \"opportunistic\", \"required\" or \"none\"", c.Relay.TLS)
+	}
+	if c.Relay.MXPort <= 0 || c.Relay.MXPort > 65535 {
+		return configErrorf("relay.mx_port %d is not a port", c.Relay.MXPort)
+	}
+	if len(c.Queue.Retry) == 0 {
+		return configErrorf("queue.retry must list at least one interval")
+	}
+	for _, d := range c.Queue.Retry {
+		if d.Duration <= 0 {
+			return configErrorf("queue.retry intervals must be positive")
+		}
+	}
+	switch c.Policies.Split {
+	case "domain", "recipient", "none":
+	default:
+		return configErrorf("policies.split %q must be \"domain\", \"recipient\" or \"none\"", c.Policies.Split)
+	}
+	if c.Admin.Listen != "" {
+		if err := checkHostPort(c.Admin.Listen); err != nil {
+			return configErrorf("admin.listen: %v", err)
+		}
+	}
+	switch c.Log.Format {
+	case "console", "json":
+	default:
+		return configErrorf("log.format %q must be \"console\" or \"json\"", c.Log.Format)
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		return configErrorf("log.level %q must be debug, info, warn or error", c.Log.Level)
+	}
+	return nil
+}
+
+func checkHostPort(a string) error {
+	if _, _, err := net.SplitHostPort(a); err != nil {
+		return fmt.Errorf("%q is not host:port", a)
+	}
+	return nil
+}
+
+// TrustedNetworks parses submission.trusted_networks.
+func (c *Config) TrustedNetworks() ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range c.Submission.TrustedNetworks {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return nil, configErrorf("submission.trusted_networks: %q is not a CIDR", s)
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// Paths derived from data_dir.
+func (c *Config) JournalDir() string { return filepath.Join(c.DataDir, "journal") }
+func (c *Config) UsersFile() string {
+	if c.Auth.UsersFile != "" {
+		return c.Auth.UsersFile
+	}
+	return filepath.Join(c.DataDir, "users")
+}
+func (c *Config) CertFiles() (cert, key string, generated bool) {
+	if c.TLS.Cert != "" {
+		return c.TLS.Cert, c.TLS.Key, false
+	}
+	return filepath.Join(c.DataDir, "tls", "cert.pem"), filepath.Join(c.DataDir, "tls", "key.pem"), true
+}
+
+func durations(ds []Duration) []time.Duration {
+	out := make([]time.Duration, len(ds))
+	for i, d := range ds {
+		out[i] = d.Duration
+	}
+	return out
+}

@@ -1,0 +1,227 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ledgermail/ledgermail/events"
+	"github.com/ledgermail/ledgermail/projections"
+)
+
+func newQueueCmd() *cobra.Command {
+	var path string
+	var asJSON bool
+	c := &cobra.Command{
+		Use:   "queue [-c FILE] [--json]",
+		Short: "queue status (like mailq): counts by state, then one line per live envelope",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return withSource(path, func(src source) error {
+				snap, err := src.Queue()
+				if err != nil {
+					return err
+				}
+				if asJSON {
+					return writeQueueJSON(cmd.OutOrStdout(), snap)
+				}
+				return writeMailq(cmd.OutOrStdout(), snap)
+			})
+		},
+	}
+	c.PersistentFlags().StringVarP(&path, "config", "c", "", "config file (TOML); default: embedded defaults")
+	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+
+	var showJSON bool
+	show := &cobra.Command{
+		Use:   "show ID [--json]",
+		Short: "one envelope: its current state and its whole event history (children included)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return withSource(path, func(src source) error { return showEnvelope(cmd.OutOrStdout(), src, args[0], showJSON) })
+		},
+	}
+	show.Flags().BoolVar(&showJSON, "json", false, "print JSON")
+
+	var all bool
+	retry := &cobra.Command{
+		Use:   "retry ID|--all",
+		Short: "retry now (a RetryRequested event is journaled)",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id := "all"
+			if len(args) == 1 {
+				if all {
+					return usageError{fmt.Errorf("give an envelope ID or --all, not both")}
+				}
+				id = args[0]
+			} else if !all {
+				return usageError{fmt.Errorf("queue retry needs an envelope ID or --all")}
+			}
+			return operator(cmd.OutOrStdout(), path, "retry", id)
+		},
+	}
+	retry.Flags().BoolVar(&all, "all", false, "retry every live envelope")
+	del := &cobra.Command{
+		Use:   "delete ID",
+		Short: "drop an envelope (a Deleted event is journaled; no bounce)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return operator(cmd.OutOrStdout(), path, "delete", args[0])
+		},
+	}
+	c.AddCommand(show, retry, del)
+	return c
+}
+
+func withSource(path string, fn func(source) error) error {
+	cfg, err := LoadConfig(path)
+	if err != nil {
+		return err
+	}
+	src, err := openSource(cfg)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	return fn(src)
+}
+
+func operator(w io.Writer, path, action, id string) error {
+	return withSource(path, func(src source) error {
+		n, err := src.Operator(action, id)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(w, "%s: %d envelope(s)\n", action, n)
+		return nil
+	})
+}
+
+// queueJSON is SPEC's `mta queue --json` object.
+type queueJSON struct {
+	Counts    map[projections.State]int `json:"counts"`
+	Envelopes []envelopeJSON            `json:"envelopes"`
+}
+
+type envelopeJSON struct {
+	ID          string   `json:"id"`
+	Parent      string   `json:"parent"`
+	State       string   `json:"state"`
+	Sender      string   `json:"sender"`
+	Recipients  []string `json:"recipients"`
+	Size        int64    `json:"size"`
+	Arrived     string   `json:"arrived"`
+	Attempts    int      `json:"attempts"`
+	NextAttempt *string  `json:"next_attempt"`
+	LastError   string   `json:"last_error"`
+}
+
+func toJSON(e *projections.Envelope) envelopeJSON {
+	out := envelopeJSON{ID: e.ID, Parent: e.Parent, State: string(e.State), Sender: e.Sender, Recipients: e.Recipients,
+		Size: e.Size, Arrived: e.Arrived.UTC().Format(time.RFC3339), Attempts: e.Attempts, LastError: e.LastError}
+	if out.Recipients == nil {
+		out.Recipients = []string{}
+	}
+	if !e.NextAttempt.IsZero() && e.State == projections.StateDeferred {
+		s := e.NextAttempt.UTC().Format(time.RFC3339)
+		out.NextAttempt = &s
+	}
+	return out
+}
+
+func writeQueueJSON(w io.Writer, s projections.Snapshot) error {
+	out := queueJSON{Counts: s.Counts, Envelopes: []envelopeJSON{}}
+	for _, e := range s.Envelopes {
+		out.Envelopes = append(out.Envelopes, toJSON(e))
+	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(out)
+}
+
+// writeMailq prints counts, then the live envelopes like Postfix's mailq.
+func writeMailq(w io.Writer, s projections.Snapshot) error {
+	var counts []string
+	for _, st := range []projections.State{projections.StateReceived, projections.StateQueued, projections.StateActive,
+		projections.StateDeferred, projections.StateDelivered, projections.StateBounced, projections.StateExpired, projections.StateDeleted} {
+		counts = append(counts, fmt.Sprintf("%s=%d", st, s.Counts[st]))
+	}
+	fmt.Fprintln(w, strings.Join(counts, " "))
+	if len(s.Envelopes) == 0 {
+		fmt.Fprintln(w, "Mail queue is empty")
+		return nil
+	}
+	fmt.Fprintf(w, "%-26s %-9s %8s %-20s %s\n", "-Queue ID-", "-State-", "-Size-", "----Arrival Time----", "-Sender/Recipient-------")
+	for _, e := range s.Envelopes {
+		fmt.Fprintf(w, "%-26s %-9s %8d %-20s %s\n", e.ID, e.State, e.Size, e.Arrived.UTC().Format("Mon Jan _2 15:04:05"), e.Sender)
+		if e.LastError != "" {
+			fmt.Fprintf(w, "%48s(%s)\n", "", e.LastError)
+		}
+		for _, r := range e.Recipients {
+			fmt.Fprintf(w, "%48s%s\n", "", r)
+		}
+	}
+	fmt.Fprintf(w, "-- %d envelope(s) in the queue\n", len(s.Envelopes))
+	return nil
+}
+
+func showEnvelope(w io.Writer, src source, id string, asJSON bool) error {
+	set := map[string]*projections.Envelope{}
+	var evs []events.Event
+	err := src.Scan(projections.Filter{Envelope: id}, func(e events.Event) error {
+		projections.Fold(set, e)
+		evs = append(evs, e)
+		return nil
+	}, nil)
+	if err != nil {
+		return err
+	}
+	env := set[id]
+	if env == nil {
+		return fmt.Errorf("no envelope %s in the journal", id)
+	}
+	if asJSON {
+		out := struct {
+			Envelope envelopeJSON      `json:"envelope"`
+			Children []envelopeJSON    `json:"children"`
+			Events   []json.RawMessage `json:"events"`
+		}{Envelope: toJSON(env), Children: []envelopeJSON{}}
+		for _, e := range evs {
+			b, err := projections.JSONLine(e)
+			if err != nil {
+				return err
+			}
+			out.Events = append(out.Events, b)
+		}
+		for k, c := range set {
+			if k != id {
+				out.Children = append(out.Children, toJSON(c))
+			}
+		}
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(out)
+	}
+	fmt.Fprintf(w, "envelope %s: %s, from <%s>, %d bytes, arrived %s\n", id, env.State, env.Sender, env.Size, env.Arrived.UTC().Format(time.RFC3339))
+	for k, c := range set {
+		if k != id {
+			fmt.Fprintf(w, "  child %s: %s, attempts %d, to %s", k, c.State, c.Attempts, strings.Join(c.Recipients, ", "))
+			if c.LastError != "" {
+				fmt.Fprintf(w, ", last error: %s", c.LastError)
+			}
+			fmt.Fprintln(w)
+		}
+	}
+	fmt.Fprintln(w, "history:")
+	for _, e := range evs {
+		if err := projections.WriteText(w, e); err != nil {
+			return err
+		}
+	}
+	return nil
+}

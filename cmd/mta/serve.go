@@ -1,0 +1,251 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/BurntSushi/toml"
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/ledgermail/ledgermail/actors"
+	"github.com/ledgermail/ledgermail/events"
+	"github.com/ledgermail/ledgermail/journal"
+	"github.com/ledgermail/ledgermail/mxrelay"
+	"github.com/ledgermail/ledgermail/policy"
+	"github.com/ledgermail/ledgermail/projections"
+	"github.com/ledgermail/ledgermail/smtpedge"
+)
+
+func newServeCmd() *cobra.Command {
+	var path, pidfile string
+	var ignoreCorrupt bool
+	c := &cobra.Command{
+		Use:   "serve [-c FILE]",
+		Short: "run the MTA in the foreground (embedded defaults when no file is given)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := LoadConfig(path)
+			if err != nil {
+				return err
+			}
+			return serve(cfg, serveFlags{pidfile: pidfile, ignoreCorrupt: ignoreCorrupt})
+		},
+	}
+	c.Flags().StringVarP(&path, "config", "c", "", "config file (TOML); default: embedded defaults")
+	c.Flags().StringVar(&pidfile, "pidfile", "", "write the process ID to this file once listening")
+	c.Flags().BoolVar(&ignoreCorrupt, "ignore-corrupt", false, "start even if the journal has corrupt records (each is logged with its sequence number)")
+	return c
+}
+
+type serveFlags struct {
+	pidfile       string
+	ignoreCorrupt bool
+}
+
+func newLogger(cfg LogConfig) (*zap.Logger, error) {
+	var zc zap.Config
+	if cfg.Format == "json" {
+		zc = zap.NewProductionConfig()
+	} else {
+		zc = zap.NewDevelopmentConfig()
+		zc.EncoderConfig.EncodeLevel = zapcore.CapitalLevelEncoder
+		zc.DisableStacktrace = true
+	}
+	lvl, err := zapcore.ParseLevel(cfg.Level)
+	if err != nil {
+		return nil, configErrorf("log.level: %v", err)
+	}
+	zc.Level = zap.NewAtomicLevelAt(lvl)
+	zc.EncoderConfig.TimeKey = "time"
+	zc.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
+	zc.OutputPaths = []string{"stderr"}
+	return zc.Build()
+}
+
+// serve runs the whole MTA until SIGTERM or SIGINT.
+func serve(cfg Config, f serveFlags) error {
+	log, err := newLogger(cfg.Log)
+	if err != nil {
+		return err
+	}
+	defer log.Sync()
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("cannot create data_dir %s: %w", cfg.DataDir, unwrapPathErr(err))
+	}
+	j, err := journal.Open(journal.Options{Dir: cfg.JournalDir(), Logger: log.Named("journal")})
+	if err != nil {
+		if errors.Is(err, journal.ErrLocked) {
+			return fmt.Errorf("data_dir %s is in use by another mta process", cfg.DataDir)
+		}
+		return err
+	}
+	defer j.Close()
+
+	queue := projections.NewQueue()
+	if err := rebuild(j, queue, log, f.ignoreCorrupt); err != nil {
+		return err
+	}
+	j.Subscribe(queue.Apply)
+
+	relay, err := mxrelay.New(mxrelay.Options{
+		Mode: cfg.Relay.Mode, Smarthost: cfg.Relay.Smarthost, Username: cfg.Relay.Username, Password: cfg.Relay.Password,
+		DNSServers: cfg.Relay.DNSServers, MXPort: cfg.Relay.MXPort, Hostname: cfg.Hostname, TLS: mxrelay.TLSMode(cfg.Relay.TLS),
+		ConnectTimeout: cfg.Relay.ConnectTimeout.Duration, CommandTimeout: cfg.Relay.CommandTimeout.Duration, DataTimeout: cfg.Relay.DataTimeout.Duration,
+	})
+	if err != nil {
+		return configErrorf("%v", err)
+	}
+
+	certPath, keyPath, generated := cfg.CertFiles()
+	if generated {
+		if err := smtpedge.SelfSigned(certPath, keyPath, cfg.Hostname); err != nil {
+			return err
+		}
+	}
+	certs, err := smtpedge.LoadCerts(certPath, keyPath)
+	if err != nil {
+		return err
+	}
+	users, err := smtpedge.OpenUsersFile(cfg.UsersFile())
+	if err != nil {
+		return err
+	}
+	trusted, _ := cfg.TrustedNetworks()
+
+	sys, err := actors.Start(actors.Options{
+		Journal: j, Queue: queue, Relay: relay, Hostname: cfg.Hostname,
+		Policies: policy.Options{AddDate: cfg.Policies.AddDateHeader, AddMessageID: cfg.Policies.AddMessageIDHeader,
+			AddReceived: cfg.Policies.AddReceivedHeader, Split: cfg.Policies.Split},
+		Retry: durations(cfg.Queue.Retry), MaxAge: cfg.Queue.MaxAge.Duration, Logger: log.Named("queue"),
+	})
+	if err != nil {
+		return err
+	}
+	defer sys.Stop()
+
+	edge, err := smtpedge.New(smtpedge.Options{
+		Hostname: cfg.Hostname, Submission: cfg.Submission.Listen, Submissions: cfg.Submissions.Listen,
+		TLS: certs.TLSConfig(), Auth: users, Journal: j, Accepted: sys.Enqueue, TrustedNetworks: trusted,
+		AllowInsecureAuth: cfg.Auth.AllowInsecureAuth, RequireOwnership: cfg.Auth.RequireSenderOwnership,
+		MaxMessageBytes: cfg.Limits.MaxMessageBytes, MaxRecipients: cfg.Limits.MaxRecipients,
+		MaxConnections: cfg.Limits.MaxConnections, Logger: log.Named("smtp"),
+	})
+	if err != nil {
+		return err
+	}
+	var admin *http.Server
+	if cfg.Admin.Listen != "" {
+		ln, err := net.Listen("tcp", cfg.Admin.Listen)
+		if err != nil {
+			edge.Shutdown(context.Background())
+			return fmt.Errorf("admin listener: %w", err)
+		}
+		admin = &http.Server{Handler: newAdmin(j, queue, sys, log.Named("admin")), ReadHeaderTimeout: 10 * time.Second}
+		go admin.Serve(ln)
+	}
+	edge.Serve()
+	if f.pidfile != "" {
+		if err := os.WriteFile(f.pidfile, []byte(fmt.Sprintf("%d\n", os.Getpid())), 0o644); err != nil {
+			return fmt.Errorf("write pidfile: %w", err)
+		}
+		defer os.Remove(f.pidfile)
+	}
+	log.Info("ledgermail started", zap.String("version", version), zap.String("hostname", cfg.Hostname),
+		zap.Strings("listen", edge.Addrs()), zap.String("admin", cfg.Admin.Listen), zap.String("data_dir", cfg.DataDir),
+		zap.String("relay", cfg.Relay.Mode), zap.Uint64("journal_seq", j.LastSeq()))
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	for sig := range sigs {
+		if sig == syscall.SIGHUP {
+			reload(log, users, certs)
+			continue
+		}
+		log.Info("stopping", zap.String("signal", sig.String()))
+		break
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := edge.Shutdown(ctx); err != nil {
+		log.Warn("SMTP sessions cut at shutdown", zap.Error(err))
+	}
+	if admin != nil {
+		admin.Shutdown(ctx)
+	}
+	log.Info("stopped")
+	return nil
+}
+
+func reload(log *zap.Logger, users *smtpedge.UsersFile, certs *smtpedge.CertStore) {
+	if err := users.Reload(); err != nil {
+		log.Error("reload users file", zap.Error(err))
+	}
+	if err := certs.Reload(); err != nil {
+		log.Error("reload certificates", zap.Error(err))
+	}
+	log.Info("reloaded users and certificates")
+}
+
+// rebuild replays the journal into the queue projection, with progress on
+// long journals. A corrupt record stops start-up unless ignoreCorrupt.
+func rebuild(j *journal.Journal, q *projections.Queue, log *zap.Logger, ignoreCorrupt bool) error {
+	total := j.LastSeq()
+	start := time.Now()
+	last := start
+	batch := make([]events.Event, 0, 1024)
+	flush := func() {
+		q.Apply(batch)
+		batch = batch[:0]
+	}
+	fn := func(e events.Event) error {
+		batch = append(batch, e)
+		if len(batch) == cap(batch) {
+			flush()
+			if time.Since(last) > 2*time.Second {
+				last = time.Now()
+				log.Info("replaying journal", zap.Uint64("seq", e.Seq), zap.Uint64("of", total))
+			}
+		}
+		return nil
+	}
+	var err error
+	if ignoreCorrupt {
+		err = j.ScanTolerant(1, fn, func(ce *journal.CorruptError) error {
+			log.Error("corrupt journal record ignored", zap.Uint64("seq", ce.Seq), zap.String("reason", ce.Reason))
+			return nil
+		})
+	} else {
+		err = j.Scan(1, fn)
+	}
+	if err != nil {
+		var ce *journal.CorruptError
+		if errors.As(err, &ce) {
+			return fmt.Errorf("%v; refusing to start (run `mta replay --verify` to list all, or `mta serve --ignore-corrupt`)", err)
+		}
+		return err
+	}
+	flush()
+	log.Info("journal replayed", zap.Uint64("events", total), zap.Int("live_envelopes", len(q.Live())), zap.Duration("took", time.Since(start)))
+	return nil
+}
+
+func unwrapPathErr(err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
+
+func tomlEncode(w interface{ Write([]byte) (int, error) }, v any) error {
+	return toml.NewEncoder(w).Encode(v)
+}

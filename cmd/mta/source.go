@@ -1,0 +1,202 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/ledgermail/ledgermail/events"
+	"github.com/ledgermail/ledgermail/journal"
+	"github.com/ledgermail/ledgermail/projections"
+)
+
+// source is where the read commands get events: the journal itself when no
+// server runs, or the running server's admin API (Pebble locks the journal
+// directory, so a second process cannot open it).
+type source interface {
+	// Scan calls fn for every event matching f; corrupt records go to bad.
+	Scan(f projections.Filter, fn func(events.Event) error, bad func(seq uint64, reason string) error) error
+	// Operator journals RetryRequested or Deleted for id ("all": every live
+	// envelope) and returns how many envelopes it concerned.
+	Operator(action, id string) (int, error)
+	// Queue returns the live queue.
+	Queue() (projections.Snapshot, error)
+	Close() error
+	Describe() string
+}
+
+// openSource opens the journal, or falls back to the admin API when a
+// running server holds it.
+func openSource(cfg Config) (source, error) {
+	dir := cfg.JournalDir()
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("no journal in %s (data_dir %s): nothing has been queued yet, or the config names another data_dir", dir, cfg.DataDir)
+	}
+	j, err := journal.Open(journal.Options{Dir: dir})
+	if err == nil {
+		return &offlineSource{j: j}, nil
+	}
+	if !errors.Is(err, journal.ErrLocked) {
+		return nil, err
+	}
+	if cfg.Admin.Listen == "" {
+		return nil, fmt.Errorf("the server holds the journal and admin.listen is empty, so it cannot be asked")
+	}
+	return &adminSource{base: "http://" + cfg.Admin.Listen, client: &http.Client{Timeout: 5 * time.Minute}}, nil
+}
+
+type offlineSource struct{ j *journal.Journal }
+
+func (o *offlineSource) Describe() string { return "journal (server not running)" }
+func (o *offlineSource) Close() error     { return o.j.Close() }
+
+func (o *offlineSource) Scan(f projections.Filter, fn func(events.Event) error, bad func(uint64, string) error) error {
+	filtered := func(e events.Event) error {
+		if !f.Match(e) {
+			return nil
+		}
+		return fn(e)
+	}
+	if bad == nil {
+		return o.j.Scan(1, filtered)
+	}
+	return o.j.ScanTolerant(1, filtered, func(ce *journal.CorruptError) error { return bad(ce.Seq, ce.Reason) })
+}
+
+func (o *offlineSource) fold() (*projections.Queue, error) {
+	q := projections.NewQueue()
+	batch := make([]events.Event, 0, 1024)
+	err := o.j.Scan(1, func(e events.Event) error {
+		if batch = append(batch, e); len(batch) == cap(batch) {
+			q.Apply(batch)
+			batch = batch[:0]
+		}
+		return nil
+	})
+	q.Apply(batch)
+	return q, err
+}
+
+func (o *offlineSource) Queue() (projections.Snapshot, error) {
+	q, err := o.fold()
+	if err != nil {
+		return projections.Snapshot{}, err
+	}
+	return q.Snapshot(), nil
+}
+
+func (o *offlineSource) Operator(action, id string) (int, error) {
+	q, err := o.fold()
+	if err != nil {
+		return 0, err
+	}
+	ids, err := operatorEvent(o.j, q, id, func() events.Payload {
+		if action == "delete" {
+			return events.Deleted{By: "mta queue (offline)"}
+		}
+		return events.RetryRequested{By: "mta queue (offline)"}
+	})
+	return len(ids), err
+}
+
+type adminSource struct {
+	base   string
+	client *http.Client
+}
+
+func (a *adminSource) Describe() string { return "server at " + a.base }
+func (a *adminSource) Close() error     { return nil }
+
+func (a *adminSource) Scan(f projections.Filter, fn func(events.Event) error, bad func(uint64, string) error) error {
+	v := url.Values{}
+	if f.Envelope != "" {
+		v.Set("envelope", f.Envelope)
+	}
+	if !f.Since.IsZero() {
+		v.Set("since", f.Since.Format(time.RFC3339))
+	}
+	resp, err := a.client.Get(a.base + "/journal?" + v.Encode())
+	if err != nil {
+		return fmt.Errorf("ask the server's admin API: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		return fmt.Errorf("admin API: %s: %s", resp.Status, strings.TrimSpace(string(b)))
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 64<<20)
+	for sc.Scan() {
+		var line struct {
+			Seq     uint64          `json:"seq"`
+			Event   json.RawMessage `json:"event"`
+			Corrupt string          `json:"corrupt"`
+			Error   string          `json:"error"`
+		}
+		if err := json.Unmarshal(sc.Bytes(), &line); err != nil {
+			return fmt.Errorf("admin API: bad line: %w", err)
+		}
+		switch {
+		case line.Error != "":
+			return fmt.Errorf("server: %s", line.Error)
+		case line.Corrupt != "":
+			ce := &journal.CorruptError{Seq: line.Seq, Reason: line.Corrupt}
+			if bad == nil {
+				return ce
+			}
+			if err := bad(line.Seq, line.Corrupt); err != nil {
+				return err
+			}
+			continue
+		}
+		e, err := events.Unmarshal(line.Event)
+		if err != nil {
+			return fmt.Errorf("admin API: event %d: %w", line.Seq, err)
+		}
+		e.Seq = line.Seq
+		if err := fn(e); err != nil {
+			return err
+		}
+	}
+	return sc.Err()
+}
+
+func (a *adminSource) Queue() (projections.Snapshot, error) {
+	var s projections.Snapshot
+	resp, err := a.client.Get(a.base + "/queue")
+	if err != nil {
+		return s, fmt.Errorf("ask the server's admin API: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return s, fmt.Errorf("admin API: %s", resp.Status)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
+		return s, fmt.Errorf("admin API: %w", err)
+	}
+	return s, nil
+}
+
+func (a *adminSource) Operator(action, id string) (int, error) {
+	resp, err := a.client.Post(a.base+"/queue/"+action+"?id="+url.QueryEscape(id), "", nil)
+	if err != nil {
+		return 0, fmt.Errorf("ask the server's admin API: %w", err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return 0, errors.New(strings.TrimSpace(string(b)))
+	}
+	var out struct{ Envelopes int }
+	if err := json.Unmarshal(b, &out); err != nil {
+		return 0, fmt.Errorf("admin API: %w", err)
+	}
+	return out.Envelopes, nil
+}

@@ -1,0 +1,157 @@
+package smtpedge
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/ledgermail/ledgermail/journal"
+)
+
+// Identity is an authenticated user and the sender addresses it may use
+// ("*@domain" allows a whole domain).
+type Identity struct {
+	Name      string
+	Addresses []string
+}
+
+// Owns reports whether the identity may send as addr.
+func (id Identity) Owns(addr string) bool {
+	addr = strings.ToLower(addr)
+	for _, a := range id.Addresses {
+		a = strings.ToLower(a)
+		if a == addr {
+			return true
+		}
+		if strings.HasPrefix(a, "*@") && strings.HasSuffix(addr, a[1:]) {
+			return true
+		}
+	}
+	return false
+}
+
+// ErrBadCredentials is returned by Authenticate for a wrong name or password.
+var ErrBadCredentials = errors.New("bad credentials")
+
+// Authenticator verifies a username and password.
+type Authenticator interface {
+	Authenticate(username, password string) (Identity, error)
+}
+
+// User is one line of the users file: name:bcrypt-hash:addr1,addr2.
+type User struct {
+	Name      string
+	Hash      string
+	Addresses []string
+}
+
+// UsersFile is the default Authenticator: a bcrypt users file, re-read by
+// Reload. It is safe for concurrent use.
+type UsersFile struct {
+	path  string
+	mu    sync.RWMutex
+	users map[string]User
+}
+
+// OpenUsersFile reads path; a missing file is an empty user list.
+func OpenUsersFile(path string) (*UsersFile, error) {
+	u := &UsersFile{path: path}
+	return u, u.Reload()
+}
+
+// Reload re-reads the file.
+func (u *UsersFile) Reload() error {
+	users, err := ReadUsers(u.path)
+	if err != nil {
+		return err
+	}
+	m := make(map[string]User, len(users))
+	for _, x := range users {
+		m[x.Name] = x
+	}
+	u.mu.Lock()
+	u.users = m
+	u.mu.Unlock()
+	return nil
+}
+
+// dummyHash keeps the time of a check for an unknown user close to that of
+// a known one.
+var dummyHash, _ = bcrypt.GenerateFromPassword([]byte("ledgermail-dummy"), bcrypt.MinCost)
+
+// Authenticate checks the password against the user's bcrypt hash.
+func (u *UsersFile) Authenticate(username, password string) (Identity, error) {
+	u.mu.RLock()
+	x, ok := u.users[username]
+	u.mu.RUnlock()
+	if !ok {
+		bcrypt.CompareHashAndPassword(dummyHash, []byte(password))
+		return Identity{}, ErrBadCredentials
+	}
+	if bcrypt.CompareHashAndPassword([]byte(x.Hash), []byte(password)) != nil {
+		return Identity{}, ErrBadCredentials
+	}
+	return Identity{Name: x.Name, Addresses: x.Addresses}, nil
+}
+
+// ReadUsers parses a users file; a missing file has no users.
+func ReadUsers(path string) ([]User, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read users file: %w", err)
+	}
+	var out []User
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		parts := strings.SplitN(line, ":", 3)
+		if len(parts) < 2 || parts[0] == "" || !strings.HasPrefix(parts[1], "$2") {
+			return nil, fmt.Errorf("users file %s line %d: want name:bcrypt-hash:addr1,addr2", path, n)
+		}
+		x := User{Name: parts[0], Hash: parts[1]}
+		if len(parts) == 3 && parts[2] != "" {
+			for _, a := range strings.Split(parts[2], ",") {
+				if a = strings.TrimSpace(a); a != "" {
+					x.Addresses = append(x.Addresses, a)
+				}
+			}
+		}
+		out = append(out, x)
+	}
+	return out, nil
+}
+
+// WriteUsers replaces the users file atomically (mode 0600).
+func WriteUsers(path string, users []User) error {
+	sort.Slice(users, func(i, j int) bool { return users[i].Name < users[j].Name })
+	var b strings.Builder
+	for _, x := range users {
+		if strings.ContainsAny(x.Name, ":\n") {
+			return fmt.Errorf("user name %q may not contain ':' or a newline", x.Name)
+		}
+		fmt.Fprintf(&b, "%s:%s:%s\n", x.Name, x.Hash, strings.Join(x.Addresses, ","))
+	}
+	return journal.WriteFile(path, []byte(b.String()), 0o600)
+}
+
+// HashPassword returns a bcrypt hash of password.
+func HashPassword(password string) (string, error) {
+	h, err := bcrypt.GenerateFromPassword([]byte(password), bcrypt.DefaultCost)
+	if err != nil {
+		return "", fmt.Errorf("hash password: %w", err)
+	}
+	return string(h), nil
+}

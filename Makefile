@@ -1,0 +1,39 @@
+# ledgermail — see README.md. `make run` and `make test` are all a new
+# machine needs.
+GO       ?= go
+BIN      ?= bin/mta
+VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS  := -X main.version=$(VERSION)
+
+.PHONY: build run test test-unit test-e2e bench lint deps fmt
+
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/mta
+
+# Starts the MTA on its embedded defaults (./mta-data, 127.0.0.1:2587 and :2465, admin :8025).
+run: build
+	./$(BIN) serve
+
+# Installs the Debian packages the tests drive (swaks, smtp-sink from postfix,
+# openssl, dnsmasq) when they are missing, then runs every test with -race.
+test: deps lint
+	$(GO) test -race -count=1 -timeout 12m ./...
+
+test-unit:
+	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /e2e)
+
+test-e2e: deps
+	$(GO) test -race -count=1 -v ./e2e/
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime 2s ./journal/
+
+lint:
+	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
+	$(GO) vet ./...
+
+fmt:
+	gofmt -w .
+
+deps:
+	@bash .ci/deps

@@ -1,0 +1,381 @@
+// Package e2e builds the real mta binary and drives it with real peers:
+// swaks, Python's smtplib and Postfix's smtp-sink. `make test` installs
+// them; a missing tool fails the test rather than skipping it.
+package e2e
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var mtaBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "ledgermail-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	mtaBin = filepath.Join(dir, "mta")
+	build := exec.Command("go", "build", "-race", "-o", mtaBin, "../cmd/mta")
+	build.Stdout, build.Stderr = os.Stdout, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build mta:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// need fails the test when a tool the suite depends on is missing.
+func need(t *testing.T, tools ...string) {
+	t.Helper()
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s is not installed: run `make test` (it installs the test dependencies) or .ci/deps", tool)
+		}
+	}
+}
+
+func init() {
+	// smtp-sink lives in /usr/sbin, often not on a user's PATH.
+	os.Setenv("PATH", os.Getenv("PATH")+":/usr/sbin:/sbin")
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+}
+
+func canConnect(addr string) bool {
+	c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
+}
+
+// sink is a running Postfix smtp-sink storing each transaction as a file.
+type sink struct {
+	addr string
+	dir  string
+	cmd  *exec.Cmd
+	out  *bytes.Buffer
+}
+
+func startSink(t *testing.T, addr string) *sink {
+	t.Helper()
+	need(t, "smtp-sink")
+	// smtp-sink drops to nobody when run as root: its directory must be
+	// reachable by nobody, which t.TempDir()'s 0700 parents are not.
+	dir, err := os.MkdirTemp("", "ledgermail-sink-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(dir, 0o777)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	args := []string{"-d", dir + "/%M%S.", addr, "100"}
+	if os.Getuid() == 0 {
+		args = append([]string{"-u", "nobody"}, args...)
+	}
+	cmd := exec.Command("smtp-sink", args...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	s := &sink{addr: addr, dir: dir, cmd: cmd, out: &out}
+	t.Cleanup(func() {
+		s.stop()
+		if t.Failed() {
+			t.Logf("smtp-sink output:\n%s", out.String())
+		}
+	})
+	waitFor(t, "smtp-sink on "+addr, 10*time.Second, func() bool { return canConnect(addr) })
+	return s
+}
+
+func (s *sink) stop() {
+	if s.cmd != nil && s.cmd.Process != nil {
+		s.cmd.Process.Kill()
+		s.cmd.Wait()
+		s.cmd = nil
+	}
+}
+
+// messages returns the stored transactions.
+func (s *sink) messages(t *testing.T) []string {
+	t.Helper()
+	ents, err := os.ReadDir(s.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(s.dir, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, string(b))
+	}
+	return out
+}
+
+// server is a running `mta serve`.
+type server struct {
+	t        *testing.T
+	dir      string
+	config   string
+	sub      string // STARTTLS listener
+	subs     string // implicit TLS listener
+	admin    string
+	cmd      *exec.Cmd
+	log      *bytes.Buffer
+	logFile  string
+	waitDone chan error
+}
+
+type serverOpts struct {
+	smarthost string
+	retry     string // TOML list body, e.g. `"1s"`
+	extra     string
+}
+
+func newServer(t *testing.T, o serverOpts) *server {
+	t.Helper()
+	dir := t.TempDir()
+	s := &server{t: t, dir: dir, sub: freePort(t), subs: freePort(t), admin: freePort(t)}
+	if o.retry == "" {
+		o.retry = `"1s"`
+	}
+	cfg := fmt.Sprintf(`hostname = "mta.test"
+data_dir = %q
+[submission]
+listen = [%q]
+[submissions]
+listen = [%q]
+[relay]
+mode = "static"
+smarthost = %q
+connect_timeout = "2s"
+[queue]
+retry = [%s]
+[admin]
+listen = %q
+%s
+`, filepath.Join(dir, "data"), s.sub, s.subs, o.smarthost, o.retry, s.admin, o.extra)
+	s.config = filepath.Join(dir, "mta.toml")
+	if err := os.WriteFile(s.config, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		s.kill()
+		if t.Failed() {
+			b, _ := os.ReadFile(s.logFile)
+			t.Logf("server log:\n%s", b)
+		}
+	})
+	return s
+}
+
+// mta runs a CLI subcommand with the server's config.
+func (s *server) mta(stdin string, args ...string) (string, string, int) {
+	s.t.Helper()
+	args = append(args, "-c", s.config)
+	cmd := exec.Command(mtaBin, args...)
+	cmd.Stdin = strings.NewReader(stdin)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		s.t.Fatalf("run mta %v: %v", args, err)
+	}
+	return out.String(), errb.String(), code
+}
+
+func (s *server) addUser(name, password string, addrs ...string) {
+	s.t.Helper()
+	args := []string{"users", "add", name, "--password-stdin"}
+	for _, a := range addrs {
+		args = append(args, "--address", a)
+	}
+	if out, errs, code := s.mta(password+"\n", args...); code != 0 {
+		s.t.Fatalf("users add: exit %d: %s %s", code, out, errs)
+	}
+}
+
+func (s *server) start() {
+	s.t.Helper()
+	s.logFile = filepath.Join(s.dir, fmt.Sprintf("serve-%d.log", time.Now().UnixNano()))
+	f, err := os.Create(s.logFile)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.cmd = exec.Command(mtaBin, "serve", "-c", s.config)
+	s.cmd.Stdout, s.cmd.Stderr = f, f
+	if err := s.cmd.Start(); err != nil {
+		s.t.Fatal(err)
+	}
+	f.Close()
+	s.waitDone = make(chan error, 1)
+	go func(c *exec.Cmd, ch chan error) { ch <- c.Wait() }(s.cmd, s.waitDone)
+	waitFor(s.t, "mta serve to listen", 30*time.Second, func() bool {
+		select {
+		case err := <-s.waitDone:
+			b, _ := os.ReadFile(s.logFile)
+			s.t.Fatalf("mta serve exited early (%v):\n%s", err, b)
+		default:
+		}
+		resp, err := http.Get("http://" + s.admin + "/healthz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200 && canConnect(s.sub)
+	})
+}
+
+// kill sends SIGKILL (a crash) and waits for the process to be gone.
+func (s *server) kill() {
+	if s.cmd == nil {
+		return
+	}
+	s.cmd.Process.Signal(syscall.SIGKILL)
+	<-s.waitDone
+	s.cmd = nil
+}
+
+// stop sends SIGTERM and waits for a clean exit.
+func (s *server) stop() {
+	s.t.Helper()
+	if s.cmd == nil {
+		return
+	}
+	s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-s.waitDone:
+		if err != nil {
+			b, _ := os.ReadFile(s.logFile)
+			s.t.Fatalf("mta serve exited with %v after SIGTERM:\n%s", err, b)
+		}
+	case <-time.After(40 * time.Second):
+		s.t.Fatal("mta serve did not stop within 40s of SIGTERM")
+	}
+	s.cmd = nil
+}
+
+type queueJSON struct {
+	Counts    map[string]int `json:"counts"`
+	Envelopes []struct {
+		ID          string   `json:"id"`
+		Parent      string   `json:"parent"`
+		State       string   `json:"state"`
+		Sender      string   `json:"sender"`
+		Recipients  []string `json:"recipients"`
+		Attempts    int      `json:"attempts"`
+		NextAttempt *string  `json:"next_attempt"`
+		LastError   string   `json:"last_error"`
+	} `json:"envelopes"`
+}
+
+func (s *server) queue() queueJSON {
+	s.t.Helper()
+	out, errs, code := s.mta("", "queue", "--json")
+	if code != 0 {
+		s.t.Fatalf("mta queue --json: exit %d: %s", code, errs)
+	}
+	var q queueJSON
+	if err := json.Unmarshal([]byte(out), &q); err != nil {
+		s.t.Fatalf("mta queue --json: %v\n%s", err, out)
+	}
+	return q
+}
+
+type replayLine map[string]any
+
+func (s *server) replay(args ...string) []replayLine {
+	s.t.Helper()
+	out, errs, code := s.mta("", append([]string{"replay", "--json"}, args...)...)
+	if code != 0 {
+		s.t.Fatalf("mta replay: exit %d: %s", code, errs)
+	}
+	var lines []replayLine
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		if l == "" {
+			continue
+		}
+		var m replayLine
+		if err := json.Unmarshal([]byte(l), &m); err != nil {
+			s.t.Fatalf("replay line %q: %v", l, err)
+		}
+		lines = append(lines, m)
+	}
+	return lines
+}
+
+func types(lines []replayLine) []string {
+	var out []string
+	for _, l := range lines {
+		out = append(out, fmt.Sprint(l["type"]))
+	}
+	return out
+}
+
+// swaks runs swaks and returns its combined output and exit code.
+func swaks(t *testing.T, args ...string) (string, int) {
+	t.Helper()
+	need(t, "swaks")
+	cmd := exec.Command("swaks", append([]string{"--timeout", "20"}, args...)...)
+	out, err := cmd.CombinedOutput()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return string(out), code
+}
+
+// python runs a Python 3 script with arguments; it prints what the test checks.
+func python(t *testing.T, script string, args ...string) string {
+	t.Helper()
+	need(t, "python3")
+	cmd := exec.Command("python3", append([]string{"-c", script}, args...)...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("python: %v\n%s", err, out)
+	}
+	return string(out)
+}

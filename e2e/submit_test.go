@@ -1,0 +1,192 @@
+package e2e
+
+import (
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+var queuedRE = regexp.MustCompile(`250 2\.0\.0 Ok: queued as ([0-9A-F]{20})`)
+
+// smtplibSend submits over STARTTLS (port 587 style) or implicit TLS (465
+// style) with AUTH PLAIN and prints the final reply.
+const smtplibSend = `
+import smtplib, ssl, sys
+mode, host, port, user, pw, sender, rcpts, body = sys.argv[1:9]
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+if mode == "starttls":
+    s = smtplib.SMTP(host, int(port), timeout=20)
+    s.ehlo("python.test")
+    s.starttls(context=ctx)
+else:
+    s = smtplib.SMTP_SSL(host, int(port), timeout=20, context=ctx)
+s.ehlo("python.test")
+s.login(user, pw)
+s.mail(sender)
+for r in rcpts.split(","):
+    s.rcpt(r)
+code, msg = s.data(body.encode())
+print(code, msg.decode())
+s.quit()
+`
+
+// smtplibProbe runs the refusals of the reply table and prints each reply.
+const smtplibProbe = `
+import smtplib, ssl, sys
+host, port, user, pw = sys.argv[1:5]
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+s = smtplib.SMTP(host, int(port), timeout=20)
+code, msg = s.ehlo("python.test")
+print("EHLO-PLAIN", "AUTH" in msg.decode(), "STARTTLS" in msg.decode())
+print("AUTH-PLAINTEXT", *s.docmd("AUTH", "PLAIN AGFsaWNlAHNlY3JldA=="))
+s.starttls(context=ctx)
+code, msg = s.ehlo("python.test")
+print("EHLO-TLS", "AUTH PLAIN LOGIN" in msg.decode())
+print("MAIL-NOAUTH", *s.docmd("MAIL", "FROM:<alice@example.test>"))
+s.rset()
+try:
+    s.login(user, "wrong-password")
+except smtplib.SMTPAuthenticationError as e:
+    print("BADAUTH", e.smtp_code, e.smtp_error.decode())
+s.login(user, pw)
+print("MAIL-NOTOWNED", *s.docmd("MAIL", "FROM:<mallory@example.test>"))
+s.rset()
+print("MAIL-OK", *s.docmd("MAIL", "FROM:<alice@example.test>"))
+print("RCPT-BAD", *s.docmd("RCPT", "TO:<bob@dest..test>"))
+s.quit()
+`
+
+func TestSubmitWithSwaksAndSmtplibDeliversToSmtpSink(t *testing.T) {
+	sk := startSink(t, freePort(t))
+	s := newServer(t, serverOpts{smarthost: sk.addr})
+	s.addUser("alice", "secret", "alice@example.test")
+	s.start()
+
+	// swaks: STARTTLS, AUTH LOGIN, two recipient domains.
+	out, code := swaks(t, "--server", s.sub, "--tls", "--auth", "LOGIN", "--auth-user", "alice", "--auth-password", "secret",
+		"--from", "alice@example.test", "--to", "bob@dest.test,carol@other.test",
+		"--header", "Subject: from swaks", "--body", "swaks body line\nsecond line")
+	m := queuedRE.FindStringSubmatch(out)
+	if code != 0 || m == nil {
+		t.Fatalf("swaks: exit %d\n%s", code, out)
+	}
+	swaksID := m[1]
+
+	// smtplib: implicit TLS (465 style), AUTH PLAIN, exact body bytes.
+	body := "From: alice@example.test\r\nTo: dave@dest.test\r\nSubject: from smtplib\r\nDate: Mon, 23 Nov 2026 10:00:00 +0000\r\nMessage-ID: <fixed@example.test>\r\n\r\nexact body bytes\r\n.leading dot\r\nlast line\r\n"
+	host, port := splitHostPort(t, s.subs)
+	reply := python(t, smtplibSend, "implicit", host, port, "alice", "secret", "alice@example.test", "dave@dest.test", body)
+	if !strings.HasPrefix(reply, "250 2.0.0 Ok: queued as ") {
+		t.Fatalf("smtplib reply: %q", reply)
+	}
+	pyID := strings.TrimSpace(strings.TrimPrefix(reply, "250 2.0.0 Ok: queued as "))
+
+	// smtplib: STARTTLS too.
+	host, port = splitHostPort(t, s.sub)
+	if r := python(t, smtplibSend, "starttls", host, port, "alice", "secret", "alice@example.test", "erin@third.test", "Subject: x\r\n\r\nhi\r\n"); !strings.HasPrefix(r, "250 2.0.0 Ok: queued as ") {
+		t.Fatalf("smtplib STARTTLS reply: %q", r)
+	}
+
+	// Two children for swaks' two domains + one + one = four transactions.
+	waitFor(t, "4 transactions at smtp-sink", 30*time.Second, func() bool { return len(sk.messages(t)) == 4 })
+	msgs := sk.messages(t)
+	var py, bob string
+	for _, msg := range msgs {
+		if strings.Contains(msg, "X-Rcpt-Args: <dave@dest.test>") {
+			py = msg
+		}
+		if strings.Contains(msg, "X-Rcpt-Args: <bob@dest.test>") {
+			bob = msg
+		}
+	}
+	if py == "" || bob == "" {
+		t.Fatalf("missing transactions at the sink:\n%s", strings.Join(msgs, "\n----\n"))
+	}
+	// Our Received header comes right after the sink's own, then the body
+	// exactly as submitted (the sink shows dot-unstuffed data).
+	if !strings.Contains(py, "by mta.test (ledgermail) with ESMTPSA id "+pyID) {
+		t.Errorf("no ledgermail Received header naming %s:\n%s", pyID, py)
+	}
+	if !strings.Contains(py, "(authenticated sender: alice)") || !strings.Contains(py, "for <dave@dest.test>") {
+		t.Errorf("Received header lacks AUTH identity or recipient:\n%s", py)
+	}
+	// smtp-sink stores lines with LF and ends the file with an empty line.
+	if !strings.HasSuffix(strings.TrimRight(strings.ReplaceAll(py, "\r\n", "\n"), "\n"), strings.TrimRight(strings.ReplaceAll(body, "\r\n", "\n"), "\n")) {
+		t.Errorf("body bytes differ; sink has:\n%s", py)
+	}
+	if strings.Count(py, "Message-ID:") != 1 || strings.Count(py, "Date:") != 1 {
+		t.Errorf("Date/Message-ID duplicated although the client set them:\n%s", py)
+	}
+	if !strings.Contains(bob, "X-Mail-Args: <alice@example.test>") || !strings.Contains(bob, "Subject: from swaks") ||
+		!strings.Contains(bob, "Message-Id:") || !strings.Contains(bob, "swaks body line") {
+		t.Errorf("swaks transaction:\n%s", bob)
+	}
+
+	// The queue drains and the journal tells each envelope's story.
+	waitFor(t, "empty queue", 10*time.Second, func() bool { return len(s.queue().Envelopes) == 0 })
+	q := s.queue()
+	if q.Counts["delivered"] != 4 {
+		t.Errorf("counts %v, want 4 delivered", q.Counts)
+	}
+	got := strings.Join(types(s.replay("--envelope", swaksID)), " ")
+	if !strings.HasPrefix(got, "Received PoliciesApplied Split AttemptStarted") || strings.Count(got, "Delivered") != 2 {
+		t.Errorf("swaks envelope history: %s", got)
+	}
+	lines := s.replay("--envelope", pyID)
+	last := lines[len(lines)-1]
+	if last["type"] != "Delivered" || last["envelope"] != pyID+".1" || last["seq"] == nil || last["version"] == nil {
+		t.Errorf("last event of %s: %v", pyID, last)
+	}
+
+	// Stopped, the same commands read the journal directly.
+	s.stop()
+	if q := s.queue(); q.Counts["delivered"] != 4 || len(q.Envelopes) != 0 {
+		t.Errorf("offline queue: %+v", q)
+	}
+	if got := types(s.replay("--envelope", pyID)); len(got) != len(lines) {
+		t.Errorf("offline replay has %d events, online had %d", len(got), len(lines))
+	}
+	if out, errs, code := s.mta("", "replay", "--verify"); code != 0 || !strings.Contains(out, "0 corrupt") {
+		t.Errorf("replay --verify: exit %d\n%s%s", code, out, errs)
+	}
+}
+
+func TestReplyTable(t *testing.T) {
+	sk := startSink(t, freePort(t))
+	s := newServer(t, serverOpts{smarthost: sk.addr})
+	s.addUser("alice", "secret", "alice@example.test")
+	s.start()
+	host, port := splitHostPort(t, s.sub)
+	out := python(t, smtplibProbe, host, port, "alice", "secret")
+	for _, want := range []string{
+		"EHLO-PLAIN False True",
+		"AUTH-PLAINTEXT 538 b'5.7.11 Encryption required for requested authentication mechanism'",
+		"EHLO-TLS True",
+		"MAIL-NOAUTH 550 b'5.7.1 <alice@example.test> Not authenticated'",
+		"BADAUTH 535 5.7.8 Authentication credentials invalid",
+		"MAIL-NOTOWNED 553 b'5.7.1 <mallory@example.test> Sender address not owned by user'",
+		"MAIL-OK 250",
+		"RCPT-BAD 501 b'5.1.3 Bad address syntax'",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("missing %q in:\n%s", want, out)
+		}
+	}
+	// swaks sees the same refusal for bad credentials.
+	o, code := swaks(t, "--server", s.sub, "--tls", "--auth", "PLAIN", "--auth-user", "alice", "--auth-password", "nope",
+		"--from", "alice@example.test", "--to", "bob@dest.test")
+	if code == 0 || !strings.Contains(o, "535 5.7.8 Authentication credentials invalid") {
+		t.Errorf("swaks with bad password: exit %d\n%s", code, o)
+	}
+}
+
+func splitHostPort(t *testing.T, addr string) (string, string) {
+	t.Helper()
+	i := strings.LastIndexByte(addr, ':')
+	return addr[:i], addr[i+1:]
+}

@@ -210,7 +210,17 @@ listen = %q
 // mta runs a CLI subcommand with the server's config.
 func (s *server) mta(stdin string, args ...string) (string, string, int) {
 	s.t.Helper()
-	args = append(args, "-c", s.config)
+	return s.mtaIn(stdin, append(args, "-c", s.config)...)
+}
+
+// mtaRaw runs the binary with exactly these arguments.
+func (s *server) mtaRaw(args ...string) (string, string, int) {
+	s.t.Helper()
+	return s.mtaIn("", args...)
+}
+
+func (s *server) mtaIn(stdin string, args ...string) (string, string, int) {
+	s.t.Helper()
 	cmd := exec.Command(mtaBin, args...)
 	cmd.Stdin = strings.NewReader(stdin)
 	var out, errb bytes.Buffer

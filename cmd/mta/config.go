@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -109,18 +108,27 @@ type LogConfig struct {
 	Level  string `toml:"level"`  // debug, info, warn, error
 }
 
-// Duration is a TOML string like "1m30s".
-type Duration struct{ time.Duration }
+// Duration is a TOML string like "1m30s". A bad value is kept and reported
+// by Validate, which knows the key's name (the TOML decoder does not say it).
+type Duration struct {
+	time.Duration
+	bad string
+}
 
 func (d *Duration) UnmarshalText(b []byte) error {
 	v, err := time.ParseDuration(string(b))
-	if err != nil {
-		return fmt.Errorf("%q is not a duration like \"30s\" or \"5m\"", b)
+	if err != nil || v < 0 {
+		d.bad = string(b)
+		return nil
 	}
-	if v < 0 {
-		return fmt.Errorf("%q is negative", b)
+	d.Duration, d.bad = v, ""
+	return nil
+}
+
+func (d Duration) check(key string) error {
+	if d.bad != "" {
+		return configErrorf("%s: %q is not a duration like \"30s\" or \"5m\"", key, d.bad)
 	}
-	d.Duration = v
 	return nil
 }
 
@@ -128,7 +136,7 @@ func (d Duration) MarshalText() ([]byte, error) { return []byte(d.Duration.Strin
 
 // Defaults returns the embedded defaults of SPEC.md.
 func Defaults() Config {
-	dur := func(s string) Duration { v, _ := time.ParseDuration(s); return Duration{v} }
+	dur := func(s string) Duration { v, _ := time.ParseDuration(s); return Duration{Duration: v} }
 	var retry []Duration
 	for _, s := range []string{"1m", "5m", "15m", "30m", "1h", "2h", "4h"} {
 		retry = append(retry, dur(s))
@@ -169,10 +177,7 @@ func LoadConfig(path string) (Config, error) {
 		}
 		md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&c)
 		if err != nil {
-			var pe toml.ParseError
-			if errors.As(err, &pe) {
-				return c, configErrorf("%s: line %d: %s", path, pe.Position.Line, strings.TrimPrefix(pe.Message, "toml: "))
-			}
+			// BurntSushi/toml names the line and the last key read.
 			return c, configErrorf("%s: %s", path, strings.TrimPrefix(err.Error(), "toml: "))
 		}
 		if und := md.Undecoded(); len(und) > 0 {
@@ -193,6 +198,19 @@ var hostnameRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$`)
 
 // Validate checks every value and names the first bad key.
 func (c *Config) Validate() error {
+	for key, d := range map[string]Duration{
+		"relay.connect_timeout": c.Relay.ConnectTimeout, "relay.command_timeout": c.Relay.CommandTimeout,
+		"relay.data_timeout": c.Relay.DataTimeout, "relay.idle_timeout": c.Relay.IdleTimeout, "queue.max_age": c.Queue.MaxAge,
+	} {
+		if err := d.check(key); err != nil {
+			return err
+		}
+	}
+	for _, d := range c.Queue.Retry {
+		if err := d.check("queue.retry"); err != nil {
+			return err
+		}
+	}
 	if !hostnameRE.MatchString(c.Hostname) {
 		return configErrorf("hostname %q is not a valid host name", c.Hostname)
 	}

@@ -1,0 +1,234 @@
+package mxrelay
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// startDNS serves zone (name -> records in presentation format) on a
+// loopback UDP port with miekg/dns; unknown names get NXDOMAIN, names in
+// servfail get SERVFAIL.
+func startDNS(t *testing.T, zone map[string][]string, servfail ...string) string {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := dns.NewServeMux()
+	mux.HandleFunc(".", func(w dns.ResponseWriter, r *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(r)
+		q := r.Question[0]
+		for _, s := range servfail {
+			if strings.EqualFold(q.Name, dns.Fqdn(s)) {
+				m.Rcode = dns.RcodeServerFailure
+				w.WriteMsg(m)
+				return
+			}
+		}
+		recs, ok := zone[strings.ToLower(q.Name)]
+		if !ok {
+			m.Rcode = dns.RcodeNameError
+		}
+		for _, s := range recs {
+			rr, err := dns.NewRR(s)
+			if err != nil {
+				t.Errorf("bad test record %q: %v", s, err)
+				continue
+			}
+			if rr.Header().Rrtype == q.Qtype {
+				m.Answer = append(m.Answer, rr)
+			}
+		}
+		w.WriteMsg(m)
+	})
+	started := make(chan struct{})
+	srv := &dns.Server{PacketConn: pc, Handler: mux, NotifyStartedFunc: func() { close(started) }}
+	go srv.ActivateAndServe()
+	<-started
+	t.Cleanup(func() { srv.Shutdown() })
+	return pc.LocalAddr().String()
+}
+
+type sink struct {
+	dir string
+	cmd *exec.Cmd
+}
+
+// startSink runs Postfix's smtp-sink on addr; extra flags make it refuse
+// commands (-f hard, -r soft).
+func startSink(t *testing.T, addr string, extra ...string) *sink {
+	t.Helper()
+	bin, err := exec.LookPath("smtp-sink")
+	if err != nil {
+		if _, err2 := os.Stat("/usr/sbin/smtp-sink"); err2 != nil {
+			t.Fatal("smtp-sink is not installed: run `make test` (it installs postfix's tools)")
+		}
+		bin = "/usr/sbin/smtp-sink"
+	}
+	dir, err := os.MkdirTemp("", "mxrelay-sink-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(dir, 0o777)
+	args := append(extra, "-d", dir+"/%M%S.", addr, "100")
+	if os.Getuid() == 0 {
+		args = append([]string{"-u", "nobody"}, args...)
+	}
+	cmd := exec.Command(bin, args...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait(); os.RemoveAll(dir) })
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("smtp-sink did not listen on %s", addr)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return &sink{dir: dir, cmd: cmd}
+}
+
+func (s *sink) count(t *testing.T) int {
+	ents, err := os.ReadDir(s.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+func freePort(t *testing.T, ip string) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", ip+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	_, p, _ := net.SplitHostPort(ln.Addr().String())
+	return p
+}
+
+func msg(rcpts ...string) Message {
+	body := []byte("Subject: test\r\n\r\nhello\r\n")
+	return Message{Envelope: "T", From: "a@src.test", Recipients: rcpts,
+		Body: func() io.Reader { return bytes.NewReader(body) }, Size: int64(len(body))}
+}
+
+func TestMXRelayResolutionAndOutcomes(t *testing.T) {
+	port := freePort(t, "127.0.0.2")
+	good := startSink(t, "127.0.0.2:"+port)
+	// 127.0.0.3 listens on the same port but refuses RCPT permanently.
+	hard := startSink(t, "127.0.0.3:"+port, "-f", "RCPT")
+	// 127.0.0.4 refuses RCPT temporarily.
+	soft := startSink(t, "127.0.0.4:"+port, "-r", "RCPT")
+	dnsAddr := startDNS(t, map[string][]string{
+		// mx0 has no address at all, so the relay must go on to mx1.
+		"good.test.":     {"good.test. 60 IN MX 5 mx0.good.test.", "good.test. 60 IN MX 10 mx1.good.test."},
+		"mx0.good.test.": {},
+		"mx1.good.test.": {"mx1.good.test. 60 IN A 127.0.0.2"},
+		"hard.test.":     {"hard.test. 60 IN MX 10 mx.hard.test."},
+		"mx.hard.test.":  {"mx.hard.test. 60 IN A 127.0.0.3"},
+		"soft.test.":     {"soft.test. 60 IN MX 10 mx.soft.test."},
+		"mx.soft.test.":  {"mx.soft.test. 60 IN A 127.0.0.4"},
+		"implicit.test.": {"implicit.test. 60 IN A 127.0.0.2"},
+		"nullmx.test.":   {"nullmx.test. 60 IN MX 0 ."},
+		"down.test.":     {"down.test. 60 IN MX 10 mx.down.test."},
+		"mx.down.test.":  {"mx.down.test. 60 IN A 127.0.0.5"},
+	}, "broken.test")
+	r, err := New(Options{Mode: "mx", DNSServers: []string{dnsAddr}, MXPort: atoi(port), Hostname: "relay.test",
+		ConnectTimeout: 2 * time.Second, CommandTimeout: 5 * time.Second, DataTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	cases := []struct {
+		rcpt      string
+		success   bool
+		temporary bool
+		code      int
+		contains  string
+	}{
+		{"x@good.test", true, false, 250, ""},
+		{"x@implicit.test", true, false, 250, ""},
+		{"x@hard.test", false, false, 500, ""},
+		{"x@soft.test", false, true, 450, ""},
+		{"x@nullmx.test", false, false, 556, "null MX"},
+		{"x@nowhere.test", false, false, 550, "NXDOMAIN"},
+		{"x@broken.test", false, true, 0, "SERVFAIL"},
+		{"x@down.test", false, true, 0, "refused"},
+	}
+	for _, c := range cases {
+		res := r.Deliver(ctx, msg(c.rcpt))
+		o, ok := res.Rcpts[c.rcpt]
+		if !ok {
+			t.Errorf("%s: no outcome in %+v", c.rcpt, res)
+			continue
+		}
+		if o.Success() != c.success || o.Temporary() != c.temporary || (c.code != 0 && o.Code/10 != c.code/10) || !strings.Contains(o.String(), c.contains) {
+			t.Errorf("%s: outcome %q success=%v temporary=%v code=%d", c.rcpt, o, o.Success(), o.Temporary(), o.Code)
+		}
+	}
+	if good.count(t) != 2 {
+		t.Errorf("good MX received %d transactions, want 2", good.count(t))
+	}
+	if hard.count(t) != 0 || soft.count(t) != 0 {
+		t.Errorf("refusing sinks stored messages")
+	}
+	// Per-recipient results within one transaction to two domains.
+	res := r.Deliver(ctx, msg("y@good.test", "y@hard.test"))
+	if !res.Rcpts["y@good.test"].Success() || res.Rcpts["y@hard.test"].Temporary() || res.Rcpts["y@hard.test"].Success() {
+		t.Errorf("mixed delivery: %+v", res.Rcpts)
+	}
+}
+
+func TestStaticRelayAndTLSRequired(t *testing.T) {
+	addr := "127.0.0.1:" + freePort(t, "127.0.0.1")
+	sk := startSink(t, addr)
+	r, err := New(Options{Mode: "static", Smarthost: addr, Hostname: "relay.test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := r.Deliver(context.Background(), msg("a@x.test", "b@y.test"))
+	for _, rc := range []string{"a@x.test", "b@y.test"} {
+		if !res.Rcpts[rc].Success() {
+			t.Errorf("%s: %v", rc, res.Rcpts[rc])
+		}
+	}
+	if sk.count(t) != 1 {
+		t.Errorf("sink has %d transactions, want 1", sk.count(t))
+	}
+	// smtp-sink offers no STARTTLS: "required" defers rather than sending in clear.
+	r, _ = New(Options{Mode: "static", Smarthost: addr, Hostname: "relay.test", TLS: TLSRequired})
+	res = r.Deliver(context.Background(), msg("a@x.test"))
+	if o := res.Rcpts["a@x.test"]; !o.Temporary() || !strings.Contains(o.String(), "STARTTLS") {
+		t.Errorf("tls required: %v", o)
+	}
+	if _, err := New(Options{Mode: "static"}); err == nil {
+		t.Error("static without smarthost accepted")
+	}
+	if _, err := New(Options{Mode: "pigeon"}); err == nil {
+		t.Error("unknown mode accepted")
+	}
+}
+
+func atoi(s string) int {
+	n := 0
+	for _, c := range s {
+		n = n*10 + int(c-'0')
+	}
+	return n
+}

@@ -33,13 +33,14 @@ type supervisor struct {
 	due    dueHeap
 	ready  []string        // due, waiting for a free slot
 	active map[string]bool // envelope actors running
+	again  map[string]bool // became due while its actor was still running
 	timer  *time.Timer
 	self   *actor.PID
 	send   func(pid *actor.PID, msg any)
 }
 
 func newSupervisor(o Options, ctx context.Context) *supervisor {
-	return &supervisor{o: o, ctx: ctx, active: map[string]bool{}}
+	return &supervisor{o: o, ctx: ctx, active: map[string]bool{}, again: map[string]bool{}}
 }
 
 func (s *supervisor) Receive(c actor.Context) {
@@ -66,6 +67,10 @@ func (s *supervisor) Receive(c actor.Context) {
 		s.retry(c, m.id)
 	case finished:
 		delete(s.active, m.id)
+		if s.again[m.id] {
+			delete(s.again, m.id)
+			s.ready = append(s.ready, m.id)
+		}
 		s.fill(c)
 	case tick:
 		s.popDue(c)
@@ -114,6 +119,8 @@ func (s *supervisor) fill(c actor.Context) {
 		id := s.ready[0]
 		s.ready = s.ready[1:]
 		if s.active[id] {
+			// One actor per envelope at a time: run it again afterwards.
+			s.again[id] = true
 			continue
 		}
 		s.active[id] = true

@@ -1,0 +1,192 @@
+package actors
+
+import (
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ledgermail/ledgermail/events"
+	"github.com/ledgermail/ledgermail/journal"
+	"github.com/ledgermail/ledgermail/mxrelay"
+	"github.com/ledgermail/ledgermail/policy"
+	"github.com/ledgermail/ledgermail/projections"
+)
+
+// startSink runs Postfix's smtp-sink (the real next hop) on a free port.
+func startSink(t *testing.T, extra ...string) string {
+	t.Helper()
+	bin := "/usr/sbin/smtp-sink"
+	if _, err := os.Stat(bin); err != nil {
+		t.Fatal("smtp-sink is not installed: run `make test` (it installs postfix's tools)")
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	args := append(extra, addr, "100")
+	if os.Getuid() == 0 {
+		args = append([]string{"-u", "nobody"}, args...)
+	}
+	cmd := exec.Command(bin, args...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	waitFor(t, "smtp-sink", func() bool {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	return addr
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+type harness struct {
+	j   *journal.Journal
+	q   *projections.Queue
+	sys *System
+}
+
+func start(t *testing.T, smarthost string, maxAge time.Duration) *harness {
+	t.Helper()
+	j, err := journal.Open(journal.Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := projections.NewQueue()
+	j.Subscribe(q.Apply)
+	relay, err := mxrelay.New(mxrelay.Options{Mode: "static", Smarthost: smarthost, Hostname: "actors.test", ConnectTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sys, err := Start(Options{Journal: j, Queue: q, Relay: relay, Hostname: "actors.test",
+		Policies: policy.Options{AddReceived: true, Split: "domain"}, Retry: []time.Duration{50 * time.Millisecond}, MaxAge: maxAge})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &harness{j: j, q: q, sys: sys}
+	t.Cleanup(func() { sys.Stop(); j.Close() })
+	return h
+}
+
+func (h *harness) submit(t *testing.T, id string, rcpts ...string) {
+	t.Helper()
+	_, err := h.j.Append(journal.Write{
+		Bodies: []journal.Body{{Key: id, Data: []byte("Subject: t\r\n\r\nbody\r\n")}},
+		Events: []events.Event{{Envelope: id, Payload: events.Received{Sender: "s@src.test", Recipients: rcpts, BodyKey: id}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.sys.Enqueue(id)
+}
+
+func (h *harness) history(t *testing.T, id string) string {
+	t.Helper()
+	evs, err := h.j.EnvelopeEvents(id, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range evs {
+		out = append(out, e.Envelope+":"+string(e.Type()))
+	}
+	return strings.Join(out, " ")
+}
+
+func TestDeliverSplitByDomain(t *testing.T) {
+	h := start(t, startSink(t), time.Hour)
+	h.submit(t, "E1", "a@one.test", "b@two.test", "c@one.test")
+	waitFor(t, "delivery", func() bool { return h.q.Snapshot().Counts[projections.StateDelivered] == 2 })
+	hist := h.history(t, "E1")
+	for _, want := range []string{"E1:Received E1:PoliciesApplied E1:Split", "E1.1:AttemptStarted", "E1.1:Delivered", "E1.2:Delivered"} {
+		if !strings.Contains(hist, want) {
+			t.Errorf("history lacks %q: %s", want, hist)
+		}
+	}
+}
+
+func TestPermanentFailureBounces(t *testing.T) {
+	h := start(t, startSink(t, "-f", "RCPT"), time.Hour)
+	h.submit(t, "E2", "a@one.test")
+	waitFor(t, "bounce", func() bool { return h.q.Snapshot().Counts[projections.StateBounced] == 1 })
+	if hist := h.history(t, "E2"); !strings.HasSuffix(hist, "E2.1:Attempted E2.1:Bounced") {
+		t.Errorf("history: %s", hist)
+	}
+}
+
+func TestTemporaryFailureRetriesThenExpires(t *testing.T) {
+	// Nothing listens on the smarthost: every attempt is refused.
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := ln.Addr().String()
+	ln.Close()
+	h := start(t, addr, 300*time.Millisecond)
+	h.submit(t, "E3", "a@one.test")
+	waitFor(t, "expiry", func() bool { return h.q.Snapshot().Counts[projections.StateExpired] == 1 })
+	hist := h.history(t, "E3")
+	if strings.Count(hist, "E3.1:Deferred") < 2 || !strings.HasSuffix(hist, "E3.1:Expired E3.1:Bounced") {
+		t.Errorf("history: %s", hist)
+	}
+}
+
+// Envelopes journaled before Start (a restart) are picked up by the
+// supervisor's recovery: received ones get their policies, deferred ones are
+// retried when due.
+func TestRecoveryAfterRestart(t *testing.T) {
+	sinkAddr := startSink(t)
+	dir := t.TempDir()
+	j, err := journal.Open(journal.Options{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = j.Append(journal.Write{
+		Bodies: []journal.Body{{Key: "R1", Data: []byte("Subject: r\r\n\r\nx\r\n")}},
+		Events: []events.Event{
+			{Envelope: "R1", Payload: events.Received{Sender: "s@src.test", Recipients: []string{"a@one.test"}, BodyKey: "R1"}},
+			{Envelope: "R2", Payload: events.Received{Sender: "s@src.test", Recipients: []string{"b@two.test"}, BodyKey: "R1"}},
+			{Envelope: "R2", Payload: events.PoliciesApplied{Recipients: []string{"b@two.test"}}},
+			{Envelope: "R2", Payload: events.Split{Mode: "domain", Children: []events.Child{{ID: "R2.1", Recipients: []string{"b@two.test"}}}}},
+			{Envelope: "R2.1", Payload: events.AttemptStarted{Attempt: 1}},
+			{Envelope: "R2.1", Payload: events.Deferred{Recipients: []string{"b@two.test"}, NextAttempt: time.Now().Add(100 * time.Millisecond), Reason: "451"}},
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := projections.NewQueue()
+	if err := j.Scan(1, func(e events.Event) error { q.Apply([]events.Event{e}); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	j.Subscribe(q.Apply)
+	relay, _ := mxrelay.New(mxrelay.Options{Mode: "static", Smarthost: sinkAddr})
+	sys, err := Start(Options{Journal: j, Queue: q, Relay: relay, Policies: policy.Options{Split: "domain"}, Retry: []time.Duration{time.Minute}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { sys.Stop(); j.Close() }()
+	waitFor(t, "both delivered", func() bool { return q.Snapshot().Counts[projections.StateDelivered] == 2 })
+	evs, _ := j.EnvelopeEvents("R2.1", false)
+	if last := evs[len(evs)-1]; last.Type() != events.TypeDelivered {
+		t.Errorf("R2.1 ends with %s", last.Type())
+	}
+	if a, ok := evs[len(evs)-3].Payload.(events.AttemptStarted); !ok || a.Attempt != 2 {
+		t.Errorf("second attempt not numbered 2: %+v", evs[len(evs)-3])
+	}
+}

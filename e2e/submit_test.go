@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"os/exec"
 	"regexp"
 	"strings"
 	"testing"
@@ -189,4 +190,72 @@ func splitHostPort(t *testing.T, addr string) (string, string) {
 	t.Helper()
 	i := strings.LastIndexByte(addr, ':')
 	return addr[:i], addr[i+1:]
+}
+
+// openssl s_client on both listeners: STARTTLS on the submission port, TLS
+// from the first byte on the submissions port; AUTH only inside TLS.
+func TestOpenSSLClientOnBothListeners(t *testing.T) {
+	need(t, "openssl")
+	sk := startSink(t, freePort(t))
+	s := newServer(t, serverOpts{smarthost: sk.addr})
+	s.start()
+	session := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command("openssl", append([]string{"s_client", "-quiet", "-ign_eof"}, args...)...)
+		cmd.Stdin = strings.NewReader("EHLO openssl.test\r\nQUIT\r\n")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("openssl %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	for name, out := range map[string]string{
+		"starttls": session("-connect", s.sub, "-starttls", "smtp"),
+		"implicit": session("-connect", s.subs),
+	} {
+		if !strings.Contains(out, "250-AUTH PLAIN LOGIN") {
+			t.Errorf("%s: AUTH not offered inside TLS:\n%s", name, out)
+		}
+		if strings.Contains(out, "STARTTLS") {
+			t.Errorf("%s: STARTTLS offered inside TLS:\n%s", name, out)
+		}
+		for _, ext := range []string{"PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8", "SIZE 26214400"} {
+			if !strings.Contains(out, ext) {
+				t.Errorf("%s: %s not advertised:\n%s", name, ext, out)
+			}
+		}
+		if !strings.Contains(out, "221 2.0.0") {
+			t.Errorf("%s: no goodbye:\n%s", name, out)
+		}
+	}
+}
+
+// A body with bare-LF "end of data" lookalikes (the 2023 SMTP smuggling
+// payload) is one message, normalised to CRLF, never two. openssl s_client
+// sends the bytes as they are (smtplib and swaks would fix the line ends).
+func TestBareLFSmugglingIsOneMessage(t *testing.T) {
+	need(t, "openssl")
+	sk := startSink(t, freePort(t))
+	s := newServer(t, serverOpts{smarthost: sk.addr})
+	s.addUser("alice", "secret", "alice@example.test")
+	s.start()
+	script := "EHLO openssl.test\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\nMAIL FROM:<alice@example.test>\r\nRCPT TO:<bob@dest.test>\r\nDATA\r\n" +
+		"Subject: smuggle\r\n\r\nfirst\n.\nMAIL FROM:<alice@example.test>\nRCPT TO:<victim@dest.test>\nDATA\nsmuggled\r\n.\r\nQUIT\r\n"
+	cmd := exec.Command("openssl", "s_client", "-quiet", "-ign_eof", "-starttls", "smtp", "-connect", s.sub)
+	cmd.Stdin = strings.NewReader(script)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("openssl: %v\n%s", err, out)
+	}
+	if n := len(queuedRE.FindAllString(string(out), -1)); n != 1 {
+		t.Fatalf("%d messages queued, want 1:\n%s", n, out)
+	}
+	waitFor(t, "delivery", 20*time.Second, func() bool { return len(s.queue().Envelopes) == 0 && len(sk.messages(t)) == 1 })
+	msg := sk.messages(t)[0]
+	if strings.Contains(msg, "X-Rcpt-Args: <victim@dest.test>") || !strings.Contains(msg, "RCPT TO:<victim@dest.test>") || !strings.Contains(msg, "smuggled") {
+		t.Fatalf("smuggled content was not kept inside the one message:\n%s", msg)
+	}
+	if q := s.queue(); q.Counts["delivered"] != 1 {
+		t.Errorf("counts %v", q.Counts)
+	}
 }

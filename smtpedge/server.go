@@ -44,19 +44,33 @@ type Options struct {
 	MaxMessageBytes   int64
 	MaxRecipients     int
 	MaxConnections    int
-	ReadTimeout       time.Duration
-	WriteTimeout      time.Duration
-	Logger            *zap.Logger
+	// MaxAuthFailures per client IP within AuthFailureWindow, then 421
+	// and disconnect; 0 disables the throttle.
+	MaxAuthFailures   int
+	AuthFailureWindow time.Duration
+	// Validators replace the default set when non-nil (see
+	// DefaultValidators; append your own to it to keep the defaults).
+	Validators []Validator
+	// ReadTimeout bounds the wait for each command; DataTimeout the whole
+	// DATA transfer.
+	ReadTimeout  time.Duration
+	DataTimeout  time.Duration
+	WriteTimeout time.Duration
+	Logger       *zap.Logger
 }
 
 // Server runs the submission listeners.
 type Server struct {
-	o       Options
-	servers []*smtp.Server
-	lns     []net.Listener
-	tlsOn   []bool // the listener at the same index is implicit TLS
-	conns   chan struct{}
-	wg      sync.WaitGroup
+	o          Options
+	servers    []*smtp.Server
+	lns        []net.Listener
+	names      []string
+	tlsOn      []bool // the listener at the same index is implicit TLS
+	conns      chan struct{}
+	tracker    *connTracker
+	throttle   *authThrottle
+	validators []Validator
+	wg         sync.WaitGroup
 }
 
 // New validates opts and binds every listener (so that privileges may be
@@ -74,10 +88,20 @@ func New(o Options) (*Server, error) {
 	if o.ReadTimeout == 0 {
 		o.ReadTimeout = 5 * time.Minute
 	}
+	if o.DataTimeout == 0 {
+		o.DataTimeout = 10 * time.Minute
+	}
 	if o.WriteTimeout == 0 {
 		o.WriteTimeout = time.Minute
 	}
-	s := &Server{o: o, conns: make(chan struct{}, o.MaxConnections)}
+	if o.AuthFailureWindow == 0 {
+		o.AuthFailureWindow = 10 * time.Minute
+	}
+	s := &Server{o: o, conns: make(chan struct{}, o.MaxConnections), tracker: &connTracker{conns: map[string]*tracked{}},
+		throttle: newAuthThrottle(o.MaxAuthFailures, o.AuthFailureWindow), validators: o.Validators}
+	if s.validators == nil {
+		s.validators = DefaultValidators(o.RequireOwnership, o.MaxRecipients)
+	}
 	bind := func(addrs []string, implicit bool) error {
 		for _, a := range addrs {
 			ln, err := net.Listen("tcp", a)
@@ -90,6 +114,7 @@ func New(o Options) (*Server, error) {
 			}
 			s.lns = append(s.lns, ln)
 			s.tlsOn = append(s.tlsOn, implicit)
+			s.names = append(s.names, name+"/"+ln.Addr().String())
 			s.servers = append(s.servers, s.newSMTP(name, ln.Addr().String(), implicit))
 		}
 		return nil
@@ -145,7 +170,7 @@ func (s *Server) Serve() {
 		s.wg.Add(1)
 		// The connection limit wraps the raw connection, TLS goes on top,
 		// so that go-smtp sees a *tls.Conn on the implicit-TLS listener.
-		var ln net.Listener = &limitListener{Listener: s.lns[i], sem: s.conns}
+		var ln net.Listener = &gateListener{Listener: s.lns[i], s: s, listener: s.names[i], implicit: s.tlsOn[i]}
 		if s.tlsOn[i] {
 			ln = tls.NewListener(ln, s.o.TLS)
 		}
@@ -158,53 +183,59 @@ func (s *Server) Serve() {
 	}
 }
 
-// Shutdown stops accepting and waits (until ctx ends) for sessions to end.
+// Shutdown stops accepting, lets sessions in DATA finish and answers the
+// others 421 (go-smtp's "421 4.4.2" on the interrupted read), waiting until
+// ctx ends; then it cuts what is left. A message is either answered 250
+// (and durable) or not accepted: nothing accepted is lost.
 func (s *Server) Shutdown(ctx context.Context) error {
-	var first error
+	stop := make(chan struct{})
+	go func() {
+		t := time.NewTicker(50 * time.Millisecond)
+		defer t.Stop()
+		for {
+			// Interrupt the read of every session not inside DATA; go-smtp
+			// re-arms its deadline before each read, hence the repetition.
+			s.tracker.each(func(c *tracked) {
+				if !c.inData.Load() {
+					c.conn.SetReadDeadline(time.Now())
+				}
+			})
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	defer close(stop)
+	errs := make(chan error, len(s.servers))
 	for _, srv := range s.servers {
-		if err := srv.Shutdown(ctx); err != nil && first == nil {
+		go func(srv *smtp.Server) { errs <- srv.Shutdown(ctx) }(srv)
+	}
+	var first error
+	for range s.servers {
+		if err := <-errs; err != nil && first == nil {
 			first = err
 		}
 	}
+	if first != nil {
+		n := s.tracker.each(func(c *tracked) { c.conn.Close() })
+		s.o.Logger.Warn("shutdown: sessions cut", zap.Int("sessions", n))
+	}
 	s.wg.Wait()
 	return first
+}
+
+func (s *Server) trusted(ip netip.Addr) bool {
+	for _, p := range s.o.TrustedNetworks {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
 }
 
 type zapErrorLog struct{ l *zap.Logger }
 
 func (z zapErrorLog) Printf(format string, v ...any) { z.l.Warn(fmt.Sprintf(format, v...)) }
 func (z zapErrorLog) Println(v ...any)               { z.l.Warn(fmt.Sprint(v...)) }
-
-// limitListener answers 421 to connections over max_connections.
-type limitListener struct {
-	net.Listener
-	sem chan struct{}
-}
-
-func (l *limitListener) Accept() (net.Conn, error) {
-	for {
-		c, err := l.Listener.Accept()
-		if err != nil {
-			return nil, err
-		}
-		select {
-		case l.sem <- struct{}{}:
-			return &slotConn{Conn: c, release: func() { <-l.sem }}, nil
-		default:
-			c.SetWriteDeadline(time.Now().Add(5 * time.Second))
-			c.Write([]byte("421 4.7.0 Too many connections, try again later\r\n"))
-			c.Close()
-		}
-	}
-}
-
-type slotConn struct {
-	net.Conn
-	once    sync.Once
-	release func()
-}
-
-func (c *slotConn) Close() error {
-	c.once.Do(c.release)
-	return c.Conn.Close()
-}

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/netip"
 	"strings"
 	"time"
@@ -23,13 +22,14 @@ import (
 
 // Replies of SPEC.md's table.
 var (
-	errEncryptionRequired = &smtp.SMTPError{Code: 538, EnhancedCode: smtp.EnhancedCode{5, 7, 11}, Message: "Encryption required for requested authentication mechanism"}
-	errBadCredentials     = &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8}, Message: "Authentication credentials invalid"}
-	errAuthTemp           = &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Temporary authentication failure"}
-	errTooMany            = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 5, 3}, Message: "Too many recipients"}
-	errBadSyntax          = &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 1, 3}, Message: "Bad address syntax"}
-	errTooBig             = &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4}, Message: "Message too big"}
-	errTempFailure        = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Temporary failure, try again later"}
+	errEncryptionRequired  = &smtp.SMTPError{Code: 538, EnhancedCode: smtp.EnhancedCode{5, 7, 11}, Message: "Encryption required for requested authentication mechanism"}
+	errBadCredentials      = &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8}, Message: "Authentication credentials invalid"}
+	errAuthTemp            = &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Temporary authentication failure"}
+	errTooMany             = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 5, 3}, Message: "Too many recipients"}
+	errBadSyntax           = &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 1, 3}, Message: "Bad address syntax"}
+	errTooBig              = &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4}, Message: "Message too big"}
+	errTempFailure         = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Temporary failure, try again later"}
+	errTooManyAuthFailures = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Too many authentication failures"}
 )
 
 func notAuthenticated(sender string) *smtp.SMTPError {
@@ -47,45 +47,30 @@ type backend struct {
 
 func (b *backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
 	addr := c.Conn().RemoteAddr().String()
-	return &session{
-		s: b.s, c: c, listener: b.listener, client: addr, helo: c.Hostname(),
-		log: b.s.o.Logger.With(zap.String("client", addr)),
-	}, nil
+	t := &Transaction{ClientAddr: addr, Listener: b.listener, Helo: c.Hostname()}
+	if ap, err := netip.ParseAddrPort(addr); err == nil {
+		t.ClientIP = ap.Addr().Unmap()
+	}
+	_, t.TLS = c.TLSConnectionState()
+	t.Trusted = b.s.trusted(t.ClientIP)
+	log := b.s.o.Logger.With(zap.String("client", addr))
+	if err := runValidators(b.s.validators, StageEhlo, t); err != nil {
+		log.Info("EHLO refused", zap.String("helo", t.Helo), zap.Error(err))
+		return nil, err
+	}
+	return &session{s: b.s, c: c, t: t, tr: b.s.tracker.get(addr), log: log}, nil
 }
 
 // session is one SMTP session; go-smtp calls it from one goroutine.
 type session struct {
-	s        *Server
-	c        *smtp.Conn
-	listener string
-	client   string
-	helo     string
-	log      *zap.Logger
-
-	identity *Identity
-	from     string
-	declared int64
-	rcpts    []string
+	s   *Server
+	c   *smtp.Conn
+	t   *Transaction
+	tr  *tracked // nil only in tests that bypass the listener
+	log *zap.Logger
 }
 
 func (s *session) tlsState() (tls.ConnectionState, bool) { return s.c.TLSConnectionState() }
-
-func (s *session) trusted() bool {
-	host, _, err := net.SplitHostPort(s.client)
-	if err != nil {
-		return false
-	}
-	ip, err := netip.ParseAddr(host)
-	if err != nil {
-		return false
-	}
-	for _, p := range s.s.o.TrustedNetworks {
-		if p.Contains(ip.Unmap()) {
-			return true
-		}
-	}
-	return false
-}
 
 func (s *session) authAllowed() bool {
 	_, isTLS := s.tlsState()
@@ -100,21 +85,41 @@ func (s *session) AuthMechanisms() []string {
 	return []string{sasl.Plain, sasl.Login}
 }
 
+// hangUp makes the session end right after the reply being written.
+func (s *session) hangUp() {
+	if s.tr != nil {
+		s.tr.conn.hangUp()
+	}
+}
+
 func (s *session) Auth(mech string) (sasl.Server, error) {
 	if !s.authAllowed() {
 		return nil, errEncryptionRequired
 	}
+	if s.s.throttle.blocked(s.t.ClientIP) {
+		s.hangUp()
+		return nil, errTooManyAuthFailures
+	}
 	check := func(username, password string) error {
 		id, err := s.s.o.Auth.Authenticate(username, password)
 		if errors.Is(err, ErrBadCredentials) {
-			s.log.Info("auth failed", zap.String("user", username))
+			s.log.Info("auth failed", zap.String("user", username), zap.String("mechanism", mech))
+			if s.s.throttle.fail(s.t.ClientIP) {
+				s.log.Warn("too many auth failures; disconnecting", zap.String("ip", s.t.ClientIP.String()))
+				s.hangUp()
+				return errTooManyAuthFailures
+			}
 			return errBadCredentials
 		}
 		if err != nil {
 			s.log.Error("authenticator error", zap.String("user", username), zap.Error(err))
 			return errAuthTemp
 		}
-		s.identity = &id
+		s.t.Identity = &id
+		if err := runValidators(s.s.validators, StageAuth, s.t); err != nil {
+			s.t.Identity = nil
+			return err
+		}
 		s.log = s.log.With(zap.String("user", id.Name))
 		s.log.Info("authenticated", zap.String("mechanism", mech))
 		return nil
@@ -134,45 +139,44 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 }
 
 func (s *session) Mail(from string, opts *smtp.MailOptions) error {
-	if s.identity == nil && !s.trusted() {
-		return notAuthenticated(from)
-	}
-	if from != "" && !validAddress(from) {
-		return errBadSyntax
-	}
-	if s.identity != nil && s.s.o.RequireOwnership && from != "" && !s.identity.Owns(from) {
-		s.log.Info("sender not owned", zap.String("from", from))
-		return notOwned(from)
-	}
-	if from == "" && s.identity == nil {
-		return notAuthenticated(from)
-	}
-	if opts != nil && s.s.o.MaxMessageBytes > 0 && opts.Size > s.s.o.MaxMessageBytes {
-		return errTooBig
-	}
-	s.from = from
+	s.t.From, s.t.Size = from, 0
 	if opts != nil {
-		s.declared = opts.Size
+		s.t.Size = opts.Size
+	}
+	if err := runValidators(s.s.validators, StageMail, s.t); err != nil {
+		s.log.Info("MAIL refused", zap.String("from", from), zap.Error(err))
+		s.t.From = ""
+		return err
+	}
+	if s.s.o.MaxMessageBytes > 0 && s.t.Size > s.s.o.MaxMessageBytes {
+		return errTooBig
 	}
 	return nil
 }
 
 func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
-	if !validAddress(to) {
-		return errBadSyntax
+	s.t.Rcpt = to
+	if err := runValidators(s.s.validators, StageRcpt, s.t); err != nil {
+		s.log.Info("RCPT refused", zap.String("to", to), zap.Error(err))
+		return err
 	}
-	if s.s.o.MaxRecipients > 0 && len(s.rcpts) >= s.s.o.MaxRecipients {
-		return errTooMany
-	}
-	s.rcpts = append(s.rcpts, to)
+	s.t.Rcpts = append(s.t.Rcpts, to)
 	return nil
 }
 
 // Data reads the message, makes it durable and only then answers 250.
 func (s *session) Data(r io.Reader) error {
+	if s.tr != nil {
+		s.tr.inData.Store(true)
+		defer s.tr.inData.Store(false)
+	}
+	// go-smtp reads the body without re-arming its per-line deadline: this
+	// one bounds the whole transfer.
+	s.c.Conn().SetReadDeadline(time.Now().Add(s.s.o.DataTimeout))
 	raw, err := io.ReadAll(r)
 	if err != nil {
 		if errors.Is(err, smtp.ErrDataTooLarge) {
+			s.log.Info("message refused: too big", zap.Int64("max", s.s.o.MaxMessageBytes))
 			return errTooBig
 		}
 		var se *smtp.SMTPError
@@ -182,16 +186,22 @@ func (s *session) Data(r io.Reader) error {
 		return errTempFailure
 	}
 	body := NormalizeLineEndings(raw)
+	declared := s.t.Size
+	s.t.Size, s.t.Header = int64(len(body)), policyHeader(body)
+	if err := runValidators(s.s.validators, StageData, s.t); err != nil {
+		s.log.Info("message refused by a validator", zap.Error(err))
+		return err
+	}
 	id := NewID()
 	rcv := events.Received{
-		Sender: s.from, Recipients: append([]string(nil), s.rcpts...), BodyKey: id, Size: int64(len(body)),
-		Listener: s.listener, ClientAddr: s.client, Helo: s.c.Hostname(), DeclaredSize: s.declared,
+		Sender: s.t.From, Recipients: append([]string(nil), s.t.Rcpts...), BodyKey: id, Size: int64(len(body)),
+		Listener: s.t.Listener, ClientAddr: s.t.ClientAddr, Helo: s.c.Hostname(), DeclaredSize: declared,
 	}
 	if st, ok := s.tlsState(); ok {
 		rcv.TLS = tls.VersionName(st.Version) + " " + tls.CipherSuiteName(st.CipherSuite)
 	}
-	if s.identity != nil {
-		rcv.AuthUser = s.identity.Name
+	if s.t.Identity != nil {
+		rcv.AuthUser = s.t.Identity.Name
 	}
 	_, err = s.s.o.Journal.Append(journal.Write{
 		Bodies: []journal.Body{{Key: id, Data: body}},
@@ -201,17 +211,25 @@ func (s *session) Data(r io.Reader) error {
 		s.log.Error("journal append failed; message refused", zap.String("envelope", id), zap.Error(err))
 		return errTempFailure
 	}
-	s.log.Info("message accepted", zap.String("envelope", id), zap.String("from", s.from),
+	s.log.Info("message accepted", zap.String("envelope", id), zap.String("from", s.t.From),
 		zap.Strings("to", rcv.Recipients), zap.Int("size", len(body)), zap.String("tls", rcv.TLS))
 	s.s.o.Accepted(id)
 	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "Ok: queued as " + id}
 }
 
 func (s *session) Reset() {
-	s.from, s.rcpts, s.declared = "", nil, 0
+	s.t.From, s.t.Rcpts, s.t.Rcpt, s.t.Size, s.t.Header = "", nil, "", 0, nil
 }
 
 func (s *session) Logout() error { return nil }
+
+// policyHeader returns the header block of a message.
+func policyHeader(body []byte) []byte {
+	if i := bytes.Index(body, []byte("\r\n\r\n")); i >= 0 {
+		return body[:i+2]
+	}
+	return body
+}
 
 // NewID returns a new envelope ID: 20 upper-case hex digits, the first 12 a
 // millisecond timestamp so that IDs sort by arrival.

@@ -52,10 +52,12 @@ type AuthConfig struct {
 }
 
 type LimitsConfig struct {
-	MaxMessageBytes      int64 `toml:"max_message_bytes"`
-	MaxRecipients        int   `toml:"max_recipients"`
-	MaxConnections       int   `toml:"max_connections"`
-	MaxAuthFailuresPerIP int   `toml:"max_auth_failures_per_ip"`
+	MaxMessageBytes      int64    `toml:"max_message_bytes"`
+	MaxRecipients        int      `toml:"max_recipients"`
+	MaxConnections       int      `toml:"max_connections"`
+	MaxAuthFailuresPerIP int      `toml:"max_auth_failures_per_ip"`
+	CommandTimeout       Duration `toml:"command_timeout"`
+	DataTimeout          Duration `toml:"data_timeout"`
 }
 
 type RelayConfig struct {
@@ -146,7 +148,8 @@ func Defaults() Config {
 		Submission:  SubmissionConfig{Listen: []string{"127.0.0.1:2587"}, TrustedNetworks: []string{}},
 		Submissions: SubmissionsConfig{Listen: []string{"127.0.0.1:2465"}},
 		Auth:        AuthConfig{RequireSenderOwnership: true},
-		Limits:      LimitsConfig{MaxMessageBytes: 26214400, MaxRecipients: 100, MaxConnections: 1000, MaxAuthFailuresPerIP: 10},
+		Limits: LimitsConfig{MaxMessageBytes: 26214400, MaxRecipients: 100, MaxConnections: 1000, MaxAuthFailuresPerIP: 10,
+			CommandTimeout: dur("5m"), DataTimeout: dur("10m")},
 		Relay: RelayConfig{Mode: "mx", MXPort: 25, TLS: "opportunistic", DNSServers: []string{},
 			ConnectTimeout: dur("20s"), CommandTimeout: dur("10s"), DataTimeout: dur("20s"), IdleTimeout: dur("30s"),
 			MaxConnectionsPerDomain: 20},
@@ -200,7 +203,7 @@ var hostnameRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$`)
 func (c *Config) Validate() error {
 	for key, d := range map[string]Duration{
 		"relay.connect_timeout": c.Relay.ConnectTimeout, "relay.command_timeout": c.Relay.CommandTimeout,
-		"relay.data_timeout": c.Relay.DataTimeout, "relay.idle_timeout": c.Relay.IdleTimeout, "queue.max_age": c.Queue.MaxAge,
+		"relay.data_timeout": c.Relay.DataTimeout, "limits.command_timeout": c.Limits.CommandTimeout, "limits.data_timeout": c.Limits.DataTimeout, "relay.idle_timeout": c.Relay.IdleTimeout, "queue.max_age": c.Queue.MaxAge,
 	} {
 		if err := d.check(key); err != nil {
 			return err

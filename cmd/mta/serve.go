@@ -137,7 +137,8 @@ func serve(cfg Config, f serveFlags) error {
 		TLS: certs.TLSConfig(), Auth: users, Journal: j, Accepted: sys.Enqueue, TrustedNetworks: trusted,
 		AllowInsecureAuth: cfg.Auth.AllowInsecureAuth, RequireOwnership: cfg.Auth.RequireSenderOwnership,
 		MaxMessageBytes: cfg.Limits.MaxMessageBytes, MaxRecipients: cfg.Limits.MaxRecipients,
-		MaxConnections: cfg.Limits.MaxConnections, Logger: log.Named("smtp"),
+		MaxConnections: cfg.Limits.MaxConnections, MaxAuthFailures: cfg.Limits.MaxAuthFailuresPerIP,
+		ReadTimeout: cfg.Limits.CommandTimeout.Duration, DataTimeout: cfg.Limits.DataTimeout.Duration, Logger: log.Named("smtp"),
 	})
 	if err != nil {
 		return err

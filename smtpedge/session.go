@@ -29,6 +29,7 @@ var (
 	errBadSyntax           = &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 1, 3}, Message: "Bad address syntax"}
 	errTooBig              = &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4}, Message: "Message too big"}
 	errTempFailure         = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Temporary failure, try again later"}
+	errLineTooLong         = &smtp.SMTPError{Code: 500, EnhancedCode: smtp.EnhancedCode{5, 4, 0}, Message: "Line too long, closing connection"}
 	errTooManyAuthFailures = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Too many authentication failures"}
 )
 
@@ -179,10 +180,17 @@ func (s *session) Data(r io.Reader) error {
 			s.log.Info("message refused: too big", zap.Int64("max", s.s.o.MaxMessageBytes))
 			return errTooBig
 		}
+		if errors.Is(err, smtp.ErrTooLongLine) {
+			// The rest of the stream cannot be trusted to be in step.
+			s.log.Info("message refused: line too long")
+			s.hangUp()
+			return errLineTooLong
+		}
 		var se *smtp.SMTPError
 		if errors.As(err, &se) {
 			return se
 		}
+		s.log.Info("message refused: read error", zap.Error(err))
 		return errTempFailure
 	}
 	body := NormalizeLineEndings(raw)

@@ -5,7 +5,7 @@ BIN      ?= bin/mta
 VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -X main.version=$(VERSION)
 
-.PHONY: build run test test-unit test-e2e bench lint deps fmt
+.PHONY: build run test test-unit test-e2e bench lint deps fmt fuzz fuzz-brief
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/mta
@@ -18,6 +18,18 @@ run: build
 # openssl, dnsmasq) when they are missing, then runs every test with -race.
 test: deps lint
 	$(GO) test -race -count=1 -timeout 12m ./...
+	$(MAKE) fuzz-brief
+
+# A few seconds of coverage-guided fuzzing of the SMTP session (go-smtp's
+# command parser and DATA reader with our session) and of the line-ending
+# normaliser; `make fuzz` runs them longer.
+FUZZTIME ?= 5s
+fuzz-brief:
+	$(GO) test -run '^$$' -fuzz '^FuzzSession$$' -fuzztime $(FUZZTIME) ./smtpedge/
+	$(GO) test -run '^$$' -fuzz '^FuzzNormalizeLineEndings$$' -fuzztime $(FUZZTIME) ./smtpedge/
+
+fuzz:
+	$(MAKE) fuzz-brief FUZZTIME=2m
 
 test-unit:
 	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /e2e)

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"os/exec"
 	"regexp"
 	"strings"
@@ -139,6 +140,17 @@ func TestSubmitWithSwaksAndSmtplibDeliversToSmtpSink(t *testing.T) {
 		t.Errorf("swaks envelope history: %s", got)
 	}
 	lines := s.replay("--envelope", pyID)
+	// The Received event records how the message came in.
+	rcv := lines[0]
+	for k, want := range map[string]string{"type": "Received", "helo": "python.test", "auth_user": "alice", "listener": "submissions/" + s.subs} {
+		if fmt.Sprint(rcv[k]) != want {
+			t.Errorf("Received %s = %v, want %s", k, rcv[k], want)
+		}
+	}
+	if !strings.HasPrefix(fmt.Sprint(rcv["client_addr"]), "127.0.0.1:") || !strings.HasPrefix(fmt.Sprint(rcv["tls"]), "TLS 1.") ||
+		fmt.Sprint(rcv["size"]) != fmt.Sprint(len(body)) {
+		t.Errorf("Received event: %v", rcv)
+	}
 	last := lines[len(lines)-1]
 	if last["type"] != "Delivered" || last["envelope"] != pyID+".1" || last["seq"] == nil || last["version"] == nil {
 		t.Errorf("last event of %s: %v", pyID, last)

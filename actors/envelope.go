@@ -150,12 +150,14 @@ func (a *envelope) startAttempt(c actor.Context) {
 }
 
 // finishAttempt journals the attempt's outcome: Attempted, then Delivered,
-// Bounced and Deferred (or Expired) for the recipients each concerns.
+// Bounced (with a DSN to the sender) and Deferred (or Expired) for the
+// recipients each concerns, all in one atomic write.
 func (a *envelope) finishAttempt(c actor.Context, m attemptDone) {
 	now := a.o.Now()
 	att := events.Attempted{Attempt: m.attempt, Host: m.res.Host, TLS: m.res.TLS, Seconds: m.took.Seconds()}
 	var done, failed, temp []string
 	var failReason, tempReason string
+	var dsnRcpts []policy.DSNRecipient
 	rcpts := make([]string, 0, len(m.res.Rcpts))
 	for r := range m.res.Rcpts {
 		rcpts = append(rcpts, r)
@@ -171,36 +173,76 @@ func (a *envelope) finishAttempt(c actor.Context, m attemptDone) {
 			temp, tempReason = append(temp, r), o.String()
 		default:
 			failed, failReason = append(failed, r), o.String()
+			dsnRcpts = append(dsnRcpts, policy.DSNRecipient{Recipient: r, Status: policy.StatusFor(o.Code, o.Enhanced, false), Diagnostic: o.String(), RemoteMTA: hostOnly(m.res.Host)})
 		}
 	}
-	evs := []events.Event{{Envelope: a.id, Payload: att}}
+	w := journal.Write{Events: []events.Event{{Envelope: a.id, Payload: att}}}
+	add := func(p events.Payload) { w.Events = append(w.Events, events.Event{Envelope: a.id, Payload: p}) }
 	if len(done) > 0 {
-		evs = append(evs, events.Event{Envelope: a.id, Payload: events.Delivered{Recipients: done, Host: m.res.Host}})
+		add(events.Delivered{Recipients: done, Host: m.res.Host})
 	}
+	var dsnIDs []string
 	if len(failed) > 0 {
-		evs = append(evs, events.Event{Envelope: a.id, Payload: events.Bounced{Recipients: failed, Reason: failReason}})
+		add(events.Bounced{Recipients: failed, Reason: failReason, DSN: a.queueDSN(&w, dsnRcpts, false, now, &dsnIDs)})
 	}
 	var next time.Time
 	if len(temp) > 0 {
 		if age := now.Sub(a.env.Arrived); a.o.MaxAge > 0 && age >= a.o.MaxAge {
-			evs = append(evs,
-				events.Event{Envelope: a.id, Payload: events.Expired{Recipients: temp, Age: age.Round(time.Second).String()}},
-				events.Event{Envelope: a.id, Payload: events.Bounced{Recipients: temp, Reason: "expired after " + age.Round(time.Second).String() + ": " + tempReason}})
+			var exp []policy.DSNRecipient
+			for _, r := range temp {
+				o := m.res.Rcpts[r]
+				exp = append(exp, policy.DSNRecipient{Recipient: r, Status: policy.StatusFor(o.Code, o.Enhanced, true), Diagnostic: o.String(), RemoteMTA: hostOnly(m.res.Host)})
+			}
+			ageStr := age.Round(time.Second).String()
+			add(events.Expired{Recipients: temp, Age: ageStr})
+			add(events.Bounced{Recipients: temp, Reason: "expired after " + ageStr + ": " + tempReason, DSN: a.queueDSN(&w, exp, true, now, &dsnIDs)})
 		} else {
 			next = now.Add(a.retryAfter(m.attempt))
-			evs = append(evs, events.Event{Envelope: a.id, Payload: events.Deferred{Recipients: temp, NextAttempt: next, Reason: tempReason}})
+			add(events.Deferred{Recipients: temp, NextAttempt: next, Reason: tempReason})
 		}
 	}
-	if _, err := a.o.Journal.Append(journal.Write{Events: evs}); err != nil {
+	if _, err := a.o.Journal.Append(w); err != nil {
 		a.later(c, "outcome", err)
 		return
 	}
 	a.log.Info("delivery attempt", zap.Int("attempt", m.attempt), zap.String("relay", m.res.Host), zap.String("tls", m.res.TLS),
 		zap.Duration("delay", m.took), zap.Strings("delivered", done), zap.Strings("bounced", failed), zap.Strings("deferred", temp),
-		zap.String("reply", firstNonEmpty(tempReason, failReason)))
+		zap.String("reply", firstNonEmpty(tempReason, failReason)), zap.Strings("dsn", dsnIDs))
 	if !next.IsZero() {
 		c.Send(a.sup, schedule{id: a.id, at: next})
 	}
+	for _, id := range dsnIDs {
+		c.Send(a.sup, enqueue{id: id})
+	}
+}
+
+// queueDSN adds to w a new envelope from <> to the sender carrying a DSN for
+// rcpts, and returns its ID. A bounce is never bounced: for the null sender
+// it adds nothing and returns "".
+func (a *envelope) queueDSN(w *journal.Write, rcpts []policy.DSNRecipient, expired bool, now time.Time, ids *[]string) string {
+	if a.env.Sender == "" || len(rcpts) == 0 {
+		return ""
+	}
+	var header []byte
+	if body, err := a.o.Journal.Body(a.env.BodyKey); err == nil {
+		header = append([]byte(a.env.Prepend), policy.HeaderBlock(body)...)
+	}
+	id := events.NewID()
+	msg := policy.BuildDSN(policy.DSN{ID: id, Hostname: a.o.Hostname, Envelope: a.id, Sender: a.env.Sender,
+		Arrived: a.env.Arrived, Now: now, Expired: expired, Recipients: rcpts, Header: header})
+	w.Bodies = append(w.Bodies, journal.Body{Key: id, Data: msg})
+	w.Events = append(w.Events, events.Event{Envelope: id, Payload: events.Received{
+		Sender: "", Recipients: []string{a.env.Sender}, BodyKey: id, Size: int64(len(msg)), Listener: events.ListenerLocal, Parent: a.id,
+	}})
+	*ids = append(*ids, id)
+	return id
+}
+
+func hostOnly(hostport string) string {
+	if i := strings.LastIndexByte(hostport, ':'); i > 0 {
+		return strings.Trim(hostport[:i], "[]")
+	}
+	return hostport
 }
 
 // retryAfter is the wait after the given attempt, from the retry schedule

@@ -77,6 +77,10 @@ type Received struct {
 	Parent string `json:"parent,omitempty"`
 }
 
+// ListenerLocal is Received.Listener for messages ledgermail makes itself
+// (delivery status notifications).
+const ListenerLocal = "local"
+
 // PoliciesApplied records what the queue policies changed. Prepend is the
 // exact header block (CRLF lines) put in front of the stored body, so that
 // replay reproduces the relayed bytes.

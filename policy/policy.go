@@ -43,7 +43,8 @@ type Input struct {
 func Apply(o Options, in Input) events.PoliciesApplied {
 	var b strings.Builder
 	var applied []string
-	if o.AddReceived {
+	// A message made here (a DSN) did not come from a client: no trace field.
+	if o.AddReceived && in.Received.Listener != events.ListenerLocal {
 		b.WriteString(receivedHeader(in))
 		applied = append(applied, "received")
 	}

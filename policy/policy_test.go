@@ -58,3 +58,31 @@ func TestSplit(t *testing.T) {
 		t.Errorf("none: %s", got)
 	}
 }
+
+func TestBuildDSN(t *testing.T) {
+	now := time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)
+	b := string(BuildDSN(DSN{
+		ID: "DSN1", Hostname: "mta.test", Envelope: "ENV.1", Sender: "alice@x.test", Arrived: now.Add(-time.Hour), Now: now,
+		Recipients: []DSNRecipient{{Recipient: "bob@y.test", Status: "5.1.1", Diagnostic: "550 5.1.1 no such\r\n user", RemoteMTA: "mx.y.test"}},
+		Header:     []byte("Subject: hello\r\nMessage-ID: <orig@x.test>\r\n"),
+	}))
+	for _, want := range []string{
+		"To: <alice@x.test>\r\n", "Content-Type: multipart/report; report-type=delivery-status;", "Auto-Submitted: auto-replied",
+		"Content-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mta.test\r\n",
+		"Final-Recipient: rfc822; bob@y.test\r\nAction: failed\r\nStatus: 5.1.1\r\nRemote-MTA: dns; mx.y.test\r\nDiagnostic-Code: smtp; 550 5.1.1 no such user\r\n",
+		"Content-Type: text/rfc822-headers\r\n\r\nSubject: hello\r\nMessage-ID: <orig@x.test>\r\n", "--=_ledgermail_DSN1--\r\n",
+	} {
+		if !strings.Contains(b, want) {
+			t.Errorf("DSN lacks %q:\n%s", want, b)
+		}
+	}
+	if strings.Contains(strings.ReplaceAll(b, "\r\n", ""), "\n") {
+		t.Error("bare LF in DSN")
+	}
+	if got := StatusFor(550, "", false); got != "5.0.0" {
+		t.Errorf("StatusFor = %s", got)
+	}
+	if got := StatusFor(451, "4.3.0", true); got != "4.4.7" {
+		t.Errorf("StatusFor expired = %s", got)
+	}
+}

@@ -2,9 +2,7 @@ package smtpedge
 
 import (
 	"bytes"
-	"crypto/rand"
 	"crypto/tls"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -200,7 +198,7 @@ func (s *session) Data(r io.Reader) error {
 		s.log.Info("message refused by a validator", zap.Error(err))
 		return err
 	}
-	id := NewID()
+	id := events.NewID()
 	rcv := events.Received{
 		Sender: s.t.From, Recipients: append([]string(nil), s.t.Rcpts...), BodyKey: id, Size: int64(len(body)),
 		Listener: s.t.Listener, ClientAddr: s.t.ClientAddr, Helo: s.c.Hostname(), DeclaredSize: declared,
@@ -237,19 +235,6 @@ func policyHeader(body []byte) []byte {
 		return body[:i+2]
 	}
 	return body
-}
-
-// NewID returns a new envelope ID: 20 upper-case hex digits, the first 12 a
-// millisecond timestamp so that IDs sort by arrival.
-func NewID() string {
-	var b [10]byte
-	ms := uint64(time.Now().UnixMilli())
-	for i := 5; i >= 0; i-- {
-		b[i] = byte(ms)
-		ms >>= 8
-	}
-	rand.Read(b[6:])
-	return strings.ToUpper(hex.EncodeToString(b[:]))
 }
 
 // validAddress is a conservative check of a mailbox: local@domain, no

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ledgermail/ledgermail/events"
 	"github.com/ledgermail/ledgermail/journal"
 )
 
@@ -124,8 +125,8 @@ func TestLoginServer(t *testing.T) {
 }
 
 func TestNewIDSortsByTime(t *testing.T) {
-	a := NewID()
-	b := NewID()
+	a := events.NewID()
+	b := events.NewID()
 	if len(a) != 20 || strings.ToUpper(a) != a || a[:8] > b[:8] {
 		t.Errorf("ids %s %s", a, b)
 	}

@@ -2,7 +2,6 @@ package actors
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"io"
 	"sort"
@@ -24,7 +23,6 @@ import (
 // reports to the supervisor and stops.
 type envelope struct {
 	o   Options
-	ctx context.Context
 	id  string
 	sup *actor.PID
 	log *zap.Logger
@@ -38,8 +36,8 @@ type attemptDone struct {
 	took    time.Duration
 }
 
-func newEnvelope(o Options, ctx context.Context, id string, sup *actor.PID) *envelope {
-	return &envelope{o: o, ctx: ctx, id: id, sup: sup, log: o.Logger.With(zap.String("envelope", id))}
+func newEnvelope(o Options, id string, sup *actor.PID) *envelope {
+	return &envelope{o: o, id: id, sup: sup, log: o.Logger.With(zap.String("envelope", id))}
 }
 
 func (a *envelope) Receive(c actor.Context) {
@@ -141,12 +139,8 @@ func (a *envelope) startAttempt(c actor.Context) {
 		Body: func() io.Reader { return io.MultiReader(strings.NewReader(prepend), bytes.NewReader(body)) },
 		Size: int64(len(prepend) + len(body)),
 	}
-	self, root, ctx, relay := c.Self(), c.ActorSystem().Root, a.ctx, a.o.Relay
-	go func() {
-		start := time.Now()
-		res := relay.Deliver(ctx, msg)
-		root.Send(self, attemptDone{attempt: attempt, res: res, took: time.Since(start)})
-	}()
+	// The destination's delivery actor runs it and answers attemptDone.
+	c.Send(a.sup, route{key: destinationKey(rcpts), req: deliverReq{attempt: attempt, msg: msg, replyTo: c.Self()}})
 }
 
 // finishAttempt journals the attempt's outcome: Attempted, then Delivered,

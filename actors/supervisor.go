@@ -31,16 +31,17 @@ type supervisor struct {
 	o      Options
 	ctx    context.Context
 	due    dueHeap
-	ready  []string        // due, waiting for a free slot
-	active map[string]bool // envelope actors running
-	again  map[string]bool // became due while its actor was still running
+	ready  []string              // due, waiting for a free slot
+	dests  map[string]*actor.PID // delivery actor per destination domain
+	active map[string]bool       // envelope actors running
+	again  map[string]bool       // became due while its actor was still running
 	timer  *time.Timer
 	self   *actor.PID
 	send   func(pid *actor.PID, msg any)
 }
 
 func newSupervisor(o Options, ctx context.Context) *supervisor {
-	return &supervisor{o: o, ctx: ctx, active: map[string]bool{}, again: map[string]bool{}}
+	return &supervisor{o: o, ctx: ctx, active: map[string]bool{}, again: map[string]bool{}, dests: map[string]*actor.PID{}}
 }
 
 func (s *supervisor) Receive(c actor.Context) {
@@ -74,6 +75,8 @@ func (s *supervisor) Receive(c actor.Context) {
 		s.fill(c)
 	case tick:
 		s.popDue(c)
+	case route:
+		c.Send(s.destination(c, m.key), m.req)
 	}
 }
 
@@ -124,9 +127,20 @@ func (s *supervisor) fill(c actor.Context) {
 			continue
 		}
 		s.active[id] = true
-		props := actor.PropsFromProducer(func() actor.Actor { return newEnvelope(s.o, s.ctx, id, s.self) })
+		props := actor.PropsFromProducer(func() actor.Actor { return newEnvelope(s.o, id, s.self) })
 		c.Spawn(props)
 	}
+}
+
+// destination returns the delivery actor of key, spawning it on first use.
+// Delivery actors live as long as the supervisor (one per domain seen).
+func (s *supervisor) destination(c actor.Context, key string) *actor.PID {
+	if pid, ok := s.dests[key]; ok {
+		return pid
+	}
+	pid := c.Spawn(actor.PropsFromProducer(func() actor.Actor { return newDestination(s.o, s.ctx) }))
+	s.dests[key] = pid
+	return pid
 }
 
 func (s *supervisor) popDue(c actor.Context) {

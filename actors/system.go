@@ -44,7 +44,12 @@ type Options struct {
 	MaxAge time.Duration
 	// MaxActive bounds envelopes being worked on at once; 0 means 256.
 	MaxActive int
-	Logger    *zap.Logger
+	// MaxConnectionsPerDomain bounds concurrent deliveries to one
+	// destination domain; 0 means 20.
+	MaxConnectionsPerDomain int
+	// IdleTimeout is how long an outbound connection is kept for reuse.
+	IdleTimeout time.Duration
+	Logger      *zap.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -67,6 +72,9 @@ func Start(o Options) (*System, error) {
 	}
 	if o.MaxActive <= 0 {
 		o.MaxActive = 256
+	}
+	if o.MaxConnectionsPerDomain <= 0 {
+		o.MaxConnectionsPerDomain = 20
 	}
 	if o.Logger == nil {
 		o.Logger = zap.NewNop()

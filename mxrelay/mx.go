@@ -133,7 +133,7 @@ type mxRelay struct {
 
 // Deliver groups the recipients by domain and delivers each group to its
 // domain's MX hosts.
-func (x *mxRelay) Deliver(ctx context.Context, m Message) Result {
+func (x *mxRelay) Deliver(ctx context.Context, m Message, pool *Pool) Result {
 	groups := map[string][]string{}
 	var order []string
 	for _, r := range m.Recipients {
@@ -147,7 +147,7 @@ func (x *mxRelay) Deliver(ctx context.Context, m Message) Result {
 	for _, d := range order {
 		sub := m
 		sub.Recipients = groups[d]
-		res := x.deliverDomain(ctx, d, sub)
+		res := x.deliverDomain(ctx, d, sub, pool)
 		total.Host, total.TLS = res.Host, res.TLS
 		for k, v := range res.Rcpts {
 			total.Rcpts[k] = v
@@ -156,7 +156,7 @@ func (x *mxRelay) Deliver(ctx context.Context, m Message) Result {
 	return total
 }
 
-func (x *mxRelay) deliverDomain(ctx context.Context, domain string, m Message) Result {
+func (x *mxRelay) deliverDomain(ctx context.Context, domain string, m Message, pool *Pool) Result {
 	if domain == "" {
 		return Result{Rcpts: allRcpts(m.Recipients, permanent(501, "5.1.3", "recipient has no domain"))}
 	}
@@ -174,7 +174,7 @@ func (x *mxRelay) deliverDomain(ctx context.Context, domain string, m Message) R
 			continue
 		}
 		for _, a := range addrs {
-			res := deliverHost(ctx, x.opts, net.JoinHostPort(a, strconv.Itoa(x.opts.MXPort)), false, m)
+			res := deliverHost(ctx, x.opts, net.JoinHostPort(a, strconv.Itoa(x.opts.MXPort)), false, m, pool)
 			last = res
 			if tookTransaction(res) {
 				return res

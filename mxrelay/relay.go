@@ -109,14 +109,16 @@ func (o Outcome) String() string {
 
 // Result is the outcome of one delivery attempt.
 type Result struct {
-	Host  string             // host:port that answered last
-	TLS   string             // TLS version used, "" for plaintext
-	Rcpts map[string]Outcome // one per recipient of the Message
+	Host   string             // host:port that answered last
+	TLS    string             // TLS version used, "" for plaintext
+	Rcpts  map[string]Outcome // one per recipient of the Message
+	Reused bool               // the transaction ran on a pooled connection
 }
 
-// Relay delivers messages to their next hop.
+// Relay delivers messages to their next hop. pool, when not nil, lends
+// and keeps open connections (see Pool); cancelling ctx aborts the attempt.
 type Relay interface {
-	Deliver(ctx context.Context, m Message) Result
+	Deliver(ctx context.Context, m Message, pool *Pool) Result
 }
 
 // New returns the relay for opts.Mode.
@@ -149,6 +151,6 @@ func allRcpts(rcpts []string, o Outcome) map[string]Outcome {
 
 type staticRelay struct{ opts Options }
 
-func (s *staticRelay) Deliver(ctx context.Context, m Message) Result {
-	return deliverHost(ctx, s.opts, s.opts.Smarthost, true, m)
+func (s *staticRelay) Deliver(ctx context.Context, m Message, pool *Pool) Result {
+	return deliverHost(ctx, s.opts, s.opts.Smarthost, true, m, pool)
 }

@@ -172,7 +172,7 @@ func TestMXRelayResolutionAndOutcomes(t *testing.T) {
 		{"x@down.test", false, true, 0, "refused"},
 	}
 	for _, c := range cases {
-		res := r.Deliver(ctx, msg(c.rcpt))
+		res := r.Deliver(ctx, msg(c.rcpt), nil)
 		o, ok := res.Rcpts[c.rcpt]
 		if !ok {
 			t.Errorf("%s: no outcome in %+v", c.rcpt, res)
@@ -189,7 +189,7 @@ func TestMXRelayResolutionAndOutcomes(t *testing.T) {
 		t.Errorf("refusing sinks stored messages")
 	}
 	// Per-recipient results within one transaction to two domains.
-	res := r.Deliver(ctx, msg("y@good.test", "y@hard.test"))
+	res := r.Deliver(ctx, msg("y@good.test", "y@hard.test"), nil)
 	if !res.Rcpts["y@good.test"].Success() || res.Rcpts["y@hard.test"].Temporary() || res.Rcpts["y@hard.test"].Success() {
 		t.Errorf("mixed delivery: %+v", res.Rcpts)
 	}
@@ -202,7 +202,7 @@ func TestStaticRelayAndTLSRequired(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res := r.Deliver(context.Background(), msg("a@x.test", "b@y.test"))
+	res := r.Deliver(context.Background(), msg("a@x.test", "b@y.test"), nil)
 	for _, rc := range []string{"a@x.test", "b@y.test"} {
 		if !res.Rcpts[rc].Success() {
 			t.Errorf("%s: %v", rc, res.Rcpts[rc])
@@ -213,7 +213,7 @@ func TestStaticRelayAndTLSRequired(t *testing.T) {
 	}
 	// smtp-sink offers no STARTTLS: "required" defers rather than sending in clear.
 	r, _ = New(Options{Mode: "static", Smarthost: addr, Hostname: "relay.test", TLS: TLSRequired})
-	res = r.Deliver(context.Background(), msg("a@x.test"))
+	res = r.Deliver(context.Background(), msg("a@x.test"), nil)
 	if o := res.Rcpts["a@x.test"]; !o.Temporary() || !strings.Contains(o.String(), "STARTTLS") {
 		t.Errorf("tls required: %v", o)
 	}
@@ -231,4 +231,40 @@ func atoi(s string) int {
 		n = n*10 + int(c-'0')
 	}
 	return n
+}
+
+func TestPoolReusesConnectionsUntilIdleTimeout(t *testing.T) {
+	addr := "127.0.0.1:" + freePort(t, "127.0.0.1")
+	sk := startSink(t, addr)
+	r, err := New(Options{Mode: "static", Smarthost: addr, Hostname: "relay.test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := NewPool(300 * time.Millisecond)
+	defer pool.Close()
+	first := r.Deliver(context.Background(), msg("a@x.test"), pool)
+	second := r.Deliver(context.Background(), msg("b@x.test"), pool)
+	if !first.Rcpts["a@x.test"].Success() || !second.Rcpts["b@x.test"].Success() {
+		t.Fatalf("deliveries: %+v %+v", first, second)
+	}
+	if first.Reused || !second.Reused {
+		t.Fatalf("reuse: first %v, second %v", first.Reused, second.Reused)
+	}
+	if pool.Idle() != 1 {
+		t.Fatalf("%d idle connections, want 1", pool.Idle())
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for pool.Idle() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("idle connection not closed after the idle timeout")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	third := r.Deliver(context.Background(), msg("c@x.test"), pool)
+	if third.Reused || !third.Rcpts["c@x.test"].Success() {
+		t.Fatalf("after idle timeout: %+v", third)
+	}
+	if sk.count(t) != 3 {
+		t.Fatalf("sink has %d transactions", sk.count(t))
+	}
 }

@@ -16,8 +16,21 @@ import (
 	"github.com/emersion/go-smtp"
 )
 
-// deliverHost runs one SMTP transaction with addr.
-func deliverHost(ctx context.Context, o Options, addr string, useAuth bool, m Message) Result {
+// deliverHost runs one SMTP transaction with addr, on a pooled connection
+// when one is idle (falling back to a new one if the pooled one has died).
+func deliverHost(ctx context.Context, o Options, addr string, useAuth bool, m Message, pool *Pool) Result {
+	if pc := pool.get(addr); pc != nil {
+		out, healthy := transaction(o, pc.c, pc.raw, m)
+		if !connectionLost(out) {
+			if healthy {
+				pool.put(addr, pc)
+			} else {
+				pc.close()
+			}
+			return Result{Host: addr, TLS: pc.tls, Rcpts: out, Reused: true}
+		}
+		pc.c.Close() // the peer closed it while idle: dial afresh
+	}
 	res := Result{Host: addr}
 	d := net.Dialer{Timeout: o.ConnectTimeout}
 	conn, err := d.DialContext(ctx, "tcp", addr)
@@ -25,39 +38,59 @@ func deliverHost(ctx context.Context, o Options, addr string, useAuth bool, m Me
 		res.Rcpts = allRcpts(m.Recipients, temporary("connect to %s: %v", addr, unwrapNet(err)))
 		return res
 	}
-	defer conn.Close()
-	if dl, ok := ctx.Deadline(); ok {
-		conn.SetDeadline(dl)
-	}
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
 
 	c, tlsVersion, fail := openClient(o, conn, addr)
 	if fail != nil {
+		conn.Close()
 		res.Rcpts = allRcpts(m.Recipients, *fail)
 		return res
 	}
-	defer c.Close()
 	res.TLS = tlsVersion
 	c.CommandTimeout = o.CommandTimeout
 	c.SubmissionTimeout = o.DataTimeout
 
 	if useAuth && o.Username != "" {
 		if tlsVersion == "" {
+			c.Close()
 			res.Rcpts = allRcpts(m.Recipients, temporary("%s: not authenticating without TLS", addr))
 			return res
 		}
 		if err := c.Auth(sasl.NewPlainClient("", o.Username, o.Password)); err != nil {
+			c.Close()
 			res.Rcpts = allRcpts(m.Recipients, classify(err))
 			return res
 		}
 	}
-	res.Rcpts = transaction(o, c, conn, m)
-	c.Quit()
+	out, healthy := transaction(o, c, conn, m)
+	res.Rcpts = out
+	if healthy && stop() {
+		pool.put(addr, &pooled{c: c, raw: conn, tls: tlsVersion})
+	} else {
+		conn.SetDeadline(time.Now().Add(2 * time.Second))
+		c.Quit()
+		c.Close()
+	}
 	return res
 }
 
-// transaction sends MAIL, every RCPT and DATA, and classifies each recipient.
-func transaction(o Options, c *smtp.Client, raw net.Conn, m Message) map[string]Outcome {
-	out := make(map[string]Outcome, len(m.Recipients))
+// connectionLost reports whether every outcome is a transport failure (no
+// SMTP reply at all), as when a pooled connection was closed by the peer.
+func connectionLost(out map[string]Outcome) bool {
+	for _, o := range out {
+		if o.Code != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// transaction sends MAIL, every RCPT and DATA, and classifies each
+// recipient. healthy reports whether the connection can carry another
+// transaction (every step got an SMTP reply and the session is reset).
+func transaction(o Options, c *smtp.Client, raw net.Conn, m Message) (out map[string]Outcome, healthy bool) {
+	out = make(map[string]Outcome, len(m.Recipients))
 	opts := &smtp.MailOptions{}
 	if ok, _ := c.Extension("SIZE"); ok && m.Size > 0 {
 		opts.Size = m.Size
@@ -66,45 +99,57 @@ func transaction(o Options, c *smtp.Client, raw net.Conn, m Message) map[string]
 		opts.UTF8 = true
 	}
 	if err := c.Mail(m.From, opts); err != nil {
-		return allRcpts(m.Recipients, classify(err))
+		o := classify(err)
+		return allRcpts(m.Recipients, o), o.Code != 0 && o.Code != 421 && c.Reset() == nil
 	}
 	var accepted []string
 	for _, r := range m.Recipients {
 		if err := c.Rcpt(r, nil); err != nil {
-			out[r] = classify(err)
+			o := classify(err)
+			out[r] = o
+			if o.Code == 0 || o.Code == 421 {
+				// The session is gone: the rest fail the same way.
+				for _, rest := range m.Recipients {
+					if _, done := out[rest]; !done {
+						out[rest] = o
+					}
+				}
+				return out, false
+			}
 			continue
 		}
 		accepted = append(accepted, r)
 	}
 	if len(accepted) == 0 {
-		c.Reset()
-		return out
+		return out, c.Reset() == nil
 	}
-	finish := func(o Outcome) map[string]Outcome {
+	finish := func(o Outcome, ok bool) (map[string]Outcome, bool) {
 		for _, r := range accepted {
 			out[r] = o
 		}
-		return out
+		return out, ok
 	}
 	w, err := c.Data()
 	if err != nil {
-		return finish(classify(err))
+		o := classify(err)
+		return finish(o, o.Code != 0 && o.Code != 421 && c.Reset() == nil)
 	}
 	// The whole body must be written within data_timeout.
 	raw.SetWriteDeadline(time.Now().Add(o.DataTimeout))
 	if _, err := io.Copy(w, m.Body()); err != nil {
-		return finish(classify(err))
+		return finish(classify(err), false)
 	}
 	resp, err := w.CloseWithResponse()
 	raw.SetWriteDeadline(time.Time{})
 	if err != nil {
-		return finish(classify(err))
+		o := classify(err)
+		return finish(o, o.Code != 0 && o.Code != 421)
 	}
 	code, enh, text := 250, "", resp.StatusText
 	if f := strings.Fields(text); len(f) > 0 && looksEnhanced(f[0]) {
 		enh, text = f[0], strings.TrimSpace(strings.TrimPrefix(text, f[0]))
 	}
-	return finish(Outcome{Code: code, Enhanced: enh, Message: text})
+	return finish(Outcome{Code: code, Enhanced: enh, Message: text}, true)
 }
 
 // openClient greets the peer and negotiates STARTTLS per o.TLS. go-smtp's

@@ -126,6 +126,7 @@ func serve(cfg Config, f serveFlags) error {
 		Policies: policy.Options{AddDate: cfg.Policies.AddDateHeader, AddMessageID: cfg.Policies.AddMessageIDHeader,
 			AddReceived: cfg.Policies.AddReceivedHeader, Split: cfg.Policies.Split},
 		Retry: durations(cfg.Queue.Retry), MaxAge: cfg.Queue.MaxAge.Duration, Logger: log.Named("queue"),
+		MaxConnectionsPerDomain: cfg.Relay.MaxConnectionsPerDomain, IdleTimeout: cfg.Relay.IdleTimeout.Duration,
 	})
 	if err != nil {
 		return err

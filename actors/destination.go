@@ -1,0 +1,84 @@
+package actors
+
+import (
+	"context"
+	"strings"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+
+	"github.com/ledgermail/ledgermail/mxrelay"
+)
+
+// deliverReq asks a destination actor to run one attempt; the result goes
+// to replyTo as attemptDone.
+type deliverReq struct {
+	attempt int
+	msg     mxrelay.Message
+	replyTo *actor.PID
+}
+
+// route asks the supervisor to hand req to the destination actor of key.
+type route struct {
+	key string
+	req deliverReq
+}
+
+// attemptFinished tells a destination actor that one of its deliveries ended.
+type attemptFinished struct{}
+
+// destination is the delivery actor of one destination domain. It owns the
+// domain's connection pool and runs at most max deliveries at once; the
+// rest wait in its mailbox order.
+type destination struct {
+	o       Options
+	ctx     context.Context
+	pool    *mxrelay.Pool
+	active  int
+	waiting []deliverReq
+}
+
+func newDestination(o Options, ctx context.Context) *destination {
+	return &destination{o: o, ctx: ctx, pool: mxrelay.NewPool(o.IdleTimeout)}
+}
+
+func (d *destination) Receive(c actor.Context) {
+	switch m := c.Message().(type) {
+	case deliverReq:
+		d.waiting = append(d.waiting, m)
+		d.next(c)
+	case attemptFinished:
+		d.active--
+		d.next(c)
+	case *actor.Stopping:
+		d.pool.Close()
+	}
+}
+
+func (d *destination) next(c actor.Context) {
+	for d.active < d.o.MaxConnectionsPerDomain && len(d.waiting) > 0 {
+		req := d.waiting[0]
+		d.waiting = d.waiting[1:]
+		d.active++
+		self, root, ctx, relay, pool := c.Self(), c.ActorSystem().Root, d.ctx, d.o.Relay, d.pool
+		go func() {
+			start := time.Now()
+			res := relay.Deliver(ctx, req.msg, pool)
+			root.Send(req.replyTo, attemptDone{attempt: req.attempt, res: res, took: time.Since(start)})
+			root.Send(self, attemptFinished{})
+		}()
+	}
+}
+
+// destinationKey names the destination of a set of recipients: the domain
+// of the first (a split by domain makes them all the same).
+func destinationKey(rcpts []string) string {
+	if len(rcpts) == 0 {
+		return ""
+	}
+	r := rcpts[0]
+	if i := strings.LastIndexByte(r, '@'); i >= 0 {
+		return strings.ToLower(r[i+1:])
+	}
+	return ""
+}

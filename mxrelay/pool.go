@@ -1,0 +1,139 @@
+package mxrelay
+
+import (
+	"sync"
+	"time"
+
+	"github.com/emersion/go-smtp"
+	"net"
+)
+
+// Pool keeps open SMTP connections for reuse by the next message to the
+// same host, for at most the idle timeout. Its owner (a per-destination
+// delivery actor) closes it. It is safe for concurrent use.
+type Pool struct {
+	idle    time.Duration
+	mu      sync.Mutex
+	conns   map[string][]*pooled
+	closed  bool
+	stop    chan struct{}
+	started bool
+}
+
+type pooled struct {
+	c     *smtp.Client
+	raw   net.Conn
+	tls   string
+	since time.Time
+}
+
+// NewPool returns a pool that keeps connections idle for at most idle; a
+// zero idle disables reuse.
+func NewPool(idle time.Duration) *Pool {
+	return &Pool{idle: idle, conns: map[string][]*pooled{}, stop: make(chan struct{})}
+}
+
+func (p *Pool) get(addr string) *pooled {
+	if p == nil || p.idle <= 0 {
+		return nil
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	list := p.conns[addr]
+	for len(list) > 0 {
+		pc := list[len(list)-1]
+		list = list[:len(list)-1]
+		if time.Since(pc.since) < p.idle {
+			p.conns[addr] = list
+			return pc
+		}
+		go pc.close()
+	}
+	delete(p.conns, addr)
+	return nil
+}
+
+func (p *Pool) put(addr string, pc *pooled) {
+	if p == nil || p.idle <= 0 {
+		pc.close()
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		go pc.close()
+		return
+	}
+	pc.since = time.Now()
+	p.conns[addr] = append(p.conns[addr], pc)
+	if !p.started {
+		p.started = true
+		go p.janitor()
+	}
+}
+
+// Idle returns how many connections wait for reuse.
+func (p *Pool) Idle() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for _, l := range p.conns {
+		n += len(l)
+	}
+	return n
+}
+
+// janitor closes connections idle for longer than the timeout.
+func (p *Pool) janitor() {
+	t := time.NewTicker(p.idle / 2)
+	defer t.Stop()
+	for {
+		select {
+		case <-p.stop:
+			return
+		case <-t.C:
+		}
+		p.mu.Lock()
+		for addr, list := range p.conns {
+			keep := list[:0]
+			for _, pc := range list {
+				if time.Since(pc.since) >= p.idle {
+					go pc.close()
+				} else {
+					keep = append(keep, pc)
+				}
+			}
+			if len(keep) == 0 {
+				delete(p.conns, addr)
+			} else {
+				p.conns[addr] = keep
+			}
+		}
+		p.mu.Unlock()
+	}
+}
+
+// Close says QUIT on every idle connection and stops reuse.
+func (p *Pool) Close() {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return
+	}
+	p.closed = true
+	all := p.conns
+	p.conns = nil
+	close(p.stop)
+	p.mu.Unlock()
+	for _, l := range all {
+		for _, pc := range l {
+			pc.close()
+		}
+	}
+}
+
+func (pc *pooled) close() {
+	pc.raw.SetDeadline(time.Now().Add(2 * time.Second))
+	pc.c.Quit()
+	pc.c.Close()
+}

@@ -182,7 +182,7 @@ func TestSmugglingPayloads(t *testing.T) {
 		}
 		ids = append(ids, m[0][1])
 	}
-	waitFor(t, "deliveries", 30*time.Second, func() bool { return len(sk.messages(t)) == len(ids) })
+	waitDelivered(t, sk, s, "deliveries", len(ids))
 	for _, msg := range sk.messages(t) {
 		if strings.Contains(msg, "X-Rcpt-Args: <victim@dest.test>") || !strings.Contains(msg, "smuggled") || !strings.Contains(msg, "before") {
 			t.Errorf("smuggled transaction or lost text:\n%s", msg)
@@ -238,7 +238,7 @@ print("OK", len(ok), "ERR", len(errs), errs[:3])
 	if received != 200 {
 		t.Fatalf("%d Received events, want 200", received)
 	}
-	waitFor(t, "200 deliveries", 60*time.Second, func() bool { return len(sk.messages(t)) == 200 })
+	waitDelivered(t, sk, s, "200 deliveries", 200)
 }
 
 // SIGHUP reloads the users file (and certificates) without a restart, and
@@ -402,5 +402,5 @@ func TestIPv6Listener(t *testing.T) {
 	if r := python(t, smtplibSend, "starttls", host, port, "alice", "secret", "alice@example.test", "bob@dest.test", "Subject: v6\r\n\r\nhi\r\n"); !strings.HasPrefix(r, "250 2.0.0 Ok: queued as ") {
 		t.Fatalf("submission over IPv6: %q", r)
 	}
-	waitFor(t, "delivery", 20*time.Second, func() bool { return len(sk.messages(t)) == 1 })
+	waitDelivered(t, sk, s, "delivery", 1)
 }

@@ -48,7 +48,7 @@ func TestCrashAndRestartDeliverExactlyOnce(t *testing.T) {
 
 			sk := startSink(t, sinkAddr)
 			s.start()
-			waitFor(t, "delivery after restart", 30*time.Second, func() bool { return len(sk.messages(t)) >= 1 })
+			waitDelivered(t, sk, s, "delivery after restart", 1)
 			waitFor(t, "empty queue", 10*time.Second, func() bool { return len(s.queue().Envelopes) == 0 })
 			hist := types(s.replay("--envelope", id))
 			if n := strings.Count(strings.Join(hist, " "), "Delivered"); n != 1 {
@@ -143,7 +143,7 @@ func TestCorruptJournalRefusesToStart(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("swaks: %s", out)
 	}
-	waitFor(t, "delivery", 20*time.Second, func() bool { return len(sk.messages(t)) == 1 })
+	waitDelivered(t, sk, s, "delivery", 1)
 	waitFor(t, "empty queue", 10*time.Second, func() bool { return len(s.queue().Envelopes) == 0 })
 	s.stop()
 	corruptRecord(t, filepath.Join(s.dir, "data", "journal"), 3)

@@ -95,7 +95,7 @@ func TestSubmitWithSwaksAndSmtplibDeliversToSmtpSink(t *testing.T) {
 	}
 
 	// Two children for swaks' two domains + one + one = four transactions.
-	waitFor(t, "4 transactions at smtp-sink", 30*time.Second, func() bool { return len(sk.messages(t)) == 4 })
+	waitDelivered(t, sk, s, "4 transactions at smtp-sink", 4)
 	msgs := sk.messages(t)
 	var py, bob string
 	for _, msg := range msgs {

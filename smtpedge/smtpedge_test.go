@@ -52,7 +52,7 @@ func TestIdentityOwns(t *testing.T) {
 
 func TestUsersFileRoundTripAndAuth(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "users")
-	h, err := HashPassword("pw1")
+	h, err := HashPassword("pw1", 4)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -147,9 +147,13 @@ func WriteUsers(path string, users []User) error {
 	return journal.WriteFile(path, []byte(b.String()), 0o600)
 }
 
-// HashPassword returns a bcrypt hash of password.
-func HashPassword(password string) (string, error) {
-	h, err := bcrypt.GenerateFromPassword([]byte(password), bcrypt.DefaultCost)
+// HashPassword returns a bcrypt hash of password at the given cost
+// (bcrypt.DefaultCost when 0).
+func HashPassword(password string, cost int) (string, error) {
+	if cost == 0 {
+		cost = bcrypt.DefaultCost
+	}
+	h, err := bcrypt.GenerateFromPassword([]byte(password), cost)
 	if err != nil {
 		return "", fmt.Errorf("hash password: %w", err)
 	}

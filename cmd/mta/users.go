@@ -24,6 +24,7 @@ func newUsersCmd() *cobra.Command {
 
 	var addrs []string
 	var fromStdin bool
+	var cost int
 	add := &cobra.Command{
 		Use:   "add NAME [--address ADDR]... [--password-stdin]",
 		Short: "add a user or replace its password and addresses (signal the server with SIGHUP to reload)",
@@ -42,11 +43,14 @@ func newUsersCmd() *cobra.Command {
 					return usageError{fmt.Errorf("--address %q is not an address (user@domain or *@domain)", a)}
 				}
 			}
+			if cost < 4 || cost > 31 {
+				return usageError{fmt.Errorf("--bcrypt-cost %d is outside 4-31", cost)}
+			}
 			pw, err := readPassword(cmd.InOrStdin(), fromStdin)
 			if err != nil {
 				return err
 			}
-			hash, err := smtpedge.HashPassword(pw)
+			hash, err := smtpedge.HashPassword(pw, cost)
 			if err != nil {
 				return err
 			}
@@ -70,6 +74,7 @@ func newUsersCmd() *cobra.Command {
 	}
 	add.Flags().StringArrayVar(&addrs, "address", nil, "a sender address the user owns (repeatable; *@domain for a whole domain)")
 	add.Flags().BoolVar(&fromStdin, "password-stdin", false, "read the password from standard input (first line)")
+	add.Flags().IntVar(&cost, "bcrypt-cost", 10, "bcrypt cost (4-31); each step doubles the time of every AUTH")
 
 	del := &cobra.Command{
 		Use:   "del NAME",

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"sort"
 	"strings"
 	"time"
@@ -240,7 +241,8 @@ func hostOnly(hostport string) string {
 }
 
 // retryAfter is the wait after the given attempt, from the retry schedule
-// (the last interval repeats).
+// (the last interval repeats), with up to ±10% jitter so that envelopes
+// deferred together do not all come back in the same instant.
 func (a *envelope) retryAfter(attempt int) time.Duration {
 	i := attempt - 1
 	if i >= len(a.o.Retry) {
@@ -249,7 +251,11 @@ func (a *envelope) retryAfter(attempt int) time.Duration {
 	if i < 0 {
 		i = 0
 	}
-	return a.o.Retry[i]
+	d := a.o.Retry[i]
+	if j := int64(d / 10); j > 0 {
+		d += time.Duration(rand.Int64N(2*j+1) - j)
+	}
+	return d
 }
 
 func firstNonEmpty(s ...string) string {

@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/miekg/dns"
@@ -24,7 +25,24 @@ func (d *dnsFailure) Error() string { return d.outcome.String() }
 type resolver struct {
 	servers []string
 	client  *dns.Client
+	now     func() time.Time
+
+	mu    sync.Mutex
+	cache map[cacheKey]cached
 }
+
+type cacheKey struct {
+	name  string
+	qtype uint16
+}
+
+type cached struct {
+	msg     *dns.Msg
+	expires time.Time
+}
+
+// maxCacheEntries bounds the answer cache; when full it is cleared.
+const maxCacheEntries = 100000
 
 func newResolver(servers []string) (*resolver, error) {
 	if len(servers) == 0 {
@@ -36,11 +54,64 @@ func newResolver(servers []string) (*resolver, error) {
 			servers = append(servers, net.JoinHostPort(s, cfg.Port))
 		}
 	}
-	return &resolver{servers: servers, client: &dns.Client{Timeout: 5 * time.Second}}, nil
+	return &resolver{servers: servers, client: &dns.Client{Timeout: 5 * time.Second}, now: time.Now, cache: map[cacheKey]cached{}}, nil
 }
 
-// query asks each server in turn; it retries over TCP when truncated.
+// query answers from the cache while the answer's TTL lasts, else asks.
+// Answers and NXDOMAIN are cached; failures are not.
 func (r *resolver) query(ctx context.Context, name string, qtype uint16) (*dns.Msg, error) {
+	key := cacheKey{strings.ToLower(dns.Fqdn(name)), qtype}
+	now := r.now()
+	r.mu.Lock()
+	if c, ok := r.cache[key]; ok && now.Before(c.expires) {
+		r.mu.Unlock()
+		return c.msg, nil
+	}
+	r.mu.Unlock()
+	in, err := r.ask(ctx, name, qtype)
+	if err != nil {
+		return nil, err
+	}
+	if ttl, ok := cacheTTL(in); ok {
+		r.mu.Lock()
+		if len(r.cache) >= maxCacheEntries {
+			r.cache = map[cacheKey]cached{}
+		}
+		r.cache[key] = cached{msg: in, expires: now.Add(ttl)}
+		r.mu.Unlock()
+	}
+	return in, nil
+}
+
+// cacheTTL is the smallest TTL of the answer (or the SOA minimum of a
+// negative answer, RFC 2308); SERVFAIL and the like are not cached.
+func cacheTTL(in *dns.Msg) (time.Duration, bool) {
+	if in.Rcode != dns.RcodeSuccess && in.Rcode != dns.RcodeNameError {
+		return 0, false
+	}
+	var ttl uint32 = 3600
+	found := false
+	for _, rr := range in.Answer {
+		if h := rr.Header(); !found || h.Ttl < ttl {
+			ttl, found = h.Ttl, true
+		}
+	}
+	if !found {
+		ttl = 60
+		for _, rr := range in.Ns {
+			if soa, ok := rr.(*dns.SOA); ok {
+				ttl = min(soa.Hdr.Ttl, soa.Minttl)
+			}
+		}
+	}
+	if ttl == 0 {
+		return 0, false
+	}
+	return time.Duration(ttl) * time.Second, true
+}
+
+// ask queries each server in turn; it retries over TCP when truncated.
+func (r *resolver) ask(ctx context.Context, name string, qtype uint16) (*dns.Msg, error) {
 	m := new(dns.Msg)
 	m.SetQuestion(dns.Fqdn(name), qtype)
 	m.RecursionDesired = true

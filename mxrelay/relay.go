@@ -42,6 +42,9 @@ type Options struct {
 	// Hostname is the name said in EHLO.
 	Hostname string
 	TLS      TLSMode
+	// TLSFallbackPlaintext: with opportunistic TLS, a failed STARTTLS
+	// handshake is retried at once in plaintext instead of deferring.
+	TLSFallbackPlaintext bool
 	// TLSConfig is used for STARTTLS; nil: the system roots, with
 	// verification relaxed for opportunistic TLS (as MTAs do).
 	TLSConfig      *tls.Config

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -19,12 +20,21 @@ import (
 // servfail get SERVFAIL.
 func startDNS(t *testing.T, zone map[string][]string, servfail ...string) string {
 	t.Helper()
+	addr, _ := startCountingDNS(t, zone, servfail...)
+	return addr
+}
+
+// startCountingDNS is startDNS that also counts the queries it answers.
+func startCountingDNS(t *testing.T, zone map[string][]string, servfail ...string) (string, *atomic.Int64) {
+	t.Helper()
+	var queries atomic.Int64
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	mux := dns.NewServeMux()
 	mux.HandleFunc(".", func(w dns.ResponseWriter, r *dns.Msg) {
+		queries.Add(1)
 		m := new(dns.Msg)
 		m.SetReply(r)
 		q := r.Question[0]
@@ -56,7 +66,7 @@ func startDNS(t *testing.T, zone map[string][]string, servfail ...string) string
 	go srv.ActivateAndServe()
 	<-started
 	t.Cleanup(func() { srv.Shutdown() })
-	return pc.LocalAddr().String()
+	return pc.LocalAddr().String(), &queries
 }
 
 type sink struct {

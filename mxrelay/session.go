@@ -42,9 +42,22 @@ func deliverHost(ctx context.Context, o Options, addr string, useAuth bool, m Me
 	defer stop()
 
 	c, tlsVersion, fail := openClient(o, conn, addr)
+	if fail != nil && fail.tlsBroken && o.TLS == TLSOpportunistic && o.TLSFallbackPlaintext {
+		// Configured to prefer delivery over secrecy: redial without TLS.
+		conn.Close()
+		stop()
+		if conn, err = d.DialContext(ctx, "tcp", addr); err != nil {
+			res.Rcpts = allRcpts(m.Recipients, temporary("connect to %s: %v", addr, unwrapNet(err)))
+			return res
+		}
+		stop = context.AfterFunc(ctx, func() { conn.Close() })
+		plain := o
+		plain.TLS = TLSNone
+		c, tlsVersion, fail = openClient(plain, conn, addr)
+	}
 	if fail != nil {
 		conn.Close()
-		res.Rcpts = allRcpts(m.Recipients, *fail)
+		res.Rcpts = allRcpts(m.Recipients, fail.Outcome)
 		return res
 	}
 	res.TLS = tlsVersion
@@ -156,15 +169,14 @@ func transaction(o Options, c *smtp.Client, raw net.Conn, m Message) (out map[st
 // client has no public STARTTLS after EHLO, and NewClientStartTLS would say
 // "EHLO localhost"; so the plaintext EHLO and STARTTLS are done here on the
 // raw connection, and the go-smtp client takes over after the handshake.
-func openClient(o Options, conn net.Conn, addr string) (*smtp.Client, string, *Outcome) {
+func openClient(o Options, conn net.Conn, addr string) (*smtp.Client, string, *openFailure) {
 	conn.SetDeadline(time.Now().Add(o.CommandTimeout))
 	defer conn.SetDeadline(time.Time{})
 	if o.TLS == TLSNone {
 		c := smtp.NewClient(conn)
 		c.CommandTimeout = o.CommandTimeout
 		if err := c.Hello(o.Hostname); err != nil {
-			f := classify(err)
-			return nil, "", &f
+			return nil, "", &openFailure{Outcome: classify(err)}
 		}
 		return c, "", nil
 	}
@@ -172,17 +184,14 @@ func openClient(o Options, conn net.Conn, addr string) (*smtp.Client, string, *O
 	tp := textproto.NewReader(br)
 	greeting, err := readReply(tp, 220)
 	if err != nil {
-		f := classify(err)
-		return nil, "", &f
+		return nil, "", &openFailure{Outcome: classify(err)}
 	}
 	if _, err := fmt.Fprintf(conn, "EHLO %s\r\n", o.Hostname); err != nil {
-		f := classify(err)
-		return nil, "", &f
+		return nil, "", &openFailure{Outcome: classify(err)}
 	}
 	ehlo, err := readReply(tp, 250)
 	if err != nil {
-		f := classify(err)
-		return nil, "", &f
+		return nil, "", &openFailure{Outcome: classify(err)}
 	}
 	offered := false
 	for _, l := range strings.Split(ehlo, "\n")[1:] {
@@ -195,32 +204,34 @@ func openClient(o Options, conn net.Conn, addr string) (*smtp.Client, string, *O
 	switch {
 	case offered:
 		if _, err := io.WriteString(conn, "STARTTLS\r\n"); err != nil {
-			f := classify(err)
-			return nil, "", &f
+			return nil, "", &openFailure{Outcome: classify(err)}
 		}
 		if _, err := readReply(tp, 220); err != nil {
-			f := classify(err)
-			return nil, "", &f
+			return nil, "", &openFailure{Outcome: classify(err)}
 		}
 		cfg := tlsConfig(o, addr)
 		tc := tls.Client(conn, cfg)
 		if err := tc.Handshake(); err != nil {
-			f := temporary("%s: TLS handshake: %v", addr, err)
-			return nil, "", &f
+			return nil, "", &openFailure{Outcome: temporary("%s: TLS handshake failed: %v", addr, err), tlsBroken: true}
 		}
 		next, version = tc, tls.VersionName(tc.ConnectionState().Version)
 	case o.TLS == TLSRequired:
-		f := temporary("%s does not offer STARTTLS and relay.tls is \"required\"", addr)
-		return nil, "", &f
+		return nil, "", &openFailure{Outcome: temporary("%s does not offer STARTTLS and relay.tls is \"required\"", addr)}
 	}
 	// Hand the connection to go-smtp, which expects to read a greeting.
 	c := smtp.NewClient(&greetedConn{Conn: next, greeting: "220 " + firstLine(greeting) + "\r\n"})
 	c.CommandTimeout = o.CommandTimeout
 	if err := c.Hello(o.Hostname); err != nil {
-		f := classify(err)
-		return nil, "", &f
+		return nil, "", &openFailure{Outcome: classify(err)}
 	}
 	return c, version, nil
+}
+
+// openFailure is why a session could not be opened; tlsBroken marks a
+// failed STARTTLS handshake (which fallback may retry in plaintext).
+type openFailure struct {
+	Outcome
+	tlsBroken bool
 }
 
 func tlsConfig(o Options, addr string) *tls.Config {

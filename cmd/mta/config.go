@@ -68,6 +68,7 @@ type RelayConfig struct {
 	DNSServers              []string `toml:"dns_servers"`
 	MXPort                  int      `toml:"mx_port"`
 	TLS                     string   `toml:"tls"`
+	TLSFallbackPlaintext    bool     `toml:"tls_fallback_plaintext"`
 	ConnectTimeout          Duration `toml:"connect_timeout"`
 	CommandTimeout          Duration `toml:"command_timeout"`
 	DataTimeout             Duration `toml:"data_timeout"`

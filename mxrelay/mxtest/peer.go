@@ -1,0 +1,225 @@
+// Package mxtest provides a scripted SMTP peer for testing the relay's
+// handling of misbehaving servers (like net/http/httptest): it listens on
+// loopback and answers each command from a script. Well-behaved peers in
+// tests are real (Postfix's smtp-sink, a second ledgermail); this one exists
+// for the failures no real server produces on cue.
+package mxtest
+
+import (
+	"bufio"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"math/big"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Script says how the peer behaves. Empty replies take the normal answer.
+type Script struct {
+	Greeting string // e.g. "421 4.3.2 busy"; "" = "220 mxtest ESMTP"
+	// Tarpit: accept and never say anything.
+	Tarpit bool
+	// OfferSTARTTLS advertises STARTTLS; BrokenTLS answers it 220 and then
+	// closes instead of a handshake; with neither broken nor offered, no TLS.
+	OfferSTARTTLS bool
+	BrokenTLS     bool
+	// BrokenTLSOnce: only the first connection's STARTTLS is broken and only
+	// it advertises STARTTLS (a peer fixed on redial, for fallback tests).
+	BrokenTLSOnce bool
+	Mail          string            // reply to MAIL
+	Rcpt          map[string]string // reply per recipient address
+	DataEnd       string            // reply after the final dot
+	// DropMidData closes the connection after the first data line.
+	DropMidData bool
+}
+
+// Peer is a running scripted server.
+type Peer struct {
+	Addr     string
+	ln       net.Listener
+	script   Script
+	tlsCfg   *tls.Config
+	conns    atomic.Int32
+	mu       sync.Mutex
+	messages []string
+	wg       sync.WaitGroup
+}
+
+// Start listens on 127.0.0.1 (or addr when given, e.g. "127.0.0.9:0").
+func Start(script Script, addr string) (*Peer, error) {
+	if addr == "" {
+		addr = "127.0.0.1:0"
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	p := &Peer{Addr: ln.Addr().String(), ln: ln, script: script, tlsCfg: selfSigned()}
+	p.wg.Add(1)
+	go p.serve()
+	return p, nil
+}
+
+// Close stops the peer and waits for its sessions.
+func (p *Peer) Close() {
+	p.ln.Close()
+	p.wg.Wait()
+}
+
+// Connections returns how many connections were accepted.
+func (p *Peer) Connections() int { return int(p.conns.Load()) }
+
+// Messages returns the bodies of the transactions the peer accepted.
+func (p *Peer) Messages() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]string(nil), p.messages...)
+}
+
+func (p *Peer) serve() {
+	defer p.wg.Done()
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		n := p.conns.Add(1)
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			defer c.Close()
+			p.session(c, n)
+		}()
+	}
+}
+
+func (p *Peer) session(c net.Conn, n int32) {
+	s := p.script
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	if s.Tarpit {
+		buf := make([]byte, 1024)
+		for {
+			if _, err := c.Read(buf); err != nil {
+				return
+			}
+		}
+	}
+	var conn net.Conn = c
+	r := bufio.NewReader(conn)
+	w := func(line string) { conn.Write([]byte(line + "\r\n")) }
+	if s.Greeting != "" {
+		w(s.Greeting)
+		if strings.HasPrefix(s.Greeting, "4") || strings.HasPrefix(s.Greeting, "5") {
+			return
+		}
+	} else {
+		w("220 mxtest ESMTP")
+	}
+	offerTLS := s.OfferSTARTTLS || (s.BrokenTLSOnce && n == 1)
+	inTLS := false
+	var rcptOK int
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return
+		}
+		cmd := strings.ToUpper(strings.TrimSpace(line))
+		switch {
+		case strings.HasPrefix(cmd, "EHLO"):
+			if offerTLS && !inTLS {
+				w("250-mxtest")
+				w("250-PIPELINING")
+				w("250 STARTTLS")
+			} else {
+				w("250-mxtest")
+				w("250 PIPELINING")
+			}
+		case strings.HasPrefix(cmd, "HELO"):
+			w("250 mxtest")
+		case cmd == "STARTTLS":
+			w("220 2.0.0 go ahead")
+			if s.BrokenTLS || (s.BrokenTLSOnce && n == 1) {
+				conn.Write([]byte("this is not a TLS record\r\n"))
+				return
+			}
+			tc := tls.Server(c, p.tlsCfg)
+			if err := tc.Handshake(); err != nil {
+				return
+			}
+			conn, inTLS = tc, true
+			r = bufio.NewReader(conn)
+		case strings.HasPrefix(cmd, "MAIL FROM:"):
+			rcptOK = 0
+			w(or(s.Mail, "250 2.1.0 ok"))
+		case strings.HasPrefix(cmd, "RCPT TO:"):
+			addr := strings.Trim(strings.TrimSpace(line[len("RCPT TO:"):]), "<>\r\n ")
+			if i := strings.IndexByte(addr, '>'); i >= 0 {
+				addr = addr[:i]
+			}
+			reply := "250 2.1.5 ok"
+			if rep, ok := s.Rcpt[addr]; ok {
+				reply = rep
+			}
+			if strings.HasPrefix(reply, "2") {
+				rcptOK++
+			}
+			w(reply)
+		case cmd == "DATA":
+			if rcptOK == 0 {
+				w("554 5.5.1 no valid recipients")
+				continue
+			}
+			w("354 go ahead")
+			var body strings.Builder
+			first := true
+			for {
+				l, err := r.ReadString('\n')
+				if err != nil {
+					return
+				}
+				if s.DropMidData && first {
+					return
+				}
+				first = false
+				if l == ".\r\n" {
+					break
+				}
+				body.WriteString(l)
+			}
+			reply := or(s.DataEnd, "250 2.0.0 queued")
+			if strings.HasPrefix(reply, "2") {
+				p.mu.Lock()
+				p.messages = append(p.messages, body.String())
+				p.mu.Unlock()
+			}
+			w(reply)
+		case cmd == "RSET" || cmd == "NOOP":
+			w("250 2.0.0 ok")
+		case cmd == "QUIT":
+			w("221 2.0.0 bye")
+			return
+		default:
+			w("502 5.5.2 unknown command")
+		}
+	}
+}
+
+func or(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+func selfSigned() *tls.Config {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), DNSNames: []string{"mxtest"}}
+	der, _ := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}
+}

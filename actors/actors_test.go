@@ -1,6 +1,7 @@
 package actors
 
 import (
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -11,6 +12,7 @@ import (
 	"github.com/ledgermail/ledgermail/events"
 	"github.com/ledgermail/ledgermail/journal"
 	"github.com/ledgermail/ledgermail/mxrelay"
+	"github.com/ledgermail/ledgermail/mxrelay/mxtest"
 	"github.com/ledgermail/ledgermail/policy"
 	"github.com/ledgermail/ledgermail/projections"
 )
@@ -219,5 +221,85 @@ func TestRecoveryAfterRestart(t *testing.T) {
 	}
 	if a, ok := evs[len(evs)-3].Payload.(events.AttemptStarted); !ok || a.Attempt != 2 {
 		t.Errorf("second attempt not numbered 2: %+v", evs[len(evs)-3])
+	}
+}
+
+func startScripted(t *testing.T, s mxtest.Script, maxConns int) (*harness, *mxtest.Peer) {
+	t.Helper()
+	p, err := mxtest.Start(s, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	j, err := journal.Open(journal.Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := projections.NewQueue()
+	j.Subscribe(q.Apply)
+	relay, _ := mxrelay.New(mxrelay.Options{Mode: "static", Smarthost: p.Addr, Hostname: "actors.test", ConnectTimeout: time.Second, CommandTimeout: 2 * time.Second})
+	sys, err := Start(Options{Journal: j, Queue: q, Relay: relay, Hostname: "actors.test",
+		Policies: policy.Options{Split: "domain"}, Retry: []time.Duration{time.Hour}, MaxAge: 24 * time.Hour,
+		MaxConnectionsPerDomain: maxConns, IdleTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sys.Stop(); j.Close() })
+	return &harness{j: j, q: q, sys: sys}, p
+}
+
+// The journaled event sequence for a partial failure: one recipient
+// delivered, one deferred, one bounced, in one attempt.
+func TestPerRecipientOutcomesAreJournaled(t *testing.T) {
+	h, _ := startScripted(t, mxtest.Script{Rcpt: map[string]string{
+		"later@one.test": "451 4.7.1 greylisted", "gone@one.test": "550 5.1.1 no such user"}}, 2)
+	h.submit(t, "P1", "ok@one.test", "later@one.test", "gone@one.test")
+	waitFor(t, "the outcome", func() bool {
+		e, ok := h.q.Get("P1.1")
+		return ok && e.State == projections.StateDeferred
+	})
+	evs, _ := h.j.EnvelopeEvents("P1.1", false)
+	var seq []string
+	for _, e := range evs {
+		switch p := e.Payload.(type) {
+		case events.Delivered:
+			seq = append(seq, "Delivered"+fmt.Sprint(p.Recipients))
+		case events.Deferred:
+			seq = append(seq, "Deferred"+fmt.Sprint(p.Recipients))
+		case events.Bounced:
+			seq = append(seq, "Bounced"+fmt.Sprint(p.Recipients))
+			if p.DSN == "" {
+				t.Error("no DSN for the bounced recipient")
+			}
+		default:
+			seq = append(seq, string(e.Type()))
+		}
+	}
+	want := "AttemptStarted Attempted Delivered[ok@one.test] Bounced[gone@one.test] Deferred[later@one.test]"
+	if got := strings.Join(seq, " "); got != want {
+		t.Fatalf("events:\n got %s\nwant %s", got, want)
+	}
+	att := evs[1].Payload.(events.Attempted)
+	if len(att.Results) != 3 || att.Host == "" {
+		t.Fatalf("Attempted: %+v", att)
+	}
+}
+
+// Deliveries to one domain never use more than max_connections_per_domain
+// connections at once, and idle connections are reused.
+func TestMaxConnectionsPerDomain(t *testing.T) {
+	h, p := startScripted(t, mxtest.Script{DataDelay: 100 * time.Millisecond}, 2)
+	for i := 0; i < 8; i++ {
+		h.submit(t, fmt.Sprintf("M%d", i), fmt.Sprintf("r%d@same.test", i))
+	}
+	waitFor(t, "8 deliveries", func() bool { return h.q.Snapshot().Counts[projections.StateDelivered] == 8 })
+	if p.MaxConcurrent() > 2 {
+		t.Errorf("%d concurrent connections, limit 2", p.MaxConcurrent())
+	}
+	if p.Connections() > 4 {
+		t.Errorf("%d connections for 8 messages: idle connections not reused", p.Connections())
+	}
+	if len(p.Messages()) != 8 {
+		t.Errorf("peer got %d messages", len(p.Messages()))
 	}
 }

@@ -37,6 +37,8 @@ type Script struct {
 	DataEnd       string            // reply after the final dot
 	// DropMidData closes the connection after the first data line.
 	DropMidData bool
+	// DataDelay waits before answering the final dot.
+	DataDelay time.Duration
 }
 
 // Peer is a running scripted server.
@@ -46,6 +48,8 @@ type Peer struct {
 	script   Script
 	tlsCfg   *tls.Config
 	conns    atomic.Int32
+	active   atomic.Int32
+	peak     atomic.Int32
 	mu       sync.Mutex
 	messages []string
 	wg       sync.WaitGroup
@@ -75,6 +79,9 @@ func (p *Peer) Close() {
 // Connections returns how many connections were accepted.
 func (p *Peer) Connections() int { return int(p.conns.Load()) }
 
+// MaxConcurrent returns the most sessions that were open at once.
+func (p *Peer) MaxConcurrent() int { return int(p.peak.Load()) }
+
 // Messages returns the bodies of the transactions the peer accepted.
 func (p *Peer) Messages() []string {
 	p.mu.Lock()
@@ -94,6 +101,14 @@ func (p *Peer) serve() {
 		go func() {
 			defer p.wg.Done()
 			defer c.Close()
+			now := p.active.Add(1)
+			defer p.active.Add(-1)
+			for {
+				peak := p.peak.Load()
+				if now <= peak || p.peak.CompareAndSwap(peak, now) {
+					break
+				}
+			}
 			p.session(c, n)
 		}()
 	}
@@ -192,6 +207,7 @@ func (p *Peer) session(c net.Conn, n int32) {
 				}
 				body.WriteString(l)
 			}
+			time.Sleep(s.DataDelay)
 			reply := or(s.DataEnd, "250 2.0.0 queued")
 			if strings.HasPrefix(reply, "2") {
 				p.mu.Lock()

@@ -166,6 +166,7 @@ type server struct {
 
 type serverOpts struct {
 	smarthost string
+	relay     string // the [relay] section's body; default: static to smarthost
 	retry     string // TOML list body, e.g. `"1s"`
 	extra     string
 }
@@ -177,6 +178,9 @@ func newServer(t *testing.T, o serverOpts) *server {
 	if o.retry == "" {
 		o.retry = `"1s"`
 	}
+	if o.relay == "" {
+		o.relay = fmt.Sprintf("mode = \"static\"\nsmarthost = %q\nconnect_timeout = \"2s\"", o.smarthost)
+	}
 	cfg := fmt.Sprintf(`hostname = "mta.test"
 data_dir = %q
 [submission]
@@ -184,15 +188,13 @@ listen = [%q]
 [submissions]
 listen = [%q]
 [relay]
-mode = "static"
-smarthost = %q
-connect_timeout = "2s"
+%s
 [queue]
 retry = [%s]
 [admin]
 listen = %q
 %s
-`, filepath.Join(dir, "data"), s.sub, s.subs, o.smarthost, o.retry, s.admin, o.extra)
+`, filepath.Join(dir, "data"), s.sub, s.subs, o.relay, o.retry, s.admin, o.extra)
 	s.config = filepath.Join(dir, "mta.toml")
 	if err := os.WriteFile(s.config, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)

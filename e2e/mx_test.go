@@ -1,0 +1,93 @@
+package e2e
+
+import (
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// startDNS serves zone from this test process on a loopback UDP port; the
+// mta binary is pointed at it with relay.dns_servers.
+func startDNS(t *testing.T, zone map[string][]string) string {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := dns.NewServeMux()
+	mux.HandleFunc(".", func(w dns.ResponseWriter, r *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(r)
+		q := r.Question[0]
+		recs, ok := zone[strings.ToLower(q.Name)]
+		if !ok {
+			m.Rcode = dns.RcodeNameError
+		}
+		for _, s := range recs {
+			rr, err := dns.NewRR(s)
+			if err == nil && rr.Header().Rrtype == q.Qtype {
+				m.Answer = append(m.Answer, rr)
+			}
+		}
+		w.WriteMsg(m)
+	})
+	started := make(chan struct{})
+	srv := &dns.Server{PacketConn: pc, Handler: mux, NotifyStartedFunc: func() { close(started) }}
+	go srv.ActivateAndServe()
+	<-started
+	t.Cleanup(func() { srv.Shutdown() })
+	return pc.LocalAddr().String()
+}
+
+// MX mode end to end: recipients of two domains go to their own MX hosts
+// (smtp-sinks on 127.0.0.2 and 127.0.0.3), a null-MX recipient bounces, and
+// the DSN reaches the sender's domain's MX (127.0.0.4).
+func TestMXRelayAndDSN(t *testing.T) {
+	port := freePort(t)[len("127.0.0.1:"):]
+	one := startSink(t, "127.0.0.2:"+port)
+	two := startSink(t, "127.0.0.3:"+port)
+	home := startSink(t, "127.0.0.4:"+port)
+	dnsAddr := startDNS(t, map[string][]string{
+		"one.test.":        {"one.test. 60 IN MX 10 mx.one.test."},
+		"mx.one.test.":     {"mx.one.test. 60 IN A 127.0.0.2"},
+		"two.test.":        {"two.test. 60 IN MX 10 mx.two.test."},
+		"mx.two.test.":     {"mx.two.test. 60 IN A 127.0.0.3"},
+		"nullmx.test.":     {"nullmx.test. 60 IN MX 0 ."},
+		"example.test.":    {"example.test. 60 IN MX 10 mx.example.test."},
+		"mx.example.test.": {"mx.example.test. 60 IN A 127.0.0.4"},
+	})
+	s := newServer(t, serverOpts{relay: `mode = "mx"
+dns_servers = ["` + dnsAddr + `"]
+mx_port = ` + port})
+	s.addUser("alice", "secret", "alice@example.test")
+	s.start()
+	out, code := swaks(t, "--server", s.sub, "--tls", "--auth", "PLAIN", "--auth-user", "alice", "--auth-password", "secret",
+		"--from", "alice@example.test", "--to", "a@one.test,b@two.test,c@nullmx.test", "--header", "Subject: mx test")
+	m := queuedRE.FindStringSubmatch(out)
+	if code != 0 || m == nil {
+		t.Fatalf("swaks: exit %d\n%s", code, out)
+	}
+	waitFor(t, "deliveries and the DSN", 30*time.Second, func() bool {
+		return len(one.messages(t)) == 1 && len(two.messages(t)) == 1 && len(home.messages(t)) == 1 && len(s.queue().Envelopes) == 0
+	})
+	if msg := one.messages(t)[0]; !strings.Contains(msg, "X-Rcpt-Args: <a@one.test>") || strings.Contains(msg, "b@two.test>") {
+		t.Errorf("mx.one.test got:\n%s", msg)
+	}
+	if msg := two.messages(t)[0]; !strings.Contains(msg, "X-Rcpt-Args: <b@two.test>") {
+		t.Errorf("mx.two.test got:\n%s", msg)
+	}
+	dsn := home.messages(t)[0]
+	for _, want := range []string{"X-Mail-Args: <>", "X-Rcpt-Args: <alice@example.test>", "report-type=delivery-status",
+		"Final-Recipient: rfc822; c@nullmx.test", "Action: failed", "Status: 5.1.10", "null MX", "Subject: mx test"} {
+		if !strings.Contains(dsn, want) {
+			t.Errorf("DSN lacks %q:\n%s", want, dsn)
+		}
+	}
+	hist := strings.Join(types(s.replay("--envelope", m[1])), " ")
+	if strings.Count(hist, "Delivered") != 2 || strings.Count(hist, "Bounced") != 1 || strings.Count(hist, "Split") != 1 {
+		t.Errorf("history: %s", hist)
+	}
+}

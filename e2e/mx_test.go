@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"net"
 	"strings"
 	"testing"
@@ -89,5 +90,44 @@ mx_port = ` + port})
 	hist := strings.Join(types(s.replay("--envelope", m[1])), " ")
 	if strings.Count(hist, "Delivered") != 2 || strings.Count(hist, "Bounced") != 1 || strings.Count(hist, "Split") != 1 {
 		t.Errorf("history: %s", hist)
+	}
+}
+
+// Static relay through a smarthost that requires AUTH over STARTTLS: a
+// second ledgermail.
+func TestSmarthostWithAuthIsASecondLedgermail(t *testing.T) {
+	sk := startSink(t, freePort(t))
+	b := newServer(t, serverOpts{smarthost: sk.addr})
+	b.addUser("relayuser", "relaypw", "*@example.test")
+	b.start()
+	a := newServer(t, serverOpts{relay: `mode = "static"
+smarthost = "` + b.sub + `"
+username = "relayuser"
+password = "relaypw"
+tls = "required"`})
+	a.addUser("alice", "secret", "alice@example.test")
+	a.start()
+	out, code := swaks(t, "--server", a.sub, "--tls", "--auth", "PLAIN", "--auth-user", "alice", "--auth-password", "secret",
+		"--from", "alice@example.test", "--to", "bob@dest.test", "--header", "Subject: via smarthost")
+	if code != 0 || !queuedRE.MatchString(out) {
+		t.Fatalf("swaks: exit %d\n%s", code, out)
+	}
+	waitFor(t, "delivery through the smarthost", 30*time.Second, func() bool {
+		return len(sk.messages(t)) == 1 && len(a.queue().Envelopes) == 0 && len(b.queue().Envelopes) == 0
+	})
+	msg := sk.messages(t)[0]
+	if strings.Count(msg, "(ledgermail)") != 2 || !strings.Contains(msg, "Subject: via smarthost") {
+		t.Errorf("message at the sink:\n%s", msg)
+	}
+	// The smarthost saw an authenticated, encrypted submission.
+	lines := b.replay()
+	if lines[0]["type"] != "Received" || lines[0]["auth_user"] != "relayuser" || !strings.HasPrefix(fmt.Sprint(lines[0]["tls"]), "TLS 1.3") {
+		t.Errorf("smarthost's Received event: %v", lines[0])
+	}
+	// And the first hop journaled the TLS version it used.
+	for _, l := range a.replay() {
+		if l["type"] == "Attempted" && !strings.HasPrefix(fmt.Sprint(l["tls"]), "TLS 1.3") {
+			t.Errorf("Attempted without TLS version: %v", l)
+		}
 	}
 }

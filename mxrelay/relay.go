@@ -45,6 +45,9 @@ type Options struct {
 	// TLSFallbackPlaintext: with opportunistic TLS, a failed STARTTLS
 	// handshake is retried at once in plaintext instead of deferring.
 	TLSFallbackPlaintext bool
+	// TLSVerify requires the peer's certificate to be valid for its name
+	// (system roots); without it TLS is unauthenticated encryption.
+	TLSVerify bool
 	// TLSConfig is used for STARTTLS; nil: the system roots, with
 	// verification relaxed for opportunistic TLS (as MTAs do).
 	TLSConfig      *tls.Config

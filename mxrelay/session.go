@@ -243,9 +243,10 @@ func tlsConfig(o Options, addr string) *tls.Config {
 		}
 		return cfg
 	}
-	// Opportunistic TLS protects against passive listeners; like Postfix's
-	// "may" level it does not verify the peer (RFC 7435).
-	return &tls.Config{ServerName: host, InsecureSkipVerify: o.TLS == TLSOpportunistic, MinVersion: tls.VersionTLS12}
+	// Like Postfix's "may" and "encrypt" levels, TLS protects against
+	// passive listeners without verifying the peer (RFC 7435), unless
+	// TLSVerify asks for a certificate valid for the host.
+	return &tls.Config{ServerName: host, InsecureSkipVerify: !o.TLSVerify, MinVersion: tls.VersionTLS12}
 }
 
 // greetedConn replays a greeting line before the connection's own data.

@@ -69,6 +69,7 @@ type RelayConfig struct {
 	MXPort                  int      `toml:"mx_port"`
 	TLS                     string   `toml:"tls"`
 	TLSFallbackPlaintext    bool     `toml:"tls_fallback_plaintext"`
+	TLSVerify               bool     `toml:"tls_verify"`
 	ConnectTimeout          Duration `toml:"connect_timeout"`
 	CommandTimeout          Duration `toml:"command_timeout"`
 	DataTimeout             Duration `toml:"data_timeout"`

@@ -98,7 +98,7 @@ func serve(cfg Config, f serveFlags) error {
 
 	relay, err := mxrelay.New(mxrelay.Options{
 		Mode: cfg.Relay.Mode, Smarthost: cfg.Relay.Smarthost, Username: cfg.Relay.Username, Password: cfg.Relay.Password,
-		DNSServers: cfg.Relay.DNSServers, MXPort: cfg.Relay.MXPort, Hostname: cfg.Hostname, TLS: mxrelay.TLSMode(cfg.Relay.TLS), TLSFallbackPlaintext: cfg.Relay.TLSFallbackPlaintext,
+		DNSServers: cfg.Relay.DNSServers, MXPort: cfg.Relay.MXPort, Hostname: cfg.Hostname, TLS: mxrelay.TLSMode(cfg.Relay.TLS), TLSFallbackPlaintext: cfg.Relay.TLSFallbackPlaintext, TLSVerify: cfg.Relay.TLSVerify,
 		ConnectTimeout: cfg.Relay.ConnectTimeout.Duration, CommandTimeout: cfg.Relay.CommandTimeout.Duration, DataTimeout: cfg.Relay.DataTimeout.Duration,
 	})
 	if err != nil {

@@ -1,0 +1,76 @@
+package e2e
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+// mta queue retry / delete, against the running server (admin API) and
+// offline (journal), each journaling an operator event.
+func TestQueueRetryAndDelete(t *testing.T) {
+	sinkAddr := freePort(t)
+	s := newServer(t, serverOpts{smarthost: sinkAddr, retry: `"1h"`})
+	s.addUser("alice", "secret", "alice@example.test")
+	s.start()
+	send := func(to string) string {
+		out, code := swaks(t, "--server", s.sub, "--tls", "--auth", "PLAIN", "--auth-user", "alice", "--auth-password", "secret",
+			"--from", "alice@example.test", "--to", to)
+		m := queuedRE.FindStringSubmatch(out)
+		if code != 0 || m == nil {
+			t.Fatalf("swaks: exit %d\n%s", code, out)
+		}
+		return m[1]
+	}
+	keep, drop, offline := send("keep@dest.test"), send("drop@dest.test"), send("offline@dest.test")
+	waitFor(t, "three deferred envelopes", 20*time.Second, func() bool { return s.queue().Counts["deferred"] == 3 })
+
+	// mailq-style listing names each envelope, its sender, recipient and error.
+	out, _, code := s.mta("", "queue")
+	if code != 0 || !strings.Contains(out, keep+".1") || !strings.Contains(out, "keep@dest.test") || !strings.Contains(out, "refused") {
+		t.Fatalf("mta queue: exit %d\n%s", code, out)
+	}
+
+	// Online delete: journaled, gone from the queue, no bounce.
+	if out, errs, code := s.mta("", "queue", "delete", drop); code != 0 || !strings.Contains(out, "1 envelope") {
+		t.Fatalf("queue delete: exit %d %s %s", code, out, errs)
+	}
+	// Online retry with the smarthost back: delivered now, not in an hour.
+	sk := startSink(t, sinkAddr)
+	if out, errs, code := s.mta("", "queue", "retry", keep); code != 0 {
+		t.Fatalf("queue retry: exit %d %s %s", code, out, errs)
+	}
+	waitFor(t, "the retried envelope", 20*time.Second, func() bool { return len(sk.messages(t)) == 1 && s.queue().Counts["delivered"] == 1 })
+
+	// Offline retry: the server is stopped; the event waits in the journal.
+	s.stop()
+	if out, errs, code := s.mta("", "queue", "retry", "--all"); code != 0 || !strings.Contains(out, "1 envelope") {
+		t.Fatalf("offline retry --all: exit %d %s %s", code, out, errs)
+	}
+	s.start()
+	waitDelivered(t, sk, s, "the offline-retried envelope", 2)
+	q := s.queue()
+	if q.Counts["deleted"] != 1 || q.Counts["delivered"] != 2 || q.Counts["bounced"] != 0 {
+		t.Fatalf("counts %v", q.Counts)
+	}
+	hist := strings.Join(types(s.replay("--envelope", drop)), " ")
+	if !strings.HasSuffix(hist, "Deleted") || strings.Contains(hist, "Bounced") {
+		t.Errorf("deleted envelope: %s", hist)
+	}
+	hist = strings.Join(types(s.replay("--envelope", offline)), " ")
+	if !strings.Contains(hist, "RetryRequested") || !strings.HasSuffix(hist, "Delivered") {
+		t.Errorf("offline retry: %s", hist)
+	}
+	for _, m := range sk.messages(t) {
+		if strings.Contains(m, "drop@dest.test") {
+			t.Errorf("deleted envelope was delivered")
+		}
+	}
+	// Errors: unknown ID, bad usage.
+	if _, errs, code := s.mta("", "queue", "retry", "NOSUCHID"); code != 1 || !strings.Contains(errs, "no live envelope") {
+		t.Errorf("retry of an unknown ID: exit %d %q", code, errs)
+	}
+	if _, _, code := s.mta("", "queue", "retry"); code != 2 {
+		t.Errorf("retry without ID or --all: exit %d, want 2", code)
+	}
+}

@@ -98,7 +98,7 @@ func (a *envelope) applyPolicies(c actor.Context) {
 		return
 	}
 	pa := policy.Apply(a.o.Policies, policy.Input{
-		ID: a.id, Hostname: a.o.Hostname, Received: a.env.Received, Arrived: a.env.Arrived,
+		ID: a.id, Hostname: a.o.Hostname, Received: *a.env.Received, Arrived: a.env.Arrived,
 		Header: policy.HeaderBlock(body),
 	})
 	groups := policy.Split(a.o.Policies.Split, pa.Recipients)

@@ -61,7 +61,7 @@ type Envelope struct {
 	Prepend string `json:"-"`
 	LastSeq uint64 `json:"-"`
 	// Received is the accepting event (client, TLS, AUTH: for headers).
-	Received events.Received `json:"-"`
+	Received *events.Received `json:"-"`
 }
 
 // Clone returns a deep copy.
@@ -82,7 +82,7 @@ func Fold(set map[string]*Envelope, ev events.Event) *Envelope {
 		env = &Envelope{
 			ID: ev.Envelope, Parent: p.Parent, State: StateReceived, Sender: p.Sender,
 			Recipients: append([]string(nil), p.Recipients...), Pending: append([]string(nil), p.Recipients...),
-			Size: p.Size, Arrived: ev.Time, BodyKey: p.BodyKey, Received: p,
+			Size: p.Size, Arrived: ev.Time, BodyKey: p.BodyKey, Received: &p,
 		}
 		set[ev.Envelope] = env
 	case events.PoliciesApplied:
@@ -219,12 +219,25 @@ func (q *Queue) Apply(evs []events.Event) {
 		}
 		q.counts[env.State]++
 		for _, id := range children {
-			q.counts[q.live[id].State]++
+			c := q.live[id]
+			q.counts[c.State]++
+			slim(c)
+		}
+		if env.State != StateReceived {
+			slim(env)
 		}
 		if !env.State.Live() {
 			delete(q.live, env.ID)
 		}
 	}
+}
+
+// slim drops what the live queue does not need once an envelope is past
+// its policies (the header block to prepend, the Received details): the
+// envelope actor reads those from the journal. It keeps a large queue small.
+func slim(e *Envelope) {
+	e.Prepend = ""
+	e.Received = nil
 }
 
 func (q *Queue) newChildren(ev events.Event) []string {

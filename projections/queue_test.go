@@ -24,8 +24,20 @@ func TestQueueFoldLifecycle(t *testing.T) {
 		t.Fatalf("after split: %+v", s)
 	}
 	c, ok := q.Get("A.1")
-	if !ok || c.Parent != "A" || c.BodyKey != "A" || c.Prepend != "Received: x\r\n" || c.Size != 100+13 {
-		t.Fatalf("child A.1: %+v", c)
+	if !ok || c.Parent != "A" || c.BodyKey != "A" || c.Size != 100+13 || c.Prepend != "" {
+		t.Fatalf("child A.1 in the live queue (slimmed): %+v", c)
+	}
+	// The full fold (what an envelope actor rebuilds) keeps the header block.
+	set := map[string]*Envelope{}
+	for _, e := range []events.Event{
+		ev(1, "A", events.Received{Sender: "s@x", Recipients: []string{"a@one"}, BodyKey: "A", Size: 100}),
+		ev(2, "A", events.PoliciesApplied{Prepend: "Received: x\r\n", Recipients: []string{"a@one"}}),
+		ev(3, "A", events.Split{Mode: "domain", Children: []events.Child{{ID: "A.1", Recipients: []string{"a@one"}}}}),
+	} {
+		Fold(set, e)
+	}
+	if set["A.1"].Prepend != "Received: x\r\n" || set["A.1"].Received.Sender != "s@x" {
+		t.Fatalf("folded child: %+v", set["A.1"])
 	}
 	next := time.Unix(5000, 0).UTC()
 	q.Apply([]events.Event{

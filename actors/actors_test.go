@@ -177,6 +177,24 @@ func TestTemporaryFailureRetriesThenExpires(t *testing.T) {
 	if strings.Count(hist, "E3.1:Deferred") < 2 || !strings.Contains(hist, "E3.1:Expired E3.1:Bounced") {
 		t.Errorf("history: %s", hist)
 	}
+	// Each deferral is scheduled per [queue] retry (50ms here) ±10% jitter,
+	// and the next attempt does not start before it.
+	evs, _ := h.j.EnvelopeEvents("E3.1", false)
+	var due time.Time
+	for _, e := range evs {
+		switch p := e.Payload.(type) {
+		case events.Deferred:
+			wait := p.NextAttempt.Sub(e.Time)
+			if wait < 45*time.Millisecond || wait > 55*time.Millisecond {
+				t.Errorf("deferred for %s, want 50ms ±10%%", wait)
+			}
+			due = p.NextAttempt
+		case events.AttemptStarted:
+			if !due.IsZero() && e.Time.Before(due) {
+				t.Errorf("attempt %d started %s before it was due", p.Attempt, due.Sub(e.Time))
+			}
+		}
+	}
 }
 
 // Envelopes journaled before Start (a restart) are picked up by the

@@ -75,10 +75,11 @@ type Journal struct {
 	opts Options
 	reqs chan *appendReq
 
-	mu      sync.Mutex // guards subs and closed
-	subs    []func([]events.Event)
-	closed  bool
-	stopped chan struct{}
+	mu       sync.Mutex // guards subs and closed
+	subs     []func([]events.Event)
+	onCommit func(time.Duration, int)
+	closed   bool
+	stopped  chan struct{}
 
 	committedSeq atomic.Uint64
 
@@ -173,6 +174,13 @@ func (j *Journal) loadTail() error {
 
 // LastSeq returns the sequence number of the newest durable event.
 func (j *Journal) LastSeq() uint64 { return j.committedSeq.Load() }
+
+// SetOnCommit sets the commit observer (metrics) after Open.
+func (j *Journal) SetOnCommit(fn func(d time.Duration, n int)) {
+	j.mu.Lock()
+	j.onCommit = fn
+	j.mu.Unlock()
+}
 
 // Subscribe registers fn to be called with every batch of events committed
 // from now on, in order, from the writer goroutine. fn must not call Append.

@@ -117,13 +117,16 @@ func (j *Journal) commit(group []*appendReq) {
 	}
 	j.lastSeq, j.lastSum = seq, sum
 	j.committedSeq.Store(seq)
-	if j.opts.OnCommit != nil {
-		j.opts.OnCommit(time.Since(start), len(all))
+	j.mu.Lock()
+	subs, onCommit := j.subs, j.onCommit
+	j.mu.Unlock()
+	if onCommit == nil {
+		onCommit = j.opts.OnCommit
+	}
+	if onCommit != nil {
+		onCommit(time.Since(start), len(all))
 	}
 	if len(all) > 0 {
-		j.mu.Lock()
-		subs := j.subs
-		j.mu.Unlock()
 		for _, fn := range subs {
 			fn(all)
 		}

@@ -252,6 +252,13 @@ func (q *Queue) newChildren(ev events.Event) []string {
 	return ids
 }
 
+// Count returns how many envelopes are in state s.
+func (q *Queue) Count(s State) int {
+	q.mu.RLock()
+	defer q.mu.RUnlock()
+	return q.counts[s]
+}
+
 // Get returns a copy of a live envelope.
 func (q *Queue) Get(id string) (*Envelope, bool) {
 	q.mu.RLock()

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+	"go.uber.org/zap"
 )
 
 // authThrottle counts AUTH failures per client IP over a sliding window.
@@ -130,7 +131,10 @@ func (l *gateListener) Accept() (net.Conn, error) {
 		select {
 		case l.s.conns <- struct{}{}:
 		default:
-			l.s.o.Logger.Warn("connection refused: max_connections reached")
+			l.s.o.Logger.Warn("connection refused: max_connections reached", zap.String("client", c.RemoteAddr().String()))
+			if l.s.o.Rejected != nil {
+				l.s.o.Rejected("too_many_connections")
+			}
 			l.refuse(c, "421 4.7.0 Too many connections, try again later")
 			continue
 		}

@@ -29,14 +29,18 @@ import (
 type Options struct {
 	Hostname string
 	// Submission are STARTTLS listener addresses; Submissions implicit TLS.
+	// Listeners, when set, are already bound and the addresses are unused.
 	Submission  []string
 	Submissions []string
+	Listeners   *Listeners
 	TLS         *tls.Config
 	Auth        Authenticator
 	Journal     *journal.Journal
 	// Accepted is called with the envelope ID after its Received event is
 	// durable (the queue takes it from there).
 	Accepted func(id string)
+	// Rejected, if set, is called with a reason for every refusal (metrics).
+	Rejected func(reason string)
 	// TrustedNetworks may submit without AUTH.
 	TrustedNetworks   []netip.Prefix
 	AllowInsecureAuth bool
@@ -102,32 +106,61 @@ func New(o Options) (*Server, error) {
 	if s.validators == nil {
 		s.validators = DefaultValidators(o.RequireOwnership, o.MaxRecipients)
 	}
-	bind := func(addrs []string, implicit bool) error {
-		for _, a := range addrs {
-			ln, err := net.Listen("tcp", a)
-			if err != nil {
-				return fmt.Errorf("listen on %s: %w", a, err)
-			}
-			name := "submission"
-			if implicit {
-				name = "submissions"
-			}
+	ls := o.Listeners
+	if ls == nil {
+		var err error
+		if ls, err = Listen(o.Submission, o.Submissions); err != nil {
+			return nil, err
+		}
+	}
+	add := func(lns []net.Listener, implicit bool) {
+		name := "submission"
+		if implicit {
+			name = "submissions"
+		}
+		for _, ln := range lns {
 			s.lns = append(s.lns, ln)
 			s.tlsOn = append(s.tlsOn, implicit)
 			s.names = append(s.names, name+"/"+ln.Addr().String())
 			s.servers = append(s.servers, s.newSMTP(name, ln.Addr().String(), implicit))
 		}
-		return nil
 	}
-	if err := bind(o.Submission, false); err != nil {
-		s.closeListeners()
-		return nil, err
-	}
-	if err := bind(o.Submissions, true); err != nil {
-		s.closeListeners()
-		return nil, err
-	}
+	add(ls.Submission, false)
+	add(ls.Submissions, true)
 	return s, nil
+}
+
+// Listeners are bound sockets for New: bind them first (as root, for ports
+// under 1024), drop privileges, then build the server.
+type Listeners struct {
+	Submission  []net.Listener // STARTTLS
+	Submissions []net.Listener // implicit TLS
+}
+
+// Listen binds every address; on error nothing stays bound.
+func Listen(submission, submissions []string) (*Listeners, error) {
+	ls := &Listeners{}
+	for _, group := range []struct {
+		addrs []string
+		into  *[]net.Listener
+	}{{submission, &ls.Submission}, {submissions, &ls.Submissions}} {
+		for _, a := range group.addrs {
+			ln, err := net.Listen("tcp", a)
+			if err != nil {
+				ls.Close()
+				return nil, fmt.Errorf("listen on %s: %w", a, err)
+			}
+			*group.into = append(*group.into, ln)
+		}
+	}
+	return ls, nil
+}
+
+// Close closes every listener.
+func (ls *Listeners) Close() {
+	for _, ln := range append(append([]net.Listener(nil), ls.Submission...), ls.Submissions...) {
+		ln.Close()
+	}
 }
 
 func (s *Server) closeListeners() {

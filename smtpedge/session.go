@@ -27,6 +27,7 @@ var (
 	errBadSyntax           = &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 1, 3}, Message: "Bad address syntax"}
 	errTooBig              = &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4}, Message: "Message too big"}
 	errTempFailure         = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Temporary failure, try again later"}
+	errJournal             = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Temporary failure, try again later"}
 	errLineTooLong         = &smtp.SMTPError{Code: 500, EnhancedCode: smtp.EnhancedCode{5, 4, 0}, Message: "Line too long, closing connection"}
 	errTooManyAuthFailures = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Too many authentication failures"}
 )
@@ -93,11 +94,11 @@ func (s *session) hangUp() {
 
 func (s *session) Auth(mech string) (sasl.Server, error) {
 	if !s.authAllowed() {
-		return nil, errEncryptionRequired
+		return nil, s.reject(errEncryptionRequired)
 	}
 	if s.s.throttle.blocked(s.t.ClientIP) {
 		s.hangUp()
-		return nil, errTooManyAuthFailures
+		return nil, s.reject(errTooManyAuthFailures)
 	}
 	check := func(username, password string) error {
 		id, err := s.s.o.Auth.Authenticate(username, password)
@@ -106,9 +107,9 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 			if s.s.throttle.fail(s.t.ClientIP) {
 				s.log.Warn("too many auth failures; disconnecting", zap.String("ip", s.t.ClientIP.String()))
 				s.hangUp()
-				return errTooManyAuthFailures
+				return s.reject(errTooManyAuthFailures)
 			}
-			return errBadCredentials
+			return s.reject(errBadCredentials)
 		}
 		if err != nil {
 			s.log.Error("authenticator error", zap.String("user", username), zap.Error(err))
@@ -145,10 +146,10 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	if err := runValidators(s.s.validators, StageMail, s.t); err != nil {
 		s.log.Info("MAIL refused", zap.String("from", from), zap.Error(err))
 		s.t.From = ""
-		return err
+		return s.reject(err)
 	}
 	if s.s.o.MaxMessageBytes > 0 && s.t.Size > s.s.o.MaxMessageBytes {
-		return errTooBig
+		return s.reject(errTooBig)
 	}
 	return nil
 }
@@ -157,7 +158,7 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	s.t.Rcpt = to
 	if err := runValidators(s.s.validators, StageRcpt, s.t); err != nil {
 		s.log.Info("RCPT refused", zap.String("to", to), zap.Error(err))
-		return err
+		return s.reject(err)
 	}
 	s.t.Rcpts = append(s.t.Rcpts, to)
 	return nil
@@ -176,27 +177,27 @@ func (s *session) Data(r io.Reader) error {
 	if err != nil {
 		if errors.Is(err, smtp.ErrDataTooLarge) {
 			s.log.Info("message refused: too big", zap.Int64("max", s.s.o.MaxMessageBytes))
-			return errTooBig
+			return s.reject(errTooBig)
 		}
 		if errors.Is(err, smtp.ErrTooLongLine) {
 			// The rest of the stream cannot be trusted to be in step.
 			s.log.Info("message refused: line too long")
 			s.hangUp()
-			return errLineTooLong
+			return s.reject(errLineTooLong)
 		}
 		var se *smtp.SMTPError
 		if errors.As(err, &se) {
 			return se
 		}
 		s.log.Info("message refused: read error", zap.Error(err))
-		return errTempFailure
+		return s.reject(errTempFailure)
 	}
 	body := NormalizeLineEndings(raw)
 	declared := s.t.Size
 	s.t.Size, s.t.Header = int64(len(body)), policyHeader(body)
 	if err := runValidators(s.s.validators, StageData, s.t); err != nil {
 		s.log.Info("message refused by a validator", zap.Error(err))
-		return err
+		return s.reject(err)
 	}
 	id := events.NewID()
 	rcv := events.Received{
@@ -215,12 +216,53 @@ func (s *session) Data(r io.Reader) error {
 	})
 	if err != nil {
 		s.log.Error("journal append failed; message refused", zap.String("envelope", id), zap.Error(err))
-		return errTempFailure
+		return s.reject(errJournal)
 	}
 	s.log.Info("message accepted", zap.String("envelope", id), zap.String("from", s.t.From),
 		zap.Strings("to", rcv.Recipients), zap.Int("size", len(body)), zap.String("tls", rcv.TLS))
 	s.s.o.Accepted(id)
 	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "Ok: queued as " + id}
+}
+
+// reject counts a refusal by reason and returns err.
+func (s *session) reject(err error) error {
+	if s.s.o.Rejected != nil {
+		s.s.o.Rejected(reasonOf(err))
+	}
+	return err
+}
+
+// reasonOf names a refusal for the rejected-messages metric.
+func reasonOf(err error) string {
+	switch err {
+	case errBadCredentials:
+		return "auth_failed"
+	case errTooManyAuthFailures:
+		return "auth_throttled"
+	case errEncryptionRequired:
+		return "encryption_required"
+	case errTooMany:
+		return "too_many_recipients"
+	case errBadSyntax:
+		return "bad_address"
+	case errTooBig:
+		return "too_big"
+	case errLineTooLong:
+		return "line_too_long"
+	case errJournal:
+		return "journal_error"
+	case errTempFailure:
+		return "temporary"
+	}
+	if se, ok := err.(*smtp.SMTPError); ok {
+		switch se.Code {
+		case 550:
+			return "not_authenticated"
+		case 553:
+			return "sender_not_owned"
+		}
+	}
+	return "validator"
 }
 
 func (s *session) Reset() {

@@ -2,13 +2,16 @@ package main
 
 import (
 	"bufio"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 
 	"github.com/ledgermail/ledgermail/actors"
@@ -25,17 +28,41 @@ type journalLine struct {
 	Event json.RawMessage `json:"event"`
 }
 
+// serverState is what /readyz reports.
+type serverState struct{ ready atomic.Bool }
+
+type adminDeps struct {
+	j       *journal.Journal
+	q       *projections.Queue
+	sys     *actors.System
+	metrics *projections.Metrics
+	state   *serverState
+	token   string // when set, required as a bearer token (but by /healthz and /readyz)
+	log     *zap.Logger
+}
+
 // newAdmin serves the admin API:
 //
-//	GET  /healthz                       "ok"
+//	GET  /healthz                       "ok" while the process runs
+//	GET  /readyz                        200 once serving, 503 while starting or stopping
+//	GET  /metrics                       Prometheus text format
 //	GET  /queue                         projections.Snapshot as JSON
 //	GET  /envelopes/{id}                {"envelope": state, "events": [replay objects]}
 //	GET  /journal?envelope=&since=      journalLine per line (NDJSON)
 //	POST /queue/retry?id=ID|all         journal RetryRequested and retry now
 //	POST /queue/delete?id=ID            journal Deleted
-func newAdmin(j *journal.Journal, q *projections.Queue, sys *actors.System, log *zap.Logger) http.Handler {
+func newAdmin(d adminDeps) http.Handler {
+	j, q, sys, log := d.j, d.q, d.sys, d.log
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !d.state.ready.Load() {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(d.metrics.Registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /queue", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, q.Snapshot()) })
 	mux.HandleFunc("GET /envelopes/{id}", func(w http.ResponseWriter, r *http.Request) {
 		id := r.PathValue("id")
@@ -114,7 +141,19 @@ func newAdmin(j *journal.Journal, q *projections.Queue, sys *actors.System, log 
 		log.Info("envelope deleted", zap.String("envelope", id))
 		writeJSON(w, map[string]int{"envelopes": len(ids)})
 	})
-	return mux
+	if d.token == "" {
+		return mux
+	}
+	want := "Bearer " + d.token
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/healthz" && r.URL.Path != "/readyz" &&
+			subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), []byte(want)) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="ledgermail"`)
+			http.Error(w, "admin.token required", http.StatusUnauthorized)
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
 }
 
 // operatorEvent journals an operator event for envelope id (and its live

@@ -105,6 +105,7 @@ type PoliciesConfig struct {
 
 type AdminConfig struct {
 	Listen string `toml:"listen"`
+	Token  string `toml:"token"` // optional bearer token for the admin API
 }
 
 type LogConfig struct {

@@ -26,61 +26,141 @@ import (
 )
 
 func newServeCmd() *cobra.Command {
-	var path, pidfile string
-	var ignoreCorrupt bool
+	var path string
+	var f serveFlags
 	c := &cobra.Command{
-		Use:   "serve [-c FILE]",
-		Short: "run the MTA in the foreground (embedded defaults when no file is given)",
+		Use:   "serve [-c FILE] [--daemon --pidfile F] [--user U --group G]",
+		Short: "run the MTA (in the foreground unless --daemon; embedded defaults when no file is given)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := LoadConfig(path)
 			if err != nil {
 				return err
 			}
-			return serve(cfg, serveFlags{pidfile: pidfile, ignoreCorrupt: ignoreCorrupt})
+			if f.daemon {
+				if f.pidfile == "" {
+					return usageError{fmt.Errorf("--daemon needs --pidfile")}
+				}
+				if err := checkPidfile(f.pidfile); err != nil {
+					return err
+				}
+				return daemonize(os.Args[1:])
+			}
+			ready := newReadyNotifier()
+			if err := serve(cfg, f, ready); err != nil {
+				ready.failed(err)
+				return err
+			}
+			return nil
 		},
 	}
 	c.Flags().StringVarP(&path, "config", "c", "", "config file (TOML); default: embedded defaults")
-	c.Flags().StringVar(&pidfile, "pidfile", "", "write the process ID to this file once listening")
-	c.Flags().BoolVar(&ignoreCorrupt, "ignore-corrupt", false, "start even if the journal has corrupt records (each is logged with its sequence number)")
+	c.Flags().BoolVar(&f.daemon, "daemon", false, "detach; return once the listeners are bound and the pidfile is written")
+	c.Flags().StringVar(&f.pidfile, "pidfile", "", "write the process ID to this file once listening")
+	c.Flags().StringVar(&f.logFile, "log-file", "", "log to this file (reopened on SIGUSR1) instead of stderr")
+	c.Flags().StringVar(&f.user, "user", "", "after binding the listeners, run as this user (needs root)")
+	c.Flags().StringVar(&f.group, "group", "", "with --user: run as this group (default: the user's)")
+	c.Flags().BoolVar(&f.ignoreCorrupt, "ignore-corrupt", false, "start even if the journal has corrupt records (each is logged with its sequence number)")
 	return c
 }
 
 type serveFlags struct {
+	daemon        bool
 	pidfile       string
+	logFile       string
+	user, group   string
 	ignoreCorrupt bool
 }
 
-func newLogger(cfg LogConfig) (*zap.Logger, error) {
-	var zc zap.Config
-	if cfg.Format == "json" {
-		zc = zap.NewProductionConfig()
-	} else {
-		zc = zap.NewDevelopmentConfig()
-		zc.EncoderConfig.EncodeLevel = zapcore.CapitalLevelEncoder
-		zc.DisableStacktrace = true
-	}
+func newLogger(cfg LogConfig, file *logFile) (*zap.Logger, error) {
 	lvl, err := zapcore.ParseLevel(cfg.Level)
 	if err != nil {
 		return nil, configErrorf("log.level: %v", err)
 	}
-	zc.Level = zap.NewAtomicLevelAt(lvl)
-	zc.EncoderConfig.TimeKey = "time"
-	zc.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
-	zc.OutputPaths = []string{"stderr"}
-	return zc.Build()
+	ec := zap.NewProductionEncoderConfig()
+	ec.TimeKey = "time"
+	ec.EncodeTime = zapcore.ISO8601TimeEncoder
+	var enc zapcore.Encoder
+	if cfg.Format == "json" {
+		enc = zapcore.NewJSONEncoder(ec)
+	} else {
+		ec.EncodeLevel = zapcore.CapitalLevelEncoder
+		enc = zapcore.NewConsoleEncoder(ec)
+	}
+	var sink zapcore.WriteSyncer = zapcore.Lock(os.Stderr)
+	if file != nil {
+		sink = file
+	}
+	return zap.New(zapcore.NewCore(enc, sink, lvl), zap.ErrorOutput(sink)), nil
 }
 
-// serve runs the whole MTA until SIGTERM or SIGINT.
-func serve(cfg Config, f serveFlags) error {
-	log, err := newLogger(cfg.Log)
+// serve runs the whole MTA until SIGTERM or SIGINT. Order matters: bind
+// every listener (as root if need be), hand the data directory over and
+// drop privileges, and only then open the journal and serve.
+func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
+	var lf *logFile
+	if f.logFile != "" {
+		var err error
+		if lf, err = openLogFile(f.logFile); err != nil {
+			return err
+		}
+	}
+	log, err := newLogger(cfg.Log, lf)
 	if err != nil {
 		return err
 	}
 	defer log.Sync()
+	acct, err := lookupAccount(f.user, f.group)
+	if err != nil {
+		return err
+	}
+	if f.pidfile != "" {
+		if err := checkPidfile(f.pidfile); err != nil {
+			return err
+		}
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("cannot create data_dir %s: %w", cfg.DataDir, unwrapPathErr(err))
 	}
+
+	// Sockets first: ports 25/465/587 need root.
+	lns, err := smtpedge.Listen(cfg.Submission.Listen, cfg.Submissions.Listen)
+	if err != nil {
+		return err
+	}
+	defer lns.Close()
+	var adminLn net.Listener
+	if cfg.Admin.Listen != "" {
+		if adminLn, err = net.Listen("tcp", cfg.Admin.Listen); err != nil {
+			return fmt.Errorf("admin listener: %w", err)
+		}
+		defer adminLn.Close()
+	}
+	// Certificates may be readable by root only: load them before the drop.
+	certPath, keyPath, generated := cfg.CertFiles()
+	if generated {
+		if err := smtpedge.SelfSigned(certPath, keyPath, cfg.Hostname); err != nil {
+			return err
+		}
+	}
+	certs, err := smtpedge.LoadCerts(certPath, keyPath)
+	if err != nil {
+		return err
+	}
+	if acct != nil {
+		if err := acct.handOver(cfg.DataDir); err != nil {
+			return err
+		}
+		if f.pidfile != "" {
+			os.WriteFile(f.pidfile, nil, 0o644)
+			os.Chown(f.pidfile, acct.uid, acct.gid)
+		}
+		if err := acct.drop(); err != nil {
+			return err
+		}
+		log.Info("privileges dropped", zap.String("user", acct.user), zap.Int("uid", acct.uid), zap.Int("gid", acct.gid))
+	}
+
 	j, err := journal.Open(journal.Options{Dir: cfg.JournalDir(), Logger: log.Named("journal")})
 	if err != nil {
 		if errors.Is(err, journal.ErrLocked) {
@@ -95,25 +175,18 @@ func serve(cfg Config, f serveFlags) error {
 		return err
 	}
 	j.Subscribe(queue.Apply)
+	metrics := projections.NewMetrics(queue)
+	j.Subscribe(metrics.Apply)
+	j.SetOnCommit(metrics.Commit)
 
 	relay, err := mxrelay.New(mxrelay.Options{
 		Mode: cfg.Relay.Mode, Smarthost: cfg.Relay.Smarthost, Username: cfg.Relay.Username, Password: cfg.Relay.Password,
-		DNSServers: cfg.Relay.DNSServers, MXPort: cfg.Relay.MXPort, Hostname: cfg.Hostname, TLS: mxrelay.TLSMode(cfg.Relay.TLS), TLSFallbackPlaintext: cfg.Relay.TLSFallbackPlaintext, TLSVerify: cfg.Relay.TLSVerify,
+		DNSServers: cfg.Relay.DNSServers, MXPort: cfg.Relay.MXPort, Hostname: cfg.Hostname, TLS: mxrelay.TLSMode(cfg.Relay.TLS),
+		TLSFallbackPlaintext: cfg.Relay.TLSFallbackPlaintext, TLSVerify: cfg.Relay.TLSVerify,
 		ConnectTimeout: cfg.Relay.ConnectTimeout.Duration, CommandTimeout: cfg.Relay.CommandTimeout.Duration, DataTimeout: cfg.Relay.DataTimeout.Duration,
 	})
 	if err != nil {
 		return configErrorf("%v", err)
-	}
-
-	certPath, keyPath, generated := cfg.CertFiles()
-	if generated {
-		if err := smtpedge.SelfSigned(certPath, keyPath, cfg.Hostname); err != nil {
-			return err
-		}
-	}
-	certs, err := smtpedge.LoadCerts(certPath, keyPath)
-	if err != nil {
-		return err
 	}
 	users, err := smtpedge.OpenUsersFile(cfg.UsersFile())
 	if err != nil {
@@ -134,8 +207,8 @@ func serve(cfg Config, f serveFlags) error {
 	defer sys.Stop()
 
 	edge, err := smtpedge.New(smtpedge.Options{
-		Hostname: cfg.Hostname, Submission: cfg.Submission.Listen, Submissions: cfg.Submissions.Listen,
-		TLS: certs.TLSConfig(), Auth: users, Journal: j, Accepted: sys.Enqueue, TrustedNetworks: trusted,
+		Hostname: cfg.Hostname, Listeners: lns,
+		TLS: certs.TLSConfig(), Auth: users, Journal: j, Accepted: sys.Enqueue, Rejected: metrics.Rejected, TrustedNetworks: trusted,
 		AllowInsecureAuth: cfg.Auth.AllowInsecureAuth, RequireOwnership: cfg.Auth.RequireSenderOwnership,
 		MaxMessageBytes: cfg.Limits.MaxMessageBytes, MaxRecipients: cfg.Limits.MaxRecipients,
 		MaxConnections: cfg.Limits.MaxConnections, MaxAuthFailures: cfg.Limits.MaxAuthFailuresPerIP,
@@ -145,14 +218,11 @@ func serve(cfg Config, f serveFlags) error {
 		return err
 	}
 	var admin *http.Server
-	if cfg.Admin.Listen != "" {
-		ln, err := net.Listen("tcp", cfg.Admin.Listen)
-		if err != nil {
-			edge.Shutdown(context.Background())
-			return fmt.Errorf("admin listener: %w", err)
-		}
-		admin = &http.Server{Handler: newAdmin(j, queue, sys, log.Named("admin")), ReadHeaderTimeout: 10 * time.Second}
-		go admin.Serve(ln)
+	var state serverState
+	if adminLn != nil {
+		admin = &http.Server{Handler: newAdmin(adminDeps{j: j, q: queue, sys: sys, metrics: metrics, state: &state, token: cfg.Admin.Token, log: log.Named("admin")}),
+			ReadHeaderTimeout: 10 * time.Second}
+		go admin.Serve(adminLn)
 	}
 	edge.Serve()
 	if f.pidfile != "" {
@@ -161,20 +231,33 @@ func serve(cfg Config, f serveFlags) error {
 		}
 		defer os.Remove(f.pidfile)
 	}
+	state.ready.Store(true)
 	log.Info("ledgermail started", zap.String("version", version), zap.String("hostname", cfg.Hostname),
 		zap.Strings("listen", edge.Addrs()), zap.String("admin", cfg.Admin.Listen), zap.String("data_dir", cfg.DataDir),
-		zap.String("relay", cfg.Relay.Mode), zap.Uint64("journal_seq", j.LastSeq()))
+		zap.String("relay", cfg.Relay.Mode), zap.Uint64("journal_seq", j.LastSeq()), zap.Int("pid", os.Getpid()))
+	ready.ready()
 
 	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR1)
 	for sig := range sigs {
 		if sig == syscall.SIGHUP {
 			reload(log, users, certs)
 			continue
 		}
+		if sig == syscall.SIGUSR1 {
+			if lf != nil {
+				if err := lf.Reopen(); err != nil {
+					log.Error("reopen log file", zap.Error(err))
+				} else {
+					log.Info("log file reopened", zap.String("path", f.logFile))
+				}
+			}
+			continue
+		}
 		log.Info("stopping", zap.String("signal", sig.String()))
 		break
 	}
+	state.ready.Store(false)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := edge.Shutdown(ctx); err != nil {

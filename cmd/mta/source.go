@@ -49,7 +49,7 @@ func openSource(cfg Config) (source, error) {
 	if cfg.Admin.Listen == "" {
 		return nil, fmt.Errorf("the server holds the journal and admin.listen is empty, so it cannot be asked")
 	}
-	return &adminSource{base: "http://" + cfg.Admin.Listen, client: &http.Client{Timeout: 5 * time.Minute}}, nil
+	return &adminSource{base: "http://" + cfg.Admin.Listen, token: cfg.Admin.Token, client: &http.Client{Timeout: 5 * time.Minute}}, nil
 }
 
 type offlineSource struct{ j *journal.Journal }
@@ -108,7 +108,28 @@ func (o *offlineSource) Operator(action, id string) (int, error) {
 
 type adminSource struct {
 	base   string
+	token  string
 	client *http.Client
+}
+
+// do sends a request with the bearer token, if any.
+func (a *adminSource) do(method, path string) (*http.Response, error) {
+	req, err := http.NewRequest(method, a.base+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	if a.token != "" {
+		req.Header.Set("Authorization", "Bearer "+a.token)
+	}
+	resp, err := a.client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("ask the server's admin API: %w", err)
+	}
+	if resp.StatusCode == http.StatusUnauthorized {
+		resp.Body.Close()
+		return nil, errors.New("the admin API refused the request: admin.token in the config does not match the server's")
+	}
+	return resp, nil
 }
 
 func (a *adminSource) Describe() string { return "server at " + a.base }
@@ -122,9 +143,9 @@ func (a *adminSource) Scan(f projections.Filter, fn func(events.Event) error, ba
 	if !f.Since.IsZero() {
 		v.Set("since", f.Since.Format(time.RFC3339))
 	}
-	resp, err := a.client.Get(a.base + "/journal?" + v.Encode())
+	resp, err := a.do("GET", "/journal?"+v.Encode())
 	if err != nil {
-		return fmt.Errorf("ask the server's admin API: %w", err)
+		return err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
@@ -170,9 +191,9 @@ func (a *adminSource) Scan(f projections.Filter, fn func(events.Event) error, ba
 
 func (a *adminSource) Queue() (projections.Snapshot, error) {
 	var s projections.Snapshot
-	resp, err := a.client.Get(a.base + "/queue")
+	resp, err := a.do("GET", "/queue")
 	if err != nil {
-		return s, fmt.Errorf("ask the server's admin API: %w", err)
+		return s, err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
@@ -185,9 +206,9 @@ func (a *adminSource) Queue() (projections.Snapshot, error) {
 }
 
 func (a *adminSource) Operator(action, id string) (int, error) {
-	resp, err := a.client.Post(a.base+"/queue/"+action+"?id="+url.QueryEscape(id), "", nil)
+	resp, err := a.do("POST", "/queue/"+action+"?id="+url.QueryEscape(id))
 	if err != nil {
-		return 0, fmt.Errorf("ask the server's admin API: %w", err)
+		return 0, err
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)

@@ -167,13 +167,17 @@ type server struct {
 type serverOpts struct {
 	smarthost string
 	relay     string // the [relay] section's body; default: static to smarthost
+	dir       string // base directory; default t.TempDir()
 	retry     string // TOML list body, e.g. `"1s"`
 	extra     string
 }
 
 func newServer(t *testing.T, o serverOpts) *server {
 	t.Helper()
-	dir := t.TempDir()
+	dir := o.dir
+	if dir == "" {
+		dir = t.TempDir()
+	}
 	s := &server{t: t, dir: dir, sub: freePort(t), subs: freePort(t), admin: freePort(t)}
 	if o.retry == "" {
 		o.retry = `"1s"`
@@ -251,12 +255,18 @@ func (s *server) addUser(name, password string, addrs ...string) {
 
 func (s *server) start() {
 	s.t.Helper()
+	s.startArgs()
+}
+
+// startArgs starts `mta serve` with extra flags and waits until it serves.
+func (s *server) startArgs(extra ...string) {
+	s.t.Helper()
 	s.logFile = filepath.Join(s.dir, fmt.Sprintf("serve-%d.log", time.Now().UnixNano()))
 	f, err := os.Create(s.logFile)
 	if err != nil {
 		s.t.Fatal(err)
 	}
-	s.cmd = exec.Command(mtaBin, "serve", "-c", s.config)
+	s.cmd = exec.Command(mtaBin, append([]string{"serve", "-c", s.config}, extra...)...)
 	s.cmd.Stdout, s.cmd.Stderr = f, f
 	if err := s.cmd.Start(); err != nil {
 		s.t.Fatal(err)

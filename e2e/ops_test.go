@@ -247,3 +247,43 @@ func TestDaemonReportsStartupError(t *testing.T) {
 		t.Errorf("daemon with a busy port: exit %d %q", code, errs)
 	}
 }
+
+// mta replay draws progress on a terminal, and nothing when piped.
+func TestReplayProgressOnTerminalOnly(t *testing.T) {
+	sk := startSink(t, freePort(t))
+	s := newServer(t, serverOpts{smarthost: sk.addr})
+	s.addUser("alice", "secret", "alice@example.test")
+	s.start()
+	if out, code := swaks(t, "--server", s.sub, "--tls", "--auth", "PLAIN", "--auth-user", "alice", "--auth-password", "secret",
+		"--from", "alice@example.test", "--to", "bob@dest.test"); code != 0 {
+		t.Fatal(out)
+	}
+	waitDelivered(t, sk, s, "delivery", 1)
+	s.stop()
+	// Piped: events on stdout, nothing on stderr.
+	out, errs, code := s.mta("", "replay")
+	if code != 0 || errs != "" || strings.Count(out, "\n") < 5 {
+		t.Fatalf("piped replay: exit %d, stderr %q", code, errs)
+	}
+	// stderr on a pseudo-terminal: a progress line with the total.
+	const script = `
+import os, pty, subprocess, sys
+master, slave = pty.openpty()
+p = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE, stderr=slave)
+os.close(slave)
+data = b""
+try:
+    while True:
+        chunk = os.read(master, 4096)
+        if not chunk:
+            break
+        data += chunk
+except OSError:
+    pass
+print(p.returncode, repr(data.decode()))
+`
+	res := python(t, script, mtaBin, "replay", "-c", s.config)
+	if !strings.HasPrefix(res, "0 ") || !strings.Contains(res, "replaying: 1/") || !strings.Contains(res, "events (") {
+		t.Fatalf("replay on a terminal: %s", res)
+	}
+}

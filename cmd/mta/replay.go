@@ -3,11 +3,8 @@ package main
 import (
 	"bufio"
 	"fmt"
-	"os"
-	"time"
 
 	"github.com/spf13/cobra"
-	"golang.org/x/term"
 
 	"github.com/ledgermail/ledgermail/events"
 	"github.com/ledgermail/ledgermail/projections"
@@ -31,7 +28,10 @@ func newReplayCmd() *cobra.Command {
 				}
 				out := bufio.NewWriter(cmd.OutOrStdout())
 				defer out.Flush()
+				bar := newProgress("replaying", src.Total())
+				defer bar.done()
 				return src.Scan(f, func(e events.Event) error {
+					bar.add()
 					if asJSON {
 						b, err := projections.JSONLine(e)
 						if err != nil {
@@ -59,18 +59,14 @@ func verifyJournal(cmd *cobra.Command, src source) error {
 	q := projections.NewQueue()
 	var bad, n int
 	var batch []events.Event
-	tty := term.IsTerminal(int(os.Stderr.Fd()))
-	last := time.Now()
+	bar := newProgress("verifying", src.Total())
 	err := src.Scan(projections.Filter{}, func(e events.Event) error {
 		n++
+		bar.add()
 		batch = append(batch, e)
 		if len(batch) == 1024 {
 			q.Apply(batch)
 			batch = batch[:0]
-		}
-		if tty && time.Since(last) > 200*time.Millisecond {
-			last = time.Now()
-			fmt.Fprintf(os.Stderr, "\rverifying: %d records", n)
 		}
 		return nil
 	}, func(seq uint64, reason string) error {
@@ -79,9 +75,7 @@ func verifyJournal(cmd *cobra.Command, src source) error {
 		return nil
 	})
 	q.Apply(batch)
-	if tty {
-		fmt.Fprint(os.Stderr, "\r\033[K")
-	}
+	bar.done()
 	if err != nil {
 		return err
 	}

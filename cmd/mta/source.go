@@ -28,6 +28,8 @@ type source interface {
 	Operator(action, id string) (int, error)
 	// Queue returns the live queue.
 	Queue() (projections.Snapshot, error)
+	// Total is the number of events in the journal, or 0 when unknown.
+	Total() uint64
 	Close() error
 	Describe() string
 }
@@ -55,6 +57,7 @@ func openSource(cfg Config) (source, error) {
 type offlineSource struct{ j *journal.Journal }
 
 func (o *offlineSource) Describe() string { return "journal (server not running)" }
+func (o *offlineSource) Total() uint64    { return o.j.LastSeq() }
 func (o *offlineSource) Close() error     { return o.j.Close() }
 
 func (o *offlineSource) Scan(f projections.Filter, fn func(events.Event) error, bad func(uint64, string) error) error {
@@ -133,6 +136,7 @@ func (a *adminSource) do(method, path string) (*http.Response, error) {
 }
 
 func (a *adminSource) Describe() string { return "server at " + a.base }
+func (a *adminSource) Total() uint64    { return 0 }
 func (a *adminSource) Close() error     { return nil }
 
 func (a *adminSource) Scan(f projections.Filter, fn func(events.Event) error, bad func(uint64, string) error) error {

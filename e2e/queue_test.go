@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"encoding/json"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -31,6 +33,26 @@ func TestQueueRetryAndDelete(t *testing.T) {
 		t.Fatalf("mta queue: exit %d\n%s", code, out)
 	}
 
+	// queue show: the state and whole history, children included; the same
+	// through the admin API's /envelopes/{id}.
+	out, _, code = s.mta("", "queue", "show", keep)
+	if code != 0 || !strings.Contains(out, "child "+keep+".1: deferred") || !strings.Contains(out, "Received") || !strings.Contains(out, "Deferred") {
+		t.Fatalf("queue show: exit %d\n%s", code, out)
+	}
+	resp, err := http.Get("http://" + s.admin + "/envelopes/" + keep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var env struct {
+		Envelope struct{ ID, State string }
+		Events   []map[string]any
+	}
+	json.NewDecoder(resp.Body).Decode(&env)
+	resp.Body.Close()
+	if env.Envelope.ID != keep || env.Envelope.State != "split" || len(env.Events) < 5 {
+		t.Fatalf("/envelopes/%s: %+v", keep, env)
+	}
+
 	// Online delete: journaled, gone from the queue, no bounce.
 	if out, errs, code := s.mta("", "queue", "delete", drop); code != 0 || !strings.Contains(out, "1 envelope") {
 		t.Fatalf("queue delete: exit %d %s %s", code, out, errs)
@@ -46,6 +68,9 @@ func TestQueueRetryAndDelete(t *testing.T) {
 	s.stop()
 	if out, errs, code := s.mta("", "queue", "retry", "--all"); code != 0 || !strings.Contains(out, "1 envelope") {
 		t.Fatalf("offline retry --all: exit %d %s %s", code, out, errs)
+	}
+	if out, _, code := s.mta("", "queue", "show", offline, "--json"); code != 0 || !strings.Contains(out, `"RetryRequested"`) {
+		t.Fatalf("offline queue show --json: exit %d\n%s", code, out)
 	}
 	s.start()
 	waitDelivered(t, sk, s, "the offline-retried envelope", 2)

@@ -15,7 +15,7 @@ run: build
 	./$(BIN) serve
 
 # Installs the Debian packages the tests drive (swaks, smtp-sink from postfix,
-# openssl, dnsmasq) when they are missing, then runs every test with -race.
+# openssl, dnsmasq, spamd) when they are missing, then runs every test with -race.
 test: deps lint
 	$(GO) test -race -count=1 -timeout 12m ./...
 	$(MAKE) fuzz-brief

@@ -81,7 +81,9 @@ func (a *envelope) start(c actor.Context) {
 		a.stop(c)
 		return
 	}
-	if a.env.State == projections.StateReceived {
+	// A root envelope (no "." in its ID) is only ever split; its children
+	// deliver. A root deferred by a policy error comes back here too.
+	if !strings.Contains(a.id, ".") {
 		a.applyPolicies(c)
 		a.stop(c)
 		return
@@ -97,10 +99,22 @@ func (a *envelope) applyPolicies(c actor.Context) {
 		a.later(c, "read body", err)
 		return
 	}
-	pa := policy.Apply(a.o.Policies, policy.Input{
-		ID: a.id, Hostname: a.o.Hostname, Received: *a.env.Received, Arrived: a.env.Arrived,
-		Header: policy.HeaderBlock(body),
+	pa, err := policy.Apply(a.o.Policies, policy.Input{
+		ID: a.id, Hostname: a.o.Hostname, Received: *a.env.Received, Arrived: a.env.Arrived, Body: body,
 	})
+	if err != nil {
+		// A policy that cannot run defers the envelope with the reason
+		// journaled, rather than losing it or passing it unprocessed.
+		next := a.o.Now().Add(a.retryAfter(a.env.Attempts + 1))
+		if _, jerr := a.o.Journal.Append(journal.Write{Events: []events.Event{{Envelope: a.id, Payload: events.Deferred{
+			Recipients: a.env.Recipients, NextAttempt: next, Reason: "policy: " + err.Error()}}}}); jerr != nil {
+			a.later(c, "policy deferral", jerr)
+			return
+		}
+		a.log.Warn("policy failed; envelope deferred", zap.Error(err), zap.Time("next_attempt", next))
+		c.Send(a.sup, schedule{id: a.id, at: next})
+		return
+	}
 	groups := policy.Split(a.o.Policies.Split, pa.Recipients)
 	split := events.Split{Mode: a.o.Policies.Split, Children: make([]events.Child, len(groups))}
 	ids := make([]string, len(groups))

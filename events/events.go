@@ -72,6 +72,9 @@ type Received struct {
 	TLS          string   `json:"tls,omitempty"`
 	AuthUser     string   `json:"auth_user,omitempty"`
 	DeclaredSize int64    `json:"declared_size,omitempty"`
+	// ScanHeaders are the header fields the content scan (spamd) asked to
+	// add, CRLF-terminated; the policies prepend them.
+	ScanHeaders string `json:"scan_headers,omitempty"`
 	// Parent is set for envelopes created by ledgermail itself (a DSN names
 	// the envelope that bounced).
 	Parent string `json:"parent,omitempty"`

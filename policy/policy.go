@@ -19,13 +19,18 @@ import (
 	"github.com/ledgermail/ledgermail/events"
 )
 
-// Options select the policies (SPEC [policies]).
+// Options select the policies (SPEC [policies]). They run in this order:
+// Received, Date, Message-ID, the spam scan's headers, Forward, DKIM (last,
+// so that it signs what is relayed).
 type Options struct {
 	AddDate      bool
 	AddMessageID bool
 	AddReceived  bool
 	// Split is "domain", "recipient" or "none".
-	Split string
+	Split   string
+	Forward []ForwardRule
+	// DKIM keys; a message is signed with the key of its sender's domain.
+	DKIM []DKIMKey
 }
 
 // Input is what the policies see of an accepted envelope.
@@ -34,29 +39,66 @@ type Input struct {
 	Hostname string
 	Received events.Received
 	Arrived  time.Time
-	// Header is the stored body's header block (up to the first empty line).
-	Header []byte
+	// Body is the stored message (headers and body).
+	Body []byte
 }
 
-// Apply runs the header policies and returns the PoliciesApplied event's
-// payload.
-func Apply(o Options, in Input) events.PoliciesApplied {
+// Apply runs the policies and returns the PoliciesApplied event's payload.
+// An error (a DKIM key that cannot sign) means the envelope must wait and
+// try again; nothing is half-applied.
+func Apply(o Options, in Input) (events.PoliciesApplied, error) {
 	var b strings.Builder
 	var applied []string
+	header := HeaderBlock(in.Body)
 	// A message made here (a DSN) did not come from a client: no trace field.
 	if o.AddReceived && in.Received.Listener != events.ListenerLocal {
 		b.WriteString(receivedHeader(in))
 		applied = append(applied, "received")
 	}
-	if o.AddDate && !hasField(in.Header, "Date") {
+	if o.AddDate && !hasField(header, "Date") {
 		fmt.Fprintf(&b, "Date: %s\r\n", in.Arrived.Format(time.RFC1123Z))
 		applied = append(applied, "date")
 	}
-	if o.AddMessageID && !hasField(in.Header, "Message-ID") {
+	if o.AddMessageID && !hasField(header, "Message-ID") {
 		fmt.Fprintf(&b, "Message-ID: <%s.%s@%s>\r\n", strings.ToLower(in.ID), randomHex(4), in.Hostname)
 		applied = append(applied, "message-id")
 	}
-	return events.PoliciesApplied{Policies: applied, Prepend: b.String(), Recipients: append([]string(nil), in.Received.Recipients...)}
+	if in.Received.ScanHeaders != "" {
+		b.WriteString(in.Received.ScanHeaders)
+		applied = append(applied, "spamassassin")
+	}
+	rcpts := in.Received.Recipients
+	if len(o.Forward) > 0 {
+		rcpts = Forward(o.Forward, rcpts)
+		applied = append(applied, "forward")
+	}
+	prepend := b.String()
+	if key, ok := dkimKeyFor(o.DKIM, in.Received.Sender); ok {
+		msg := make([]byte, 0, len(prepend)+len(in.Body))
+		msg = append(append(msg, prepend...), in.Body...)
+		sig, err := key.Sign(msg)
+		if err != nil {
+			return events.PoliciesApplied{}, err
+		}
+		prepend = sig + prepend
+		applied = append(applied, "dkim:"+key.Domain)
+	}
+	return events.PoliciesApplied{Policies: applied, Prepend: prepend, Recipients: append([]string(nil), rcpts...)}, nil
+}
+
+// dkimKeyFor picks the key of the sender's domain.
+func dkimKeyFor(keys []DKIMKey, sender string) (DKIMKey, bool) {
+	i := strings.LastIndexByte(sender, '@')
+	if i < 0 {
+		return DKIMKey{}, false
+	}
+	d := strings.ToLower(sender[i+1:])
+	for _, k := range keys {
+		if k.Domain == d {
+			return k, true
+		}
+	}
+	return DKIMKey{}, false
 }
 
 // receivedHeader builds an RFC 5321 §4.4 trace field in Postfix's form.

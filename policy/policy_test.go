@@ -13,9 +13,12 @@ func TestApplyHeaders(t *testing.T) {
 	in := Input{
 		ID: "ABC", Hostname: "mx.example.test", Arrived: time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC),
 		Received: events.Received{Helo: "client.test", ClientAddr: "127.0.0.1:5555", TLS: "TLS 1.3", AuthUser: "alice", Recipients: []string{"b@y.test"}},
-		Header:   []byte("Subject: hi\r\nX-Folded: a\r\n Date: not a field\r\n\r\n"),
+		Body:     []byte("Subject: hi\r\nX-Folded: a\r\n Date: not a field\r\n\r\nDate: in the body\r\n"),
 	}
-	p := Apply(Options{AddDate: true, AddMessageID: true, AddReceived: true}, in)
+	p, err := Apply(Options{AddDate: true, AddMessageID: true, AddReceived: true}, in)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if fmt.Sprint(p.Policies) != "[received date message-id]" {
 		t.Fatalf("policies %v", p.Policies)
 	}
@@ -30,8 +33,8 @@ func TestApplyHeaders(t *testing.T) {
 	if !strings.HasPrefix(p.Prepend, "Received:") {
 		t.Error("Received is not first")
 	}
-	in.Header = []byte("date: Mon, 1 Jan 2026 00:00:00 +0000\nmessage-id: <x@y>\n\n")
-	p = Apply(Options{AddDate: true, AddMessageID: true}, in)
+	in.Body = []byte("date: Mon, 1 Jan 2026 00:00:00 +0000\nmessage-id: <x@y>\n\n")
+	p, _ = Apply(Options{AddDate: true, AddMessageID: true}, in)
 	if p.Prepend != "" {
 		t.Errorf("added headers that exist: %q", p.Prepend)
 	}

@@ -412,3 +412,15 @@ func waitDelivered(t *testing.T, sk *sink, s *server, what string, n int) {
 		return len(sk.messages(t)) == n && len(s.queue().Envelopes) == 0
 	})
 }
+
+// rewrite edits the server's config file before start.
+func (s *server) rewrite(edit func(string) string) {
+	s.t.Helper()
+	b, err := os.ReadFile(s.config)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	if err := os.WriteFile(s.config, []byte(edit(string(b))), 0o644); err != nil {
+		s.t.Fatal(err)
+	}
+}

@@ -41,6 +41,10 @@ type Options struct {
 	Accepted func(id string)
 	// Rejected, if set, is called with a reason for every refusal (metrics).
 	Rejected func(reason string)
+	// Scan, if set, checks each message before it is journaled: reject
+	// refuses it "550 5.7.1 Message rejected as spam"; headers are kept in
+	// the Received event for the policies to prepend.
+	Scan func(body []byte) (headers string, reject bool)
 	// TrustedNetworks may submit without AUTH.
 	TrustedNetworks   []netip.Prefix
 	AllowInsecureAuth bool

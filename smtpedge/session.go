@@ -28,6 +28,7 @@ var (
 	errTooBig              = &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4}, Message: "Message too big"}
 	errTempFailure         = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Temporary failure, try again later"}
 	errJournal             = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Temporary failure, try again later"}
+	errSpam                = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "Message rejected as spam"}
 	errLineTooLong         = &smtp.SMTPError{Code: 500, EnhancedCode: smtp.EnhancedCode{5, 4, 0}, Message: "Line too long, closing connection"}
 	errTooManyAuthFailures = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Too many authentication failures"}
 )
@@ -199,9 +200,19 @@ func (s *session) Data(r io.Reader) error {
 		s.log.Info("message refused by a validator", zap.Error(err))
 		return s.reject(err)
 	}
+	var scanHeaders string
+	if s.s.o.Scan != nil {
+		h, reject := s.s.o.Scan(body)
+		if reject {
+			s.log.Info("message rejected as spam", zap.String("from", s.t.From))
+			return s.reject(errSpam)
+		}
+		scanHeaders = h
+	}
 	id := events.NewID()
 	rcv := events.Received{
-		Sender: s.t.From, Recipients: append([]string(nil), s.t.Rcpts...), BodyKey: id, Size: int64(len(body)),
+		ScanHeaders: scanHeaders,
+		Sender:      s.t.From, Recipients: append([]string(nil), s.t.Rcpts...), BodyKey: id, Size: int64(len(body)),
 		Listener: s.t.Listener, ClientAddr: s.t.ClientAddr, Helo: s.c.Hostname(), DeclaredSize: declared,
 	}
 	if st, ok := s.tlsState(); ok {
@@ -251,6 +262,8 @@ func reasonOf(err error) string {
 		return "line_too_long"
 	case errJournal:
 		return "journal_error"
+	case errSpam:
+		return "spam"
 	case errTempFailure:
 		return "temporary"
 	}

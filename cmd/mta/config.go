@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/ledgermail/ledgermail/policy"
 )
 
 // Config is the whole TOML configuration (SPEC.md "Configuration"). Every
@@ -100,6 +102,8 @@ type PoliciesConfig struct {
 	Split              string        `toml:"split"`
 	Forward            []ForwardRule `toml:"forward"`
 	SpamAssassin       string        `toml:"spamassassin"`
+	SpamAction         string        `toml:"spamassassin_action"`
+	SpamTimeout        Duration      `toml:"spamassassin_timeout"`
 	DKIM               []DKIMKey     `toml:"dkim"`
 }
 
@@ -156,10 +160,11 @@ func Defaults() Config {
 		Relay: RelayConfig{Mode: "mx", MXPort: 25, TLS: "opportunistic", DNSServers: []string{},
 			ConnectTimeout: dur("20s"), CommandTimeout: dur("10s"), DataTimeout: dur("20s"), IdleTimeout: dur("30s"),
 			MaxConnectionsPerDomain: 20},
-		Queue:    QueueConfig{Retry: retry, MaxAge: dur("120h")},
-		Policies: PoliciesConfig{AddDateHeader: true, AddMessageIDHeader: true, AddReceivedHeader: true, Split: "domain", Forward: []ForwardRule{}, DKIM: []DKIMKey{}},
-		Admin:    AdminConfig{Listen: "127.0.0.1:8025"},
-		Log:      LogConfig{Format: "console", Level: "info"},
+		Queue: QueueConfig{Retry: retry, MaxAge: dur("120h")},
+		Policies: PoliciesConfig{AddDateHeader: true, AddMessageIDHeader: true, AddReceivedHeader: true, Split: "domain", Forward: []ForwardRule{}, DKIM: []DKIMKey{},
+			SpamAction: "tag", SpamTimeout: dur("10s")},
+		Admin: AdminConfig{Listen: "127.0.0.1:8025"},
+		Log:   LogConfig{Format: "console", Level: "info"},
 	}
 }
 
@@ -206,7 +211,7 @@ var hostnameRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$`)
 func (c *Config) Validate() error {
 	for key, d := range map[string]Duration{
 		"relay.connect_timeout": c.Relay.ConnectTimeout, "relay.command_timeout": c.Relay.CommandTimeout,
-		"relay.data_timeout": c.Relay.DataTimeout, "limits.command_timeout": c.Limits.CommandTimeout, "limits.data_timeout": c.Limits.DataTimeout, "relay.idle_timeout": c.Relay.IdleTimeout, "queue.max_age": c.Queue.MaxAge,
+		"policies.spamassassin_timeout": c.Policies.SpamTimeout, "relay.data_timeout": c.Relay.DataTimeout, "limits.command_timeout": c.Limits.CommandTimeout, "limits.data_timeout": c.Limits.DataTimeout, "relay.idle_timeout": c.Relay.IdleTimeout, "queue.max_age": c.Queue.MaxAge,
 	} {
 		if err := d.check(key); err != nil {
 			return err
@@ -283,6 +288,24 @@ func (c *Config) Validate() error {
 	default:
 		return configErrorf("policies.split %q must be \"domain\", \"recipient\" or \"none\"", c.Policies.Split)
 	}
+	if c.Policies.SpamAssassin != "" {
+		if err := checkHostPort(c.Policies.SpamAssassin); err != nil {
+			return configErrorf("policies.spamassassin: %v", err)
+		}
+	}
+	switch c.Policies.SpamAction {
+	case "tag", "reject":
+	default:
+		return configErrorf("policies.spamassassin_action %q must be \"tag\" or \"reject\"", c.Policies.SpamAction)
+	}
+	if _, err := c.ForwardRules(); err != nil {
+		return err
+	}
+	for i, k := range c.Policies.DKIM {
+		if k.Domain == "" || k.Selector == "" || k.KeyFile == "" {
+			return configErrorf("policies.dkim[%d]: domain, selector and key_file are all required", i)
+		}
+	}
 	if c.Admin.Listen != "" {
 		if err := checkHostPort(c.Admin.Listen); err != nil {
 			return configErrorf("admin.listen: %v", err)
@@ -319,6 +342,33 @@ func (c *Config) TrustedNetworks() ([]netip.Prefix, error) {
 		out = append(out, p)
 	}
 	return out, nil
+}
+
+// ForwardRules compiles policies.forward.
+func (c *Config) ForwardRules() ([]policy.ForwardRule, error) {
+	var raw [][2]string
+	for _, r := range c.Policies.Forward {
+		raw = append(raw, [2]string{r.Pattern, r.Replace})
+	}
+	rules, err := policy.CompileForward(raw)
+	if err != nil {
+		return nil, configErrorf("%v", err)
+	}
+	return rules, nil
+}
+
+// DKIMKeys loads policies.dkim's keys (at start-up, before any privilege
+// drop: key files may be root-only).
+func (c *Config) DKIMKeys() ([]policy.DKIMKey, error) {
+	var keys []policy.DKIMKey
+	for i, k := range c.Policies.DKIM {
+		key, err := policy.LoadDKIMKey(k.Domain, k.Selector, k.KeyFile)
+		if err != nil {
+			return nil, configErrorf("policies.dkim[%d]: %v", i, err)
+		}
+		keys = append(keys, key)
+	}
+	return keys, nil
 }
 
 // Paths derived from data_dir.

@@ -147,6 +147,11 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 	if err != nil {
 		return err
 	}
+	dkimKeys, err := cfg.DKIMKeys()
+	if err != nil {
+		return err
+	}
+	forward, _ := cfg.ForwardRules()
 	if acct != nil {
 		if err := acct.handOver(cfg.DataDir); err != nil {
 			return err
@@ -197,7 +202,7 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 	sys, err := actors.Start(actors.Options{
 		Journal: j, Queue: queue, Relay: relay, Hostname: cfg.Hostname,
 		Policies: policy.Options{AddDate: cfg.Policies.AddDateHeader, AddMessageID: cfg.Policies.AddMessageIDHeader,
-			AddReceived: cfg.Policies.AddReceivedHeader, Split: cfg.Policies.Split},
+			AddReceived: cfg.Policies.AddReceivedHeader, Split: cfg.Policies.Split, Forward: forward, DKIM: dkimKeys},
 		Retry: durations(cfg.Queue.Retry), MaxAge: cfg.Queue.MaxAge.Duration, Logger: log.Named("queue"),
 		MaxConnectionsPerDomain: cfg.Relay.MaxConnectionsPerDomain, IdleTimeout: cfg.Relay.IdleTimeout.Duration,
 	})
@@ -213,6 +218,7 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 		MaxMessageBytes: cfg.Limits.MaxMessageBytes, MaxRecipients: cfg.Limits.MaxRecipients,
 		MaxConnections: cfg.Limits.MaxConnections, MaxAuthFailures: cfg.Limits.MaxAuthFailuresPerIP,
 		ReadTimeout: cfg.Limits.CommandTimeout.Duration, DataTimeout: cfg.Limits.DataTimeout.Duration, Logger: log.Named("smtp"),
+		Scan: spamScanner(cfg.Policies, log.Named("spamd")),
 	})
 	if err != nil {
 		return err
@@ -268,6 +274,28 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// spamScanner checks each message with spamd at DATA. A verdict of spam is
+// refused when the action is "reject"; otherwise its headers are kept for
+// the policies to add. When spamd fails or times out the message passes
+// untagged, and that is logged.
+func spamScanner(p PoliciesConfig, log *zap.Logger) func(body []byte) (string, bool) {
+	if p.SpamAssassin == "" {
+		return nil
+	}
+	spamd := policy.Spamd{Addr: p.SpamAssassin, Timeout: p.SpamTimeout.Duration}
+	return func(body []byte) (string, bool) {
+		res, err := spamd.Check(context.Background(), body)
+		if err != nil {
+			log.Warn("spam check failed; message passes untagged", zap.Error(err))
+			return "", false
+		}
+		if res.Spam && p.SpamAction == "reject" {
+			return "", true
+		}
+		return res.Headers(), false
+	}
 }
 
 func reload(log *zap.Logger, users *smtpedge.UsersFile, certs *smtpedge.CertStore) {

@@ -1,7 +1,12 @@
 package actors
 
 import (
+	"crypto"
+	"crypto/ed25519"
+	"crypto/rand"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -319,5 +324,41 @@ func TestMaxConnectionsPerDomain(t *testing.T) {
 	}
 	if len(p.Messages()) != 8 {
 		t.Errorf("peer got %d messages", len(p.Messages()))
+	}
+}
+
+// failingSigner is a DKIM key whose signing always fails (an HSM that went
+// away): the envelope must be deferred with the reason, not lost or sent
+// unsigned.
+type failingSigner struct{ crypto.Signer }
+
+func (f failingSigner) Sign(io.Reader, []byte, crypto.SignerOpts) ([]byte, error) {
+	return nil, errors.New("signing device unavailable")
+}
+
+func TestPolicyErrorDefersWithReason(t *testing.T) {
+	_, sk, _ := ed25519.GenerateKey(rand.Reader)
+	j, err := journal.Open(journal.Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := projections.NewQueue()
+	j.Subscribe(q.Apply)
+	relay, _ := mxrelay.New(mxrelay.Options{Mode: "static", Smarthost: "127.0.0.1:1"})
+	sys, err := Start(Options{Journal: j, Queue: q, Relay: relay, Retry: []time.Duration{time.Hour},
+		Policies: policy.Options{Split: "domain", DKIM: []policy.DKIMKey{{Domain: "src.test", Selector: "s", Signer: failingSigner{sk}}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { sys.Stop(); j.Close() }()
+	h := &harness{j: j, q: q, sys: sys}
+	h.submit(t, "PE", "a@one.test")
+	waitFor(t, "deferral", func() bool { e, ok := q.Get("PE"); return ok && e.State == projections.StateDeferred })
+	e, _ := q.Get("PE")
+	if !strings.Contains(e.LastError, "policy: ") || !strings.Contains(e.LastError, "signing device unavailable") {
+		t.Fatalf("last error %q", e.LastError)
+	}
+	if hist := h.history(t, "PE"); hist != "PE:Received PE:Deferred" {
+		t.Fatalf("history: %s", hist)
 	}
 }

@@ -8,8 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -25,32 +23,17 @@ import (
 // startSink runs Postfix's smtp-sink (the real next hop) on a free port.
 func startSink(t *testing.T, extra ...string) string {
 	t.Helper()
-	bin := "/usr/sbin/smtp-sink"
-	if _, err := os.Stat(bin); err != nil {
-		t.Fatal("smtp-sink is not installed: run `make test` (it installs postfix's tools)")
-	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	args := append(extra, addr, "100")
-	if os.Getuid() == 0 {
-		args = append([]string{"-u", "nobody"}, args...)
-	}
-	cmd := exec.Command(bin, args...)
-	if err := cmd.Start(); err != nil {
+	s, err := mxtest.StartSink(addr, extra...)
+	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	waitFor(t, "smtp-sink", func() bool {
-		c, err := net.Dial("tcp", addr)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	})
+	t.Cleanup(s.Close)
 	return addr
 }
 

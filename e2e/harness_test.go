@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ledgermail/ledgermail/mxrelay/mxtest"
 )
 
 var mtaBin string
@@ -86,68 +88,34 @@ func canConnect(addr string) bool {
 
 // sink is a running Postfix smtp-sink storing each transaction as a file.
 type sink struct {
+	*mxtest.Sink
 	addr string
-	dir  string
-	cmd  *exec.Cmd
-	out  *bytes.Buffer
 }
 
 func startSink(t *testing.T, addr string) *sink {
 	t.Helper()
 	need(t, "smtp-sink")
-	// smtp-sink drops to nobody when run as root: its directory must be
-	// reachable by nobody, which t.TempDir()'s 0700 parents are not.
-	dir, err := os.MkdirTemp("", "ledgermail-sink-")
+	s, err := mxtest.StartSink(addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	os.Chmod(dir, 0o777)
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	args := []string{"-d", dir + "/%M%S.", addr, "100"}
-	if os.Getuid() == 0 {
-		args = append([]string{"-u", "nobody"}, args...)
-	}
-	cmd := exec.Command("smtp-sink", args...)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	s := &sink{addr: addr, dir: dir, cmd: cmd, out: &out}
 	t.Cleanup(func() {
-		s.stop()
 		if t.Failed() {
-			t.Logf("smtp-sink output:\n%s", out.String())
+			t.Logf("smtp-sink output:\n%s", s.Output())
 		}
+		s.Close()
 	})
-	waitFor(t, "smtp-sink on "+addr, 10*time.Second, func() bool { return canConnect(addr) })
-	return s
-}
-
-func (s *sink) stop() {
-	if s.cmd != nil && s.cmd.Process != nil {
-		s.cmd.Process.Kill()
-		s.cmd.Wait()
-		s.cmd = nil
-	}
+	return &sink{Sink: s, addr: addr}
 }
 
 // messages returns the stored transactions.
 func (s *sink) messages(t *testing.T) []string {
 	t.Helper()
-	ents, err := os.ReadDir(s.dir)
+	m, err := s.Messages()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out []string
-	for _, e := range ents {
-		b, err := os.ReadFile(filepath.Join(s.dir, e.Name()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, string(b))
-	}
-	return out
+	return m
 }
 
 // server is a running `mta serve`.

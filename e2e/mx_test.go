@@ -2,45 +2,23 @@ package e2e
 
 import (
 	"fmt"
-	"net"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/miekg/dns"
+	"github.com/ledgermail/ledgermail/mxrelay/mxtest"
 )
 
 // startDNS serves zone from this test process on a loopback UDP port; the
 // mta binary is pointed at it with relay.dns_servers.
 func startDNS(t *testing.T, zone map[string][]string) string {
 	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	d, err := mxtest.StartDNS(zone)
 	if err != nil {
 		t.Fatal(err)
 	}
-	mux := dns.NewServeMux()
-	mux.HandleFunc(".", func(w dns.ResponseWriter, r *dns.Msg) {
-		m := new(dns.Msg)
-		m.SetReply(r)
-		q := r.Question[0]
-		recs, ok := zone[strings.ToLower(q.Name)]
-		if !ok {
-			m.Rcode = dns.RcodeNameError
-		}
-		for _, s := range recs {
-			rr, err := dns.NewRR(s)
-			if err == nil && rr.Header().Rrtype == q.Qtype {
-				m.Answer = append(m.Answer, rr)
-			}
-		}
-		w.WriteMsg(m)
-	})
-	started := make(chan struct{})
-	srv := &dns.Server{PacketConn: pc, Handler: mux, NotifyStartedFunc: func() { close(started) }}
-	go srv.ActivateAndServe()
-	<-started
-	t.Cleanup(func() { srv.Shutdown() })
-	return pc.LocalAddr().String()
+	t.Cleanup(d.Close)
+	return d.Addr
 }
 
 // MX mode end to end: recipients of two domains go to their own MX hosts

@@ -48,75 +48,42 @@ func Unmarshal(b []byte) (Event, error) {
 		return Event{}, fmt.Errorf("events: decode: record has no type")
 	}
 	e := Event{Time: w.Time, Envelope: w.Envelope, Version: w.Version}
-	p := newPayload(w.Type)
-	if p == nil {
+	decode, ok := decoders[w.Type]
+	if !ok {
 		e.Payload = Raw{RawType: w.Type, Data: append([]byte(nil), w.Data...)}
 		return e, nil
 	}
-	if len(w.Data) > 0 && string(w.Data) != "null" {
-		if err := json.Unmarshal(w.Data, p); err != nil {
-			return Event{}, fmt.Errorf("events: decode %s v%d: %w", w.Type, w.Version, err)
-		}
+	p, err := decode(w.Data)
+	if err != nil {
+		return Event{}, fmt.Errorf("events: decode %s v%d: %w", w.Type, w.Version, err)
 	}
-	e.Payload = deref(p)
+	e.Payload = p
 	return e, nil
 }
 
-// newPayload returns a pointer to a zero payload of the given type, or nil.
-func newPayload(t Type) any {
-	switch t {
-	case TypeReceived:
-		return &Received{}
-	case TypePoliciesApplied:
-		return &PoliciesApplied{}
-	case TypeSplit:
-		return &Split{}
-	case TypeAttemptStarted:
-		return &AttemptStarted{}
-	case TypeAttempted:
-		return &Attempted{}
-	case TypeDeferred:
-		return &Deferred{}
-	case TypeDelivered:
-		return &Delivered{}
-	case TypeBounced:
-		return &Bounced{}
-	case TypeExpired:
-		return &Expired{}
-	case TypeRetryRequested:
-		return &RetryRequested{}
-	case TypeDeleted:
-		return &Deleted{}
-	}
-	return nil
+// decoders maps each known type to its payload decoder (read-only).
+var decoders = map[Type]func([]byte) (Payload, error){
+	TypeReceived:        decodeAs[Received],
+	TypePoliciesApplied: decodeAs[PoliciesApplied],
+	TypeSplit:           decodeAs[Split],
+	TypeAttemptStarted:  decodeAs[AttemptStarted],
+	TypeAttempted:       decodeAs[Attempted],
+	TypeDeferred:        decodeAs[Deferred],
+	TypeDelivered:       decodeAs[Delivered],
+	TypeBounced:         decodeAs[Bounced],
+	TypeExpired:         decodeAs[Expired],
+	TypeRetryRequested:  decodeAs[RetryRequested],
+	TypeDeleted:         decodeAs[Deleted],
 }
 
-func deref(p any) Payload {
-	switch v := p.(type) {
-	case *Received:
-		return *v
-	case *PoliciesApplied:
-		return *v
-	case *Split:
-		return *v
-	case *AttemptStarted:
-		return *v
-	case *Attempted:
-		return *v
-	case *Deferred:
-		return *v
-	case *Delivered:
-		return *v
-	case *Bounced:
-		return *v
-	case *Expired:
-		return *v
-	case *RetryRequested:
-		return *v
-	case *Deleted:
-		return *v
+func decodeAs[T Payload](data []byte) (Payload, error) {
+	var v T
+	if len(data) > 0 && string(data) != "null" {
+		if err := json.Unmarshal(data, &v); err != nil {
+			return nil, err
+		}
 	}
-	panic(fmt.Sprintf("events: no payload for %T", p))
+	return v, nil
 }
 
 // Fields returns the payload as a generic JSON object, for printing events

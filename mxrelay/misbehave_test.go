@@ -103,12 +103,12 @@ func TestMisbehavingPeers(t *testing.T) {
 }
 
 func TestDNSAnswersAreCachedForTheirTTL(t *testing.T) {
-	addr, queries := startCountingDNS(t, map[string][]string{
+	d := startCountingDNS(t, map[string][]string{
 		"cached.test.":    {"cached.test. 300 IN MX 10 mx.cached.test."},
 		"mx.cached.test.": {"mx.cached.test. 300 IN A 127.0.0.1"},
 		"short.test.":     {"short.test. 1 IN MX 10 mx.cached.test."},
 	})
-	r, err := newResolver([]string{addr})
+	r, err := newResolver([]string{d.Addr})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,20 +120,20 @@ func TestDNSAnswersAreCachedForTheirTTL(t *testing.T) {
 			t.Fatalf("mxHosts: %v %v", h, err)
 		}
 	}
-	if n := queries.Load(); n != 1 {
+	if n := d.Queries(); n != 1 {
 		t.Fatalf("%d queries for three lookups within the TTL, want 1", n)
 	}
 	r.mxHosts(ctx, "short.test")
 	now = now.Add(2 * time.Second) // past short.test's TTL, within cached.test's
 	r.mxHosts(ctx, "short.test")
 	r.mxHosts(ctx, "cached.test")
-	if n := queries.Load(); n != 3 {
+	if n := d.Queries(); n != 3 {
 		t.Fatalf("%d queries, want 3 (short.test asked twice)", n)
 	}
 	// NXDOMAIN is cached too (negative caching), SERVFAIL is not.
 	r.mxHosts(ctx, "nowhere.test")
 	r.mxHosts(ctx, "nowhere.test")
-	if n := queries.Load(); n != 4 {
+	if n := d.Queries(); n != 4 {
 		t.Fatalf("%d queries after two NXDOMAIN lookups, want 4", n)
 	}
 }

@@ -5,120 +5,48 @@ import (
 	"context"
 	"io"
 	"net"
-	"os"
-	"os/exec"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/miekg/dns"
+	"github.com/ledgermail/ledgermail/mxrelay/mxtest"
 )
 
-// startDNS serves zone (name -> records in presentation format) on a
-// loopback UDP port with miekg/dns; unknown names get NXDOMAIN, names in
-// servfail get SERVFAIL.
 func startDNS(t *testing.T, zone map[string][]string, servfail ...string) string {
 	t.Helper()
-	addr, _ := startCountingDNS(t, zone, servfail...)
-	return addr
+	d := startCountingDNS(t, zone, servfail...)
+	return d.Addr
 }
 
-// startCountingDNS is startDNS that also counts the queries it answers.
-func startCountingDNS(t *testing.T, zone map[string][]string, servfail ...string) (string, *atomic.Int64) {
+func startCountingDNS(t *testing.T, zone map[string][]string, servfail ...string) *mxtest.DNS {
 	t.Helper()
-	var queries atomic.Int64
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	d, err := mxtest.StartDNS(zone, servfail...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	mux := dns.NewServeMux()
-	mux.HandleFunc(".", func(w dns.ResponseWriter, r *dns.Msg) {
-		queries.Add(1)
-		m := new(dns.Msg)
-		m.SetReply(r)
-		q := r.Question[0]
-		for _, s := range servfail {
-			if strings.EqualFold(q.Name, dns.Fqdn(s)) {
-				m.Rcode = dns.RcodeServerFailure
-				w.WriteMsg(m)
-				return
-			}
-		}
-		recs, ok := zone[strings.ToLower(q.Name)]
-		if !ok {
-			m.Rcode = dns.RcodeNameError
-		}
-		for _, s := range recs {
-			rr, err := dns.NewRR(s)
-			if err != nil {
-				t.Errorf("bad test record %q: %v", s, err)
-				continue
-			}
-			if rr.Header().Rrtype == q.Qtype {
-				m.Answer = append(m.Answer, rr)
-			}
-		}
-		w.WriteMsg(m)
-	})
-	started := make(chan struct{})
-	srv := &dns.Server{PacketConn: pc, Handler: mux, NotifyStartedFunc: func() { close(started) }}
-	go srv.ActivateAndServe()
-	<-started
-	t.Cleanup(func() { srv.Shutdown() })
-	return pc.LocalAddr().String(), &queries
+	t.Cleanup(d.Close)
+	return d
 }
 
-type sink struct {
-	dir string
-	cmd *exec.Cmd
-}
+type sink struct{ *mxtest.Sink }
 
-// startSink runs Postfix's smtp-sink on addr; extra flags make it refuse
-// commands (-f hard, -r soft).
 func startSink(t *testing.T, addr string, extra ...string) *sink {
 	t.Helper()
-	bin, err := exec.LookPath("smtp-sink")
-	if err != nil {
-		if _, err2 := os.Stat("/usr/sbin/smtp-sink"); err2 != nil {
-			t.Fatal("smtp-sink is not installed: run `make test` (it installs postfix's tools)")
-		}
-		bin = "/usr/sbin/smtp-sink"
-	}
-	dir, err := os.MkdirTemp("", "mxrelay-sink-")
+	s, err := mxtest.StartSink(addr, extra...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	os.Chmod(dir, 0o777)
-	args := append(extra, "-d", dir+"/%M%S.", addr, "100")
-	if os.Getuid() == 0 {
-		args = append([]string{"-u", "nobody"}, args...)
-	}
-	cmd := exec.Command(bin, args...)
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait(); os.RemoveAll(dir) })
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if c, err := net.Dial("tcp", addr); err == nil {
-			c.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("smtp-sink did not listen on %s", addr)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return &sink{dir: dir, cmd: cmd}
+	t.Cleanup(s.Close)
+	return &sink{s}
 }
 
 func (s *sink) count(t *testing.T) int {
-	ents, err := os.ReadDir(s.dir)
+	t.Helper()
+	m, err := s.Messages()
 	if err != nil {
 		t.Fatal(err)
 	}
-	return len(ents)
+	return len(m)
 }
 
 func freePort(t *testing.T, ip string) string {

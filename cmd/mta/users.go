@@ -58,13 +58,7 @@ func newUsersCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			out := users[:0]
-			for _, u := range users {
-				if u.Name != name {
-					out = append(out, u)
-				}
-			}
-			out = append(out, smtpedge.User{Name: name, Hash: hash, Addresses: addrs})
+			out := append(withoutUser(users, name), smtpedge.User{Name: name, Hash: hash, Addresses: addrs})
 			if err := smtpedge.WriteUsers(cfg.UsersFile(), out); err != nil {
 				return err
 			}
@@ -89,12 +83,7 @@ func newUsersCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			out := users[:0]
-			for _, u := range users {
-				if u.Name != args[0] {
-					out = append(out, u)
-				}
-			}
+			out := withoutUser(users, args[0])
 			if len(out) == len(users) {
 				return fmt.Errorf("no user %s in %s", args[0], cfg.UsersFile())
 			}
@@ -126,6 +115,16 @@ func newUsersCmd() *cobra.Command {
 	}
 	c.AddCommand(add, del, list)
 	return c
+}
+
+func withoutUser(users []smtpedge.User, name string) []smtpedge.User {
+	out := make([]smtpedge.User, 0, len(users))
+	for _, u := range users {
+		if u.Name != name {
+			out = append(out, u)
+		}
+	}
+	return out
 }
 
 func readPassword(in io.Reader, fromStdin bool) (string, error) {

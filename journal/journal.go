@@ -172,6 +172,9 @@ func (j *Journal) loadTail() error {
 	return nil
 }
 
+// Dir returns the journal's directory.
+func (j *Journal) Dir() string { return j.opts.Dir }
+
 // LastSeq returns the sequence number of the newest durable event.
 func (j *Journal) LastSeq() uint64 { return j.committedSeq.Load() }
 

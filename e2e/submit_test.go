@@ -114,6 +114,9 @@ func TestSubmitWithSwaksAndSmtplibDeliversToSmtpSink(t *testing.T) {
 	if !strings.Contains(py, "by mta.test (ledgermail) with ESMTPSA id "+pyID) {
 		t.Errorf("no ledgermail Received header naming %s:\n%s", pyID, py)
 	}
+	if !regexp.MustCompile(`Received: from python\.test \(\S+ \[127\.0\.0\.1\]\)`).MatchString(py) {
+		t.Errorf("Received header lacks \"from EHLO (rDNS [ip])\":\n%s", py)
+	}
 	if !strings.Contains(py, "(authenticated sender: alice)") || !strings.Contains(py, "for <dave@dest.test>") {
 		t.Errorf("Received header lacks AUTH identity or recipient:\n%s", py)
 	}

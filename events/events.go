@@ -68,6 +68,7 @@ type Received struct {
 	Size         int64    `json:"size"`
 	Listener     string   `json:"listener,omitempty"`
 	ClientAddr   string   `json:"client_addr,omitempty"`
+	ClientName   string   `json:"client_name,omitempty"` // reverse DNS, forward-confirmed
 	Helo         string   `json:"helo,omitempty"`
 	TLS          string   `json:"tls,omitempty"`
 	AuthUser     string   `json:"auth_user,omitempty"`

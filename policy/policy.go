@@ -116,7 +116,7 @@ func receivedHeader(in Input) string {
 		proto += "A"
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "Received: from %s ([%s])", orUnknown(r.Helo), host)
+	fmt.Fprintf(&b, "Received: from %s (%s [%s])", orUnknown(r.Helo), orUnknown(r.ClientName), host)
 	if r.TLS != "" {
 		fmt.Fprintf(&b, "\r\n\t(using %s)", r.TLS)
 	}

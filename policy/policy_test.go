@@ -23,7 +23,7 @@ func TestApplyHeaders(t *testing.T) {
 		t.Fatalf("policies %v", p.Policies)
 	}
 	for _, want := range []string{
-		"Received: from client.test ([127.0.0.1])", "with ESMTPSA id ABC", "for <b@y.test>",
+		"Received: from client.test (unknown [127.0.0.1])", "with ESMTPSA id ABC", "for <b@y.test>",
 		"Date: Tue, 24 Nov 2026 12:00:00 +0000\r\n", "Message-ID: <abc.", "@mx.example.test>\r\n",
 	} {
 		if !strings.Contains(p.Prepend, want) {

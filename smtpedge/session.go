@@ -2,10 +2,12 @@ package smtpedge
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"strings"
 	"time"
@@ -54,6 +56,7 @@ func (b *backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
 	}
 	_, t.TLS = c.TLSConnectionState()
 	t.Trusted = b.s.trusted(t.ClientIP)
+	t.RDNS = reverseName(t.ClientIP)
 	log := b.s.o.Logger.With(zap.String("client", addr))
 	if err := runValidators(b.s.validators, StageEhlo, t); err != nil {
 		log.Info("EHLO refused", zap.String("helo", t.Helo), zap.Error(err))
@@ -213,7 +216,7 @@ func (s *session) Data(r io.Reader) error {
 	rcv := events.Received{
 		ScanHeaders: scanHeaders,
 		Sender:      s.t.From, Recipients: append([]string(nil), s.t.Rcpts...), BodyKey: id, Size: int64(len(body)),
-		Listener: s.t.Listener, ClientAddr: s.t.ClientAddr, Helo: s.c.Hostname(), DeclaredSize: declared,
+		Listener: s.t.Listener, ClientAddr: s.t.ClientAddr, ClientName: s.t.RDNS, Helo: s.c.Hostname(), DeclaredSize: declared,
 	}
 	if st, ok := s.tlsState(); ok {
 		rcv.TLS = tls.VersionName(st.Version) + " " + tls.CipherSuiteName(st.CipherSuite)
@@ -283,6 +286,32 @@ func (s *session) Reset() {
 }
 
 func (s *session) Logout() error { return nil }
+
+// reverseName is the client's reverse DNS name, confirmed by a forward
+// lookup (like Postfix's client name), or "" (unknown). It is asked once
+// per session, at EHLO, with a short timeout.
+func reverseName(ip netip.Addr) string {
+	if !ip.IsValid() {
+		return ""
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	names, err := net.DefaultResolver.LookupAddr(ctx, ip.String())
+	if err != nil || len(names) == 0 {
+		return ""
+	}
+	name := strings.TrimSuffix(names[0], ".")
+	addrs, err := net.DefaultResolver.LookupNetIP(ctx, "ip", name)
+	if err != nil {
+		return ""
+	}
+	for _, a := range addrs {
+		if a.Unmap() == ip {
+			return name
+		}
+	}
+	return ""
+}
 
 // policyHeader returns the header block of a message.
 func policyHeader(body []byte) []byte {

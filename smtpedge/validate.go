@@ -23,6 +23,7 @@ const (
 type Transaction struct {
 	ClientIP   netip.Addr
 	ClientAddr string // ip:port
+	RDNS       string // reverse DNS name, forward-confirmed; "" when unknown
 	Listener   string
 	Helo       string
 	TLS        bool

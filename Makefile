@@ -5,7 +5,7 @@ BIN      ?= bin/mta
 VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -X main.version=$(VERSION)
 
-.PHONY: build run test test-unit test-e2e bench lint deps fmt fuzz fuzz-brief
+.PHONY: build run test test-unit test-e2e bench bench-postfix lint deps fmt fuzz fuzz-brief
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/mta
@@ -39,6 +39,11 @@ test-e2e: deps
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./journal/
+	$(GO) test -run '^$$' -bench . -benchtime 1x ./projections/
+
+# ledgermail against a private Postfix instance, same load, same sink (root).
+bench-postfix: deps
+	bash e2e/bench-vs-postfix.sh
 
 lint:
 	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Throughput of ledgermail against Postfix on this machine, in one run:
+# smtp-source sends the same load (SESSIONS concurrent sessions, COUNT
+# messages of SIZE bytes) to each MTA, which relays it to one smtp-sink.
+# Reported: the time until every message was accepted, and until the queue
+# was empty (everything relayed). Needs root (Postfix's master runs as root)
+# and the test tools (`make deps`). Run by `make bench-postfix`.
+set -euo pipefail
+COUNT=${COUNT:-5000} SESSIONS=${SESSIONS:-20} SIZE=${SIZE:-4096} ROUNDS=${ROUNDS:-2}
+export PATH="$PATH:/usr/sbin:/usr/local/go/bin"
+[ "$(id -u)" = 0 ] || { echo "bench-vs-postfix: needs root to run Postfix"; exit 1; }
+cd "$(dirname "$0")/.."
+W=$(mktemp -d /tmp/ledgermail-bench-XXXXXX)
+chmod 755 "$W"
+SINK=127.0.0.1:23525 LM=127.0.0.1:23587 PF=127.0.0.1:24587 ADMIN=127.0.0.1:28025
+cleanup() {
+  postfix -c "$W/pf/conf" stop >/dev/null 2>&1 || true
+  [ -n "${MTA_PID:-}" ] && kill "$MTA_PID" 2>/dev/null || true
+  [ -n "${SINK_PID:-}" ] && kill "$SINK_PID" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$W"
+}
+trap cleanup EXIT
+
+go build -o "$W/mta" ./cmd/mta
+smtp-sink -u nobody -c "$SINK" 1000 >/dev/null 2>&1 & SINK_PID=$!
+
+# ledgermail: trusted loopback clients (smtp-source does no AUTH), static
+# relay to the sink, defaults otherwise (fsync on every commit).
+cat > "$W/mta.toml" <<TOML
+hostname = "lm.test"
+data_dir = "$W/lm"
+[submission]
+listen = ["$LM"]
+trusted_networks = ["127.0.0.0/8"]
+[submissions]
+listen = []
+[relay]
+mode = "static"
+smarthost = "$SINK"
+[admin]
+listen = "$ADMIN"
+[log]
+level = "warn"
+TOML
+"$W/mta" serve -c "$W/mta.toml" 2>"$W/mta.log" & MTA_PID=$!
+
+# Postfix: a private instance (its own config and queue directories).
+mkdir -p "$W/pf/conf" "$W/pf/spool" "$W/pf/data"
+chown postfix "$W/pf/data"
+[ -f /etc/postfix/main.cf ] || : > /etc/postfix/main.cf   # postfix refuses to run without one
+cp /etc/postfix/master.cf "$W/pf/conf/"
+sed -i "s/^smtp      inet .*smtpd$/$PF inet n - n - - smtpd/" "$W/pf/conf/master.cf"
+grep -q '^postlog' "$W/pf/conf/master.cf" || echo "postlog   unix-dgram n  -       n       -       1       postlogd" >> "$W/pf/conf/master.cf"
+cat > "$W/pf/conf/main.cf" <<CF
+compatibility_level = 3.6
+queue_directory = $W/pf/spool
+data_directory = $W/pf/data
+meta_directory = /etc/postfix
+myhostname = pf.test
+mydestination =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+relayhost = [127.0.0.1]:${SINK##*:}
+maillog_file = $W/pf/maillog
+maillog_file_prefixes = /tmp
+smtp_tls_security_level = none
+smtpd_tls_security_level = none
+alias_maps =
+local_recipient_maps =
+smtpd_relay_restrictions = permit_mynetworks, reject
+CF
+postfix -c "$W/pf/conf" start >/dev/null
+
+wait_port() { for _ in $(seq 1 100); do (echo >/dev/tcp/${1%:*}/${1##*:}) 2>/dev/null && return 0; sleep 0.1; done; echo "nothing on $1"; exit 1; }
+wait_port "$SINK"; wait_port "$LM"; wait_port "$PF"
+
+now() { date +%s.%N; }
+measure() { # name addr empty-check
+  local t0 t1 t2
+  t0=$(now)
+  smtp-source -s "$SESSIONS" -l "$SIZE" -m "$COUNT" -f a@src.test -t b@dest.test "$2"
+  t1=$(now)
+  until eval "$3" 2>/dev/null | grep -q "empty"; do sleep 0.05; done
+  t2=$(now)
+  awk -v n="$1" -v c="$COUNT" -v a="$(echo "$t1 - $t0" | bc)" -v e="$(echo "$t2 - $t0" | bc)" \
+    'BEGIN { printf "%-10s accepted %d in %6.2f s (%5.0f msg/s), relayed all in %6.2f s (%5.0f msg/s)\n", n, c, a, c/a, e, c/e }'
+}
+echo "load: $COUNT messages x $SIZE bytes, $SESSIONS sessions, $(nproc) cores; Postfix $(postconf -h mail_version)"
+for r in $(seq 1 "$ROUNDS"); do
+  measure postfix "$PF" "postqueue -c $W/pf/conf -p"
+  measure ledgermail "$LM" "$W/mta queue -c $W/mta.toml"
+done

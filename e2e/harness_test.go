@@ -129,6 +129,7 @@ type server struct {
 	cmd      *exec.Cmd
 	log      *bytes.Buffer
 	logFile  string
+	logFiles []string
 	waitDone chan error
 }
 
@@ -173,6 +174,12 @@ listen = %q
 	}
 	t.Cleanup(func() {
 		s.kill()
+		// The binary is built with -race: a race anywhere in a run fails it.
+		for _, f := range s.logFiles {
+			if b, _ := os.ReadFile(f); strings.Contains(string(b), "WARNING: DATA RACE") {
+				t.Errorf("data race reported by mta serve (%s):\n%s", f, b)
+			}
+		}
 		if t.Failed() {
 			b, _ := os.ReadFile(s.logFile)
 			t.Logf("server log:\n%s", b)
@@ -230,6 +237,7 @@ func (s *server) start() {
 func (s *server) startArgs(extra ...string) {
 	s.t.Helper()
 	s.logFile = filepath.Join(s.dir, fmt.Sprintf("serve-%d.log", time.Now().UnixNano()))
+	s.logFiles = append(s.logFiles, s.logFile)
 	f, err := os.Create(s.logFile)
 	if err != nil {
 		s.t.Fatal(err)

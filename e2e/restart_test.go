@@ -126,6 +126,15 @@ func TestBadConfigAndDataDir(t *testing.T) {
 	if code != 0 || !strings.Contains(out, `hostname = "mx.example.test"`) || !strings.Contains(out, `mode = "mx"`) {
 		t.Errorf("check-config: exit %d\n%s%s", code, out, errs)
 	}
+	// Nothing queued yet: an empty queue, and no journal created by looking.
+	p = write("fresh.toml", "data_dir = \""+filepath.Join(dir, "fresh")+"\"\n")
+	out, errs, code = run(t, "queue", "-c", p)
+	if code != 0 || !strings.Contains(out, "Mail queue is empty") {
+		t.Errorf("queue on a fresh data dir: exit %d %q %q", code, out, errs)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "fresh", "journal")); !os.IsNotExist(err) {
+		t.Errorf("mta queue created a journal: %v", err)
+	}
 	// Bad usage is exit 2.
 	if _, _, code := run(t, "queue", "--no-such-flag"); code != 2 {
 		t.Errorf("unknown flag: exit %d, want 2", code)

@@ -39,7 +39,9 @@ type source interface {
 func openSource(cfg Config) (source, error) {
 	dir := cfg.JournalDir()
 	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("no journal in %s (data_dir %s): nothing has been queued yet, or the config names another data_dir", dir, cfg.DataDir)
+		// Nothing was ever queued here: an empty queue, not an error (and
+		// no journal is created by merely looking).
+		return emptySource{dir: dir}, nil
 	}
 	j, err := journal.Open(journal.Options{Dir: dir})
 	if err == nil {
@@ -52,6 +54,25 @@ func openSource(cfg Config) (source, error) {
 		return nil, fmt.Errorf("the server holds the journal and admin.listen is empty, so it cannot be asked")
 	}
 	return &adminSource{base: "http://" + cfg.Admin.Listen, token: cfg.Admin.Token, client: &http.Client{Timeout: 5 * time.Minute}}, nil
+}
+
+// emptySource stands for a data_dir without a journal yet.
+type emptySource struct{ dir string }
+
+func (e emptySource) Describe() string { return "no journal yet in " + e.dir }
+func (e emptySource) Total() uint64    { return 0 }
+func (e emptySource) Close() error     { return nil }
+func (e emptySource) Scan(projections.Filter, func(events.Event) error, func(uint64, string) error) error {
+	return nil
+}
+func (e emptySource) Queue() (projections.Snapshot, error) {
+	return projections.NewQueue().Snapshot(), nil
+}
+func (e emptySource) Operator(_, id string) (int, error) {
+	if id == "all" {
+		return 0, nil
+	}
+	return 0, fmt.Errorf("no live envelope %s in the queue (no journal yet in %s)", id, e.dir)
 }
 
 type offlineSource struct{ j *journal.Journal }

@@ -345,3 +345,29 @@ func TestPolicyErrorDefersWithReason(t *testing.T) {
 		t.Fatalf("history: %s", hist)
 	}
 }
+
+// With DropBodies the shared body goes once the last child is final.
+func TestBodiesDroppedWhenTheLastChildIsDone(t *testing.T) {
+	sinkAddr := startSink(t)
+	j, err := journal.Open(journal.Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := projections.NewQueue()
+	j.Subscribe(q.Apply)
+	relay, _ := mxrelay.New(mxrelay.Options{Mode: "static", Smarthost: sinkAddr})
+	sys, err := Start(Options{Journal: j, Queue: q, Relay: relay, Policies: policy.Options{Split: "domain"},
+		Retry: []time.Duration{time.Hour}, DropBodies: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { sys.Stop(); j.Close() }()
+	h := &harness{j: j, q: q, sys: sys}
+	h.submit(t, "D1", "a@one.test", "b@two.test", "c@three.test")
+	waitFor(t, "three deliveries", func() bool { return q.Snapshot().Counts[projections.StateDelivered] == 3 })
+	waitFor(t, "the body to be dropped", func() bool { _, err := j.Body("D1"); return errors.Is(err, journal.ErrNoBody) })
+	// The events are all still there for the audit.
+	if hist := h.history(t, "D1"); strings.Count(hist, "Delivered") != 3 {
+		t.Fatalf("history: %s", hist)
+	}
+}

@@ -220,9 +220,27 @@ func (a *envelope) finishAttempt(c actor.Context, m attemptDone) {
 	if !next.IsZero() {
 		c.Send(a.sup, schedule{id: a.id, at: next})
 	}
+	a.dropBodyIfDone()
 	for _, id := range dsnIDs {
 		c.Send(a.sup, enqueue{id: id})
 	}
+}
+
+// dropBodyIfDone deletes the stored body when the envelope is final and no
+// live sibling still needs it (only with Options.DropBodies). Failing to
+// drop costs disk, not mail: it is logged.
+func (a *envelope) dropBodyIfDone() {
+	if !a.o.DropBodies {
+		return
+	}
+	if _, live := a.o.Queue.Get(a.id); live || a.o.Queue.BodyInUse(a.env.BodyKey) {
+		return
+	}
+	if _, err := a.o.Journal.Append(journal.Write{DropBodies: []string{a.env.BodyKey}}); err != nil {
+		a.log.Warn("could not drop the stored body", zap.String("body", a.env.BodyKey), zap.Error(err))
+		return
+	}
+	a.log.Debug("stored body dropped", zap.String("body", a.env.BodyKey))
 }
 
 // queueDSN adds to w a new envelope from <> to the sender carrying a DSN for

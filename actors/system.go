@@ -49,7 +49,11 @@ type Options struct {
 	MaxConnectionsPerDomain int
 	// IdleTimeout is how long an outbound connection is kept for reuse.
 	IdleTimeout time.Duration
-	Logger      *zap.Logger
+	// DropBodies deletes a stored body once no live envelope needs it
+	// (Postfix's behaviour). When false, bodies stay with the journal so
+	// that replay can show the exact bytes of every message ever relayed.
+	DropBodies bool
+	Logger     *zap.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }

@@ -188,15 +188,16 @@ func without(list, remove []string) []string {
 // memory; counts cover every envelope ever seen. It is safe for concurrent
 // use.
 type Queue struct {
-	mu     sync.RWMutex
-	live   map[string]*Envelope
-	counts map[State]int
-	seq    uint64
+	mu       sync.RWMutex
+	live     map[string]*Envelope
+	counts   map[State]int
+	bodyRefs map[string]int // live envelopes per stored body
+	seq      uint64
 }
 
 // NewQueue returns an empty queue projection.
 func NewQueue() *Queue {
-	return &Queue{live: map[string]*Envelope{}, counts: map[State]int{}}
+	return &Queue{live: map[string]*Envelope{}, counts: map[State]int{}, bodyRefs: map[string]int{}}
 }
 
 // Apply folds events (in sequence order) into the projection.
@@ -208,6 +209,7 @@ func (q *Queue) Apply(evs []events.Event) {
 		if old := q.live[ev.Envelope]; old != nil {
 			before = old.State
 		}
+		wasLive := before.Live()
 		children := q.newChildren(ev)
 		env := Fold(q.live, ev)
 		q.seq = ev.Seq
@@ -221,10 +223,18 @@ func (q *Queue) Apply(evs []events.Event) {
 		for _, id := range children {
 			c := q.live[id]
 			q.counts[c.State]++
+			q.bodyRefs[c.BodyKey]++
 			slim(c)
 		}
 		if env.State != StateReceived {
 			slim(env)
+		}
+		if isLive := env.State.Live(); isLive != wasLive {
+			if isLive {
+				q.bodyRefs[env.BodyKey]++
+			} else if q.bodyRefs[env.BodyKey]--; q.bodyRefs[env.BodyKey] <= 0 {
+				delete(q.bodyRefs, env.BodyKey)
+			}
 		}
 		if !env.State.Live() {
 			delete(q.live, env.ID)
@@ -257,6 +267,13 @@ func (q *Queue) Count(s State) int {
 	q.mu.RLock()
 	defer q.mu.RUnlock()
 	return q.counts[s]
+}
+
+// BodyInUse reports whether a live envelope still needs the stored body.
+func (q *Queue) BodyInUse(key string) bool {
+	q.mu.RLock()
+	defer q.mu.RUnlock()
+	return q.bodyRefs[key] > 0
 }
 
 // Get returns a copy of a live envelope.

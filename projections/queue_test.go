@@ -87,3 +87,22 @@ func TestReplayFormats(t *testing.T) {
 		t.Error("envelope filter")
 	}
 }
+
+func TestBodyInUseUntilTheLastChildIsDone(t *testing.T) {
+	q := NewQueue()
+	q.Apply([]events.Event{ev(1, "B", events.Received{Sender: "s@x", Recipients: []string{"a@one", "b@two"}, BodyKey: "B"})})
+	if !q.BodyInUse("B") {
+		t.Fatal("received envelope's body not in use")
+	}
+	q.Apply([]events.Event{
+		ev(2, "B", events.Split{Children: []events.Child{{ID: "B.1", Recipients: []string{"a@one"}}, {ID: "B.2", Recipients: []string{"b@two"}}}}),
+		ev(3, "B.1", events.Delivered{Recipients: []string{"a@one"}}),
+	})
+	if !q.BodyInUse("B") {
+		t.Fatal("body released while B.2 is live")
+	}
+	q.Apply([]events.Event{ev(4, "B.2", events.Bounced{Recipients: []string{"b@two"}})})
+	if q.BodyInUse("B") {
+		t.Fatal("body still in use after every child is final")
+	}
+}

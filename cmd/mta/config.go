@@ -82,6 +82,9 @@ type RelayConfig struct {
 type QueueConfig struct {
 	Retry  []Duration `toml:"retry"`
 	MaxAge Duration   `toml:"max_age"`
+	// KeepBodies keeps message bodies after delivery, so that replay can
+	// show what was relayed; false deletes them as Postfix does.
+	KeepBodies bool `toml:"keep_bodies"`
 }
 
 type ForwardRule struct {

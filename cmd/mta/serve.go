@@ -205,6 +205,7 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 			AddReceived: cfg.Policies.AddReceivedHeader, Split: cfg.Policies.Split, Forward: forward, DKIM: dkimKeys},
 		Retry: durations(cfg.Queue.Retry), MaxAge: cfg.Queue.MaxAge.Duration, Logger: log.Named("queue"),
 		MaxConnectionsPerDomain: cfg.Relay.MaxConnectionsPerDomain, IdleTimeout: cfg.Relay.IdleTimeout.Duration,
+		DropBodies: !cfg.Queue.KeepBodies,
 	})
 	if err != nil {
 		return err

@@ -5,6 +5,7 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -202,7 +203,10 @@ func (s *server) mtaRaw(args ...string) (string, string, int) {
 
 func (s *server) mtaIn(stdin string, args ...string) (string, string, int) {
 	s.t.Helper()
-	cmd := exec.Command(mtaBin, args...)
+	// A command that should return but serves instead must not hang the run.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, mtaBin, args...)
 	cmd.Stdin = strings.NewReader(stdin)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb

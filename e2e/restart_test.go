@@ -59,9 +59,13 @@ func TestCrashAndRestartDeliverExactlyOnce(t *testing.T) {
 			}
 
 			// A further restart must not send it again: it is not live, and
-			// the recovered queue is empty.
+			// the recovered queue is empty. After SIGTERM the queue comes
+			// back from the snapshot saved at shutdown plus the tail.
 			s.stop()
 			s.start()
+			if b, _ := os.ReadFile(s.logFile); !strings.Contains(string(b), "queue snapshot loaded") {
+				t.Errorf("no snapshot loaded after a graceful stop:\n%s", b)
+			}
 			if q := s.queue(); len(q.Envelopes) != 0 || q.Counts["delivered"] != 1 {
 				t.Fatalf("queue after second restart: %+v", q)
 			}

@@ -210,7 +210,32 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 	if err != nil {
 		return err
 	}
-	defer sys.Stop()
+	// Stop the actors, then snapshot the (now quiet) queue; deferred calls
+	// run in reverse, so this is registered after sys.Stop would be.
+	defer func() {
+		sys.Stop()
+		saveSnapshot(j, queue, log)
+	}()
+	snapDone := make(chan struct{})
+	defer close(snapDone)
+	go func() {
+		// Every 10 minutes, when 50,000 events have come since the last one.
+		t := time.NewTicker(10 * time.Minute)
+		defer t.Stop()
+		var lastSeq uint64
+		for {
+			select {
+			case <-snapDone:
+				return
+			case <-t.C:
+				if j.LastSeq() >= lastSeq+50000 {
+					if s := saveSnapshot(j, queue, log); s != 0 {
+						lastSeq = s
+					}
+				}
+			}
+		}
+	}()
 
 	edge, err := smtpedge.New(smtpedge.Options{
 		Hostname: cfg.Hostname, Listeners: lns,
@@ -309,11 +334,45 @@ func reload(log *zap.Logger, users *smtpedge.UsersFile, certs *smtpedge.CertStor
 	log.Info("reloaded users and certificates")
 }
 
-// rebuild replays the journal into the queue projection, with progress on
-// long journals. A corrupt record stops start-up unless ignoreCorrupt.
+// snapshotName is the queue projection's snapshot in the journal.
+const snapshotName = "queue"
+
+// rebuild loads the queue projection's latest snapshot, if any, and replays
+// the journal after it (all of it without one), with progress on long
+// journals. A corrupt record stops start-up unless ignoreCorrupt.
 func rebuild(j *journal.Journal, q *projections.Queue, log *zap.Logger, ignoreCorrupt bool) error {
 	total := j.LastSeq()
 	start := time.Now()
+	from := uint64(1)
+	report := func(ce *journal.CorruptError) error {
+		log.Error("corrupt journal record ignored", zap.Uint64("seq", ce.Seq), zap.String("reason", ce.Reason))
+		return nil
+	}
+	if !ignoreCorrupt {
+		report = nil
+	}
+	if _, data, err := j.Snapshot(snapshotName); err == nil {
+		seq, lerr := q.LoadSnapshot(data)
+		if lerr == nil {
+			// The snapshot stands for the records it covers: check them
+			// (checksums and chain, without decoding) so that a corrupt
+			// record still stops start-up.
+			if verr := j.Verify(seq, report); verr != nil {
+				var ce *journal.CorruptError
+				if errors.As(verr, &ce) {
+					return fmt.Errorf("%v; refusing to start (run `mta replay --verify` to list all, or `mta serve --ignore-corrupt`)", verr)
+				}
+				return verr
+			}
+			from = seq + 1
+			log.Info("queue snapshot loaded", zap.Uint64("seq", seq), zap.Int("live_envelopes", len(q.Live())))
+		} else {
+			// LoadSnapshot left q untouched.
+			log.Warn("queue snapshot unusable; replaying the whole journal", zap.Error(lerr))
+		}
+	} else if !errors.Is(err, journal.ErrNoSnapshot) {
+		log.Warn("queue snapshot unusable; replaying the whole journal", zap.Error(err))
+	}
 	last := start
 	batch := make([]events.Event, 0, 1024)
 	flush := func() {
@@ -333,12 +392,9 @@ func rebuild(j *journal.Journal, q *projections.Queue, log *zap.Logger, ignoreCo
 	}
 	var err error
 	if ignoreCorrupt {
-		err = j.ScanTolerant(1, fn, func(ce *journal.CorruptError) error {
-			log.Error("corrupt journal record ignored", zap.Uint64("seq", ce.Seq), zap.String("reason", ce.Reason))
-			return nil
-		})
+		err = j.ScanTolerant(from, fn, report)
 	} else {
-		err = j.Scan(1, fn)
+		err = j.Scan(from, fn)
 	}
 	if err != nil {
 		var ce *journal.CorruptError
@@ -348,8 +404,24 @@ func rebuild(j *journal.Journal, q *projections.Queue, log *zap.Logger, ignoreCo
 		return err
 	}
 	flush()
-	log.Info("journal replayed", zap.Uint64("events", total), zap.Int("live_envelopes", len(q.Live())), zap.Duration("took", time.Since(start)))
+	log.Info("journal replayed", zap.Uint64("from", from), zap.Uint64("to", total), zap.Int("live_envelopes", len(q.Live())), zap.Duration("took", time.Since(start)))
 	return nil
+}
+
+// saveSnapshot stores the queue projection (at shutdown and periodically)
+// so that the next start replays only the journal's tail.
+func saveSnapshot(j *journal.Journal, q *projections.Queue, log *zap.Logger) uint64 {
+	start := time.Now()
+	data, seq, err := q.MarshalSnapshot()
+	if err == nil {
+		err = j.PutSnapshot(snapshotName, seq, data)
+	}
+	if err != nil {
+		log.Warn("queue snapshot not saved", zap.Error(err))
+		return 0
+	}
+	log.Info("queue snapshot saved", zap.Uint64("seq", seq), zap.Int("bytes", len(data)), zap.Duration("took", time.Since(start)))
+	return seq
 }
 
 func unwrapPathErr(err error) error {

@@ -91,6 +91,16 @@ func TestQueueRetryAndDelete(t *testing.T) {
 			t.Errorf("deleted envelope was delivered")
 		}
 	}
+	// replay --since: nothing after now, everything since the start.
+	if out, _, code := s.mta("", "replay", "--since", time.Now().Add(time.Hour).UTC().Format(time.RFC3339)); code != 0 || out != "" {
+		t.Errorf("replay --since the future: exit %d %q", code, out)
+	}
+	if n := len(s.replay("--since", "2000-01-01T00:00:00Z")); n != len(s.replay()) || n == 0 {
+		t.Errorf("replay --since the past: %d events", n)
+	}
+	if _, errs, code := s.mta("", "replay", "--since", "yesterday"); code != 2 || !strings.Contains(errs, "RFC 3339") {
+		t.Errorf("replay --since yesterday: exit %d %q", code, errs)
+	}
 	// Errors: unknown ID, bad usage.
 	if _, errs, code := s.mta("", "queue", "retry", "NOSUCHID"); code != 1 || !strings.Contains(errs, "no live envelope") {
 		t.Errorf("retry of an unknown ID: exit %d %q", code, errs)

@@ -21,14 +21,9 @@ func Marshal(e Event) ([]byte, error) {
 	if e.Payload == nil {
 		return nil, fmt.Errorf("events: envelope %s: event has no payload", e.Envelope)
 	}
-	var data []byte
-	if raw, ok := e.Payload.(Raw); ok {
-		data = raw.Data
-	} else {
-		var err error
-		if data, err = json.Marshal(e.Payload); err != nil {
-			return nil, fmt.Errorf("events: encode %s: %w", e.Type(), err)
-		}
+	data, err := payloadJSON(e.Payload)
+	if err != nil {
+		return nil, fmt.Errorf("events: encode %s: %w", e.Type(), err)
 	}
 	v := e.Version
 	if v == 0 {
@@ -89,14 +84,9 @@ func decodeAs[T Payload](data []byte) (Payload, error) {
 // Fields returns the payload as a generic JSON object, for printing events
 // (mta replay --json merges it with seq, time, envelope, type, version).
 func Fields(e Event) (map[string]any, error) {
-	var data []byte
-	if raw, ok := e.Payload.(Raw); ok {
-		data = raw.Data
-	} else {
-		var err error
-		if data, err = json.Marshal(e.Payload); err != nil {
-			return nil, err
-		}
+	data, err := payloadJSON(e.Payload)
+	if err != nil {
+		return nil, err
 	}
 	m := map[string]any{}
 	if len(data) > 0 {
@@ -105,4 +95,13 @@ func Fields(e Event) (map[string]any, error) {
 		}
 	}
 	return m, nil
+}
+
+// payloadJSON is the stored "data" of a payload: a Raw one's bytes as they
+// were read, any other encoded.
+func payloadJSON(p Payload) ([]byte, error) {
+	if raw, ok := p.(Raw); ok {
+		return raw.Data, nil
+	}
+	return json.Marshal(p)
 }

@@ -42,6 +42,16 @@ func newEnvelope(o Options, id string, sup *actor.PID) *envelope {
 }
 
 func (a *envelope) Receive(c actor.Context) {
+	// A bug must neither lose the envelope nor spin: log it with its stack
+	// (protoactor would log it without one and restart the actor at once)
+	// and have the supervisor try again after the first retry interval.
+	defer func() {
+		if r := recover(); r != nil {
+			a.log.Error("envelope actor panicked; retrying later", zap.Any("panic", r), zap.Stack("stack"))
+			c.Send(a.sup, schedule{id: a.id, at: a.o.Now().Add(a.o.Retry[0])})
+			a.stop(c)
+		}
+	}()
 	switch m := c.Message().(type) {
 	case *actor.Started:
 		a.start(c)

@@ -371,3 +371,31 @@ func TestBodiesDroppedWhenTheLastChildIsDone(t *testing.T) {
 		t.Fatalf("history: %s", hist)
 	}
 }
+
+// A delivery actor with nothing to do stops (its pool emptied first); the
+// next message to its domain gets a new one.
+func TestIdleDestinationActorsStop(t *testing.T) {
+	sinkAddr := startSink(t)
+	j, err := journal.Open(journal.Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := projections.NewQueue()
+	j.Subscribe(q.Apply)
+	relay, _ := mxrelay.New(mxrelay.Options{Mode: "static", Smarthost: sinkAddr})
+	sys, err := Start(Options{Journal: j, Queue: q, Relay: relay, Policies: policy.Options{Split: "domain"},
+		Retry: []time.Duration{time.Hour}, IdleTimeout: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { sys.Stop(); j.Close() }()
+	h := &harness{j: j, q: q, sys: sys}
+	h.submit(t, "I1", "a@one.test", "b@two.test")
+	waitFor(t, "two deliveries", func() bool { return q.Snapshot().Counts[projections.StateDelivered] == 2 })
+	if n, err := sys.destinations(); err != nil || n != 2 {
+		t.Fatalf("%d delivery actors after delivering to two domains (%v)", n, err)
+	}
+	waitFor(t, "idle delivery actors to stop", func() bool { n, _ := sys.destinations(); return n == 0 })
+	h.submit(t, "I2", "c@one.test")
+	waitFor(t, "delivery through a new actor", func() bool { return q.Snapshot().Counts[projections.StateDelivered] == 3 })
+}

@@ -27,29 +27,53 @@ type route struct {
 // attemptFinished tells a destination actor that one of its deliveries ended.
 type attemptFinished struct{}
 
+// destIdle tells the supervisor that a destination actor has had nothing to
+// do for a while; received is how many requests it has been given. The
+// supervisor stops it only if it routed no more than that (none in flight).
+type destIdle struct {
+	key      string
+	received int
+}
+
 // destination is the delivery actor of one destination domain. It owns the
 // domain's connection pool and runs at most max deliveries at once; the
 // rest wait in its mailbox order.
 type destination struct {
-	o       Options
-	ctx     context.Context
-	pool    *mxrelay.Pool
-	active  int
-	waiting []deliverReq
+	o        Options
+	ctx      context.Context
+	key      string
+	sup      *actor.PID
+	pool     *mxrelay.Pool
+	active   int
+	received int
+	waiting  []deliverReq
 }
 
-func newDestination(o Options, ctx context.Context) *destination {
-	return &destination{o: o, ctx: ctx, pool: mxrelay.NewPool(o.IdleTimeout)}
+func newDestination(o Options, ctx context.Context, key string, sup *actor.PID) *destination {
+	return &destination{o: o, ctx: ctx, key: key, sup: sup, pool: mxrelay.NewPool(o.IdleTimeout)}
 }
+
+// destinationIdle is how long a destination actor waits with nothing to do
+// before offering to stop (its pool's connections have expired by then).
+func destinationIdle(o Options) time.Duration { return 2*o.IdleTimeout + time.Second }
 
 func (d *destination) Receive(c actor.Context) {
 	switch m := c.Message().(type) {
+	case *actor.Started:
+		c.SetReceiveTimeout(destinationIdle(d.o))
 	case deliverReq:
+		d.received++
 		d.waiting = append(d.waiting, m)
 		d.next(c)
 	case attemptFinished:
 		d.active--
 		d.next(c)
+	case *actor.ReceiveTimeout:
+		if d.active == 0 && len(d.waiting) == 0 && d.pool.Idle() == 0 {
+			c.Send(d.sup, destIdle{key: d.key, received: d.received})
+		}
+		// protoactor cancels the timeout once it fires: arm it again.
+		c.SetReceiveTimeout(destinationIdle(d.o))
 	case *actor.Stopping:
 		d.pool.Close()
 	}

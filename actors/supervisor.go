@@ -25,6 +25,8 @@ type (
 	// finished reports that an envelope actor stopped.
 	finished struct{ id string }
 	tick     struct{}
+	// countDestinations asks how many delivery actors are alive (tests).
+	countDestinations struct{}
 )
 
 type supervisor struct {
@@ -33,6 +35,7 @@ type supervisor struct {
 	due    dueHeap
 	ready  []string              // due, waiting for a free slot
 	dests  map[string]*actor.PID // delivery actor per destination domain
+	routed map[string]int        // requests given to each delivery actor
 	active map[string]bool       // envelope actors running
 	again  map[string]bool       // became due while its actor was still running
 	timer  *time.Timer
@@ -41,7 +44,7 @@ type supervisor struct {
 }
 
 func newSupervisor(o Options, ctx context.Context) *supervisor {
-	return &supervisor{o: o, ctx: ctx, active: map[string]bool{}, again: map[string]bool{}, dests: map[string]*actor.PID{}}
+	return &supervisor{o: o, ctx: ctx, active: map[string]bool{}, again: map[string]bool{}, dests: map[string]*actor.PID{}, routed: map[string]int{}}
 }
 
 func (s *supervisor) Receive(c actor.Context) {
@@ -77,6 +80,18 @@ func (s *supervisor) Receive(c actor.Context) {
 		s.popDue(c)
 	case route:
 		c.Send(s.destination(c, m.key), m.req)
+		s.routed[m.key]++
+	case countDestinations:
+		c.Respond(len(s.dests))
+	case destIdle:
+		// Messages to the supervisor are handled one at a time: if the
+		// actor has received everything routed to it, nothing is in flight
+		// and it can go; the next request for the domain spawns a new one.
+		if pid, ok := s.dests[m.key]; ok && s.routed[m.key] == m.received {
+			c.Stop(pid)
+			delete(s.dests, m.key)
+			delete(s.routed, m.key)
+		}
 	}
 }
 
@@ -133,12 +148,13 @@ func (s *supervisor) fill(c actor.Context) {
 }
 
 // destination returns the delivery actor of key, spawning it on first use.
-// Delivery actors live as long as the supervisor (one per domain seen).
+// An idle one stops (see destIdle), so only domains with recent mail cost
+// an actor.
 func (s *supervisor) destination(c actor.Context, key string) *actor.PID {
 	if pid, ok := s.dests[key]; ok {
 		return pid
 	}
-	pid := c.Spawn(actor.PropsFromProducer(func() actor.Actor { return newDestination(s.o, s.ctx) }))
+	pid := c.Spawn(actor.PropsFromProducer(func() actor.Actor { return newDestination(s.o, s.ctx, key, s.self) }))
 	s.dests[key] = pid
 	return pid
 }

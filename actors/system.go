@@ -110,6 +110,15 @@ func (s *System) Enqueue(id string) { s.sys.Root.Send(s.sup, enqueue{id: id}) }
 // is "".
 func (s *System) RetryNow(id string) { s.sys.Root.Send(s.sup, retryNow{id: id}) }
 
+// destinations returns how many delivery actors are alive.
+func (s *System) destinations() (int, error) {
+	res, err := s.sys.Root.RequestFuture(s.sup, countDestinations{}, 5*time.Second).Result()
+	if err != nil {
+		return 0, err
+	}
+	return res.(int), nil
+}
+
 // Stop cancels attempts in flight and stops the actors; pending work stays
 // in the journal for the next start.
 func (s *System) Stop() {

@@ -83,7 +83,9 @@ func (p *Pool) Idle() int {
 	return n
 }
 
-// janitor closes connections idle for longer than the timeout.
+// janitor closes connections idle for longer than the timeout; it ends
+// when the pool is empty (put starts it again), so an unused pool costs no
+// goroutine.
 func (p *Pool) janitor() {
 	t := time.NewTicker(p.idle / 2)
 	defer t.Stop()
@@ -94,6 +96,11 @@ func (p *Pool) janitor() {
 		case <-t.C:
 		}
 		p.mu.Lock()
+		if len(p.conns) == 0 {
+			p.started = false
+			p.mu.Unlock()
+			return
+		}
 		for addr, list := range p.conns {
 			keep := list[:0]
 			for _, pc := range list {

@@ -198,6 +198,19 @@ func TestPoolReusesConnectionsUntilIdleTimeout(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	// With nothing left to watch, the pool's janitor goroutine ends.
+	for {
+		pool.mu.Lock()
+		running := pool.started
+		pool.mu.Unlock()
+		if !running {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("janitor still running for an empty pool")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	third := r.Deliver(context.Background(), msg("c@x.test"), pool)
 	if third.Reused || !third.Rcpts["c@x.test"].Success() {
 		t.Fatalf("after idle timeout: %+v", third)

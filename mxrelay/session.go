@@ -38,8 +38,9 @@ func deliverHost(ctx context.Context, o Options, addr string, useAuth bool, m Me
 		res.Rcpts = allRcpts(m.Recipients, temporary("connect to %s: %v", addr, unwrapNet(err)))
 		return res
 	}
+	// Cancelling ctx (the server stopping) aborts the session.
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
-	defer stop()
+	defer func() { stop() }() // the fallback below may replace stop
 
 	c, tlsVersion, fail := openClient(o, conn, addr)
 	if fail != nil && fail.tlsBroken && o.TLS == TLSOpportunistic && o.TLSFallbackPlaintext {

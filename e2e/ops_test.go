@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
@@ -285,5 +286,38 @@ print(p.returncode, repr(data.decode()))
 	res := python(t, script, mtaBin, "replay", "-c", s.config)
 	if !strings.HasPrefix(res, "0 ") || !strings.Contains(res, "replaying: 1/") || !strings.Contains(res, "events (") {
 		t.Fatalf("replay on a terminal: %s", res)
+	}
+}
+
+// [log] format = "json": every line is a JSON object, and the lines about
+// a message carry its envelope ID and the client's address.
+func TestJSONLogsCarryEnvelopeAndClient(t *testing.T) {
+	sk := startSink(t, freePort(t))
+	s := newServer(t, serverOpts{smarthost: sk.addr, extra: "[log]\nformat = \"json\"\nlevel = \"info\"\n"})
+	s.addUser("alice", "secret", "alice@example.test")
+	s.start()
+	out, code := swaks(t, "--server", s.sub, "--tls", "--auth", "PLAIN", "--auth-user", "alice", "--auth-password", "secret",
+		"--from", "alice@example.test", "--to", "bob@dest.test")
+	m := queuedRE.FindStringSubmatch(out)
+	if code != 0 || m == nil {
+		t.Fatalf("swaks: %s", out)
+	}
+	waitDelivered(t, sk, s, "delivery", 1)
+	b, _ := os.ReadFile(s.logFile)
+	var accepted, attempt bool
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatalf("not a JSON log line: %q", line)
+		}
+		switch rec["msg"] {
+		case "message accepted":
+			accepted = rec["envelope"] == m[1] && strings.HasPrefix(fmt.Sprint(rec["client"]), "127.0.0.1:")
+		case "delivery attempt":
+			attempt = rec["envelope"] == m[1]+".1" && rec["relay"] == sk.addr
+		}
+	}
+	if !accepted || !attempt {
+		t.Fatalf("accepted line ok: %v, attempt line ok: %v\n%s", accepted, attempt, b)
 	}
 }

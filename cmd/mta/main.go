@@ -61,7 +61,8 @@ func isCobraUsage(err error) bool {
 }
 
 func newVersionCmd() *cobra.Command {
-	return &cobra.Command{
+	var path string
+	c := &cobra.Command{
 		Use:   "version",
 		Short: "print the version",
 		Args:  cobra.NoArgs,
@@ -70,6 +71,9 @@ func newVersionCmd() *cobra.Command {
 			return nil
 		},
 	}
+	// Every subcommand takes -c (SPEC); the version does not depend on it.
+	c.Flags().StringVarP(&path, "config", "c", "", "config file (accepted for uniformity; unused)")
+	return c
 }
 
 func newCheckConfigCmd() *cobra.Command {

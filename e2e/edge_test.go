@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bufio"
 	"fmt"
 	"net"
 	"os"
@@ -403,4 +404,80 @@ func TestIPv6Listener(t *testing.T) {
 		t.Fatalf("submission over IPv6: %q", r)
 	}
 	waitDelivered(t, sk, s, "delivery", 1)
+}
+
+// smtpReply reads one whole (possibly multi-line) SMTP reply.
+func smtpReply(c net.Conn, r *bufio.Reader) string {
+	c.SetReadDeadline(time.Now().Add(15 * time.Second))
+	var all strings.Builder
+	for {
+		line, err := r.ReadString('\n')
+		all.WriteString(line)
+		if err != nil || len(line) < 4 || line[3] == ' ' {
+			return all.String()
+		}
+	}
+}
+
+// limits.command_timeout and limits.data_timeout end stalled sessions.
+func TestCommandAndDataTimeouts(t *testing.T) {
+	sk := startSink(t, freePort(t))
+	s := newServer(t, serverOpts{smarthost: sk.addr, extra: "[limits]\ncommand_timeout = \"1s\"\ndata_timeout = \"2s\"\n"})
+	s.rewrite(func(cfg string) string {
+		return strings.Replace(cfg, "[submissions]", "trusted_networks = [\"127.0.0.0/8\"]\n[submissions]", 1)
+	})
+	s.start()
+	// Silent after the banner: 421 once command_timeout passes.
+	c, err := net.Dial("tcp", s.sub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	cr := bufio.NewReader(c)
+	smtpReply(c, cr)
+	start := time.Now()
+	if got := smtpReply(c, cr); !strings.HasPrefix(got, "421 ") {
+		t.Fatalf("idle session got %q", got)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("command timeout took %s", d)
+	}
+	// Stalled inside DATA, even while trickling a line every half second:
+	// data_timeout bounds the whole transfer. (Loopback is trusted here, so
+	// the session needs no TLS or AUTH.)
+	d, err := net.Dial("tcp", s.sub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	dr := bufio.NewReader(d)
+	smtpReply(d, dr)
+	for _, cmd := range []string{"EHLO x.test", "MAIL FROM:<a@x.test>", "RCPT TO:<b@y.test>", "DATA"} {
+		d.Write([]byte(cmd + "\r\n"))
+		if got := smtpReply(d, dr); got == "" || got[0] == '5' || got[0] == '4' {
+			t.Fatalf("%s: %q", cmd, got)
+		}
+	}
+	d.Write([]byte("Subject: stalled\r\n\r\nhalf a body\r\n"))
+	replies := make(chan string, 1)
+	go func() { replies <- smtpReply(d, dr) }()
+	var got string
+	timeout := time.After(10 * time.Second)
+loop:
+	for {
+		select {
+		case got = <-replies:
+			break loop
+		case <-time.After(500 * time.Millisecond):
+			d.Write([]byte("more\r\n"))
+		case <-timeout:
+			break loop
+		}
+	}
+	if !strings.HasPrefix(got, "451 4.3.0") && !strings.HasPrefix(got, "421 ") {
+		t.Fatalf("stalled DATA got %q", got)
+	}
+	if n := len(s.replay()); n != 0 {
+		t.Errorf("%d events journaled for a timed-out message", n)
+	}
 }

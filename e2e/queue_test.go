@@ -2,10 +2,14 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cockroachdb/pebble/v2"
 )
 
 // mta queue retry / delete, against the running server (admin API) and
@@ -108,4 +112,57 @@ func TestQueueRetryAndDelete(t *testing.T) {
 	if _, _, code := s.mta("", "queue", "retry"); code != 2 {
 		t.Errorf("retry without ID or --all: exit %d, want 2", code)
 	}
+}
+
+// With queue.keep_bodies = false a deleted envelope's body goes too, online
+// and offline.
+func TestDeleteDropsBodyWhenNotKept(t *testing.T) {
+	s := newServer(t, serverOpts{smarthost: freePort(t), retry: `"1h"`})
+	s.rewrite(func(c string) string { return strings.Replace(c, "[queue]", "[queue]\nkeep_bodies = false", 1) })
+	s.addUser("alice", "secret", "alice@example.test")
+	s.start()
+	var ids []string
+	for _, to := range []string{"a@dest.test", "b@dest.test"} {
+		out, code := swaks(t, "--server", s.sub, "--tls", "--auth", "PLAIN", "--auth-user", "alice", "--auth-password", "secret",
+			"--from", "alice@example.test", "--to", to)
+		m := queuedRE.FindStringSubmatch(out)
+		if code != 0 || m == nil {
+			t.Fatalf("swaks: %s", out)
+		}
+		ids = append(ids, m[1])
+	}
+	waitFor(t, "two deferred envelopes", 20*time.Second, func() bool { return s.queue().Counts["deferred"] == 2 })
+	if _, errs, code := s.mta("", "queue", "delete", ids[0]); code != 0 {
+		t.Fatalf("online delete: %s", errs)
+	}
+	s.stop()
+	has := func(key string) bool {
+		db, err := pebble.Open(filepath.Join(s.dir, "data", "journal"), &pebble.Options{Logger: quietLogger{}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close()
+		_, closer, err := db.Get([]byte("b/" + key))
+		if err == nil {
+			closer.Close()
+		}
+		return err == nil
+	}
+	if has(ids[0]) || !has(ids[1]) {
+		t.Fatalf("after the online delete: body %s kept=%v, body %s kept=%v", ids[0], has(ids[0]), ids[1], has(ids[1]))
+	}
+	if _, errs, code := s.mta("", "queue", "delete", ids[1]); code != 0 {
+		t.Fatalf("offline delete: %s", errs)
+	}
+	if has(ids[1]) {
+		t.Fatal("body kept after the offline delete")
+	}
+}
+
+type quietLogger struct{}
+
+func (quietLogger) Infof(string, ...any)  {}
+func (quietLogger) Errorf(string, ...any) {}
+func (quietLogger) Fatalf(format string, args ...any) {
+	panic(fmt.Sprintf(format, args...))
 }

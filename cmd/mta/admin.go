@@ -38,7 +38,9 @@ type adminDeps struct {
 	metrics *projections.Metrics
 	state   *serverState
 	token   string // when set, required as a bearer token (but by /healthz and /readyz)
-	log     *zap.Logger
+	// keepBodies is queue.keep_bodies; false drops a deleted envelope's body.
+	keepBodies bool
+	log        *zap.Logger
 }
 
 // newAdmin serves the admin API:
@@ -116,7 +118,7 @@ func newAdmin(d adminDeps) http.Handler {
 	})
 	mux.HandleFunc("POST /queue/retry", func(w http.ResponseWriter, r *http.Request) {
 		id := r.URL.Query().Get("id")
-		ids, err := operatorEvent(j, q, id, func() events.Payload { return events.RetryRequested{By: "admin-api"} })
+		ids, _, _, err := operatorEvent(j, q, id, func() events.Payload { return events.RetryRequested{By: "admin-api"} })
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusNotFound)
 			return
@@ -133,10 +135,16 @@ func newAdmin(d adminDeps) http.Handler {
 			http.Error(w, "delete takes one envelope ID", http.StatusBadRequest)
 			return
 		}
-		ids, err := operatorEvent(j, q, id, func() events.Payload { return events.Deleted{By: "admin-api"} })
+		ids, bodies, _, err := operatorEvent(j, q, id, func() events.Payload { return events.Deleted{By: "admin-api"} })
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusNotFound)
 			return
+		}
+		if !d.keepBodies {
+			// The queue projection follows the journal: it has seen Deleted.
+			if err := dropUnusedBodies(j, q, bodies); err != nil {
+				log.Warn("could not drop the deleted envelope's body", zap.Error(err))
+			}
 		}
 		log.Info("envelope deleted", zap.String("envelope", id))
 		writeJSON(w, map[string]int{"envelopes": len(ids)})
@@ -159,27 +167,45 @@ func newAdmin(d adminDeps) http.Handler {
 // operatorEvent journals an operator event for envelope id (and its live
 // children), or for every live envelope when id is "all". It returns how
 // envelopes it concerned.
-func operatorEvent(j *journal.Journal, q *projections.Queue, id string, p func() events.Payload) ([]string, error) {
-	var targets []string
+func operatorEvent(j *journal.Journal, q *projections.Queue, id string, p func() events.Payload) ([]string, []string, []events.Event, error) {
+	var targets, bodies []string
 	for _, e := range q.Live() {
 		if id == "all" || e.ID == id || strings.HasPrefix(e.ID, id+".") {
 			targets = append(targets, e.ID)
+			bodies = append(bodies, e.BodyKey)
 		}
 	}
 	if len(targets) == 0 {
 		if id == "all" {
-			return nil, nil
+			return nil, nil, nil, nil
 		}
-		return nil, fmt.Errorf("no live envelope %s in the queue", id)
+		return nil, nil, nil, fmt.Errorf("no live envelope %s in the queue", id)
 	}
 	w := journal.Write{}
 	for _, t := range targets {
 		w.Events = append(w.Events, events.Event{Envelope: t, Payload: p()})
 	}
-	if _, err := j.Append(w); err != nil {
-		return nil, err
+	evs, err := j.Append(w)
+	if err != nil {
+		return nil, nil, nil, err
 	}
-	return targets, nil
+	return targets, bodies, evs, nil
+}
+
+// dropUnusedBodies deletes the stored bodies among keys that no live
+// envelope needs any more (queue.keep_bodies = false).
+func dropUnusedBodies(j *journal.Journal, q *projections.Queue, keys []string) error {
+	var drop []string
+	for _, k := range keys {
+		if !q.BodyInUse(k) {
+			drop = append(drop, k)
+		}
+	}
+	if len(drop) == 0 {
+		return nil
+	}
+	_, err := j.Append(journal.Write{DropBodies: drop})
+	return err
 }
 
 func parseFilter(envelope, since string) (projections.Filter, error) {

@@ -252,7 +252,7 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 	var admin *http.Server
 	var state serverState
 	if adminLn != nil {
-		admin = &http.Server{Handler: newAdmin(adminDeps{j: j, q: queue, sys: sys, metrics: metrics, state: &state, token: cfg.Admin.Token, log: log.Named("admin")}),
+		admin = &http.Server{Handler: newAdmin(adminDeps{j: j, q: queue, sys: sys, metrics: metrics, state: &state, token: cfg.Admin.Token, keepBodies: cfg.Queue.KeepBodies, log: log.Named("admin")}),
 			ReadHeaderTimeout: 10 * time.Second}
 		go admin.Serve(adminLn)
 	}

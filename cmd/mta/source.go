@@ -45,7 +45,7 @@ func openSource(cfg Config) (source, error) {
 	}
 	j, err := journal.Open(journal.Options{Dir: dir})
 	if err == nil {
-		return &offlineSource{j: j}, nil
+		return &offlineSource{j: j, keepBodies: cfg.Queue.KeepBodies}, nil
 	}
 	if !errors.Is(err, journal.ErrLocked) {
 		return nil, err
@@ -75,7 +75,10 @@ func (e emptySource) Operator(_, id string) (int, error) {
 	return 0, fmt.Errorf("no live envelope %s in the queue (no journal yet in %s)", id, e.dir)
 }
 
-type offlineSource struct{ j *journal.Journal }
+type offlineSource struct {
+	j          *journal.Journal
+	keepBodies bool
+}
 
 func (o *offlineSource) Describe() string { return "journal (server not running)" }
 func (o *offlineSource) Total() uint64    { return o.j.LastSeq() }
@@ -121,13 +124,22 @@ func (o *offlineSource) Operator(action, id string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	ids, err := operatorEvent(o.j, q, id, func() events.Payload {
+	ids, bodies, evs, err := operatorEvent(o.j, q, id, func() events.Payload {
 		if action == "delete" {
 			return events.Deleted{By: "mta queue (offline)"}
 		}
 		return events.RetryRequested{By: "mta queue (offline)"}
 	})
-	return len(ids), err
+	if err != nil {
+		return 0, err
+	}
+	if action == "delete" && !o.keepBodies {
+		q.Apply(evs) // this fold is not subscribed to the journal
+		if err := dropUnusedBodies(o.j, q, bodies); err != nil {
+			return len(ids), fmt.Errorf("envelope deleted, but its body could not be dropped: %w", err)
+		}
+	}
+	return len(ids), nil
 }
 
 type adminSource struct {

@@ -172,6 +172,13 @@ func TestCorruptJournalRefusesToStart(t *testing.T) {
 	if code != 1 || !strings.Contains(errs, "sequence 3") || !strings.Contains(errs, "refusing to start") {
 		t.Fatalf("serve on a corrupt journal: exit %d, %q", code, errs)
 	}
+	// Told to, it starts anyway and names the record it skipped.
+	s.startArgs("--ignore-corrupt")
+	b, _ := os.ReadFile(s.logFile)
+	if !strings.Contains(string(b), "corrupt journal record ignored") || !strings.Contains(string(b), `"seq": 3`) {
+		t.Fatalf("--ignore-corrupt log:\n%s", b)
+	}
+	s.stop()
 }
 
 // corruptRecord flips one byte inside the stored record of seq, opening the

@@ -54,7 +54,10 @@ type harness struct {
 	sys *System
 }
 
-func start(t *testing.T, smarthost string, maxAge time.Duration) *harness {
+// startQueue opens a journal in a temporary directory, subscribes a queue
+// projection to it and starts the actors with o (its Journal and Queue
+// filled in) relaying to smarthost.
+func startQueue(t *testing.T, smarthost string, o Options) *harness {
 	t.Helper()
 	j, err := journal.Open(journal.Options{Dir: t.TempDir()})
 	if err != nil {
@@ -62,18 +65,29 @@ func start(t *testing.T, smarthost string, maxAge time.Duration) *harness {
 	}
 	q := projections.NewQueue()
 	j.Subscribe(q.Apply)
-	relay, err := mxrelay.New(mxrelay.Options{Mode: "static", Smarthost: smarthost, Hostname: "actors.test", ConnectTimeout: time.Second})
+	if o.Relay == nil {
+		o.Relay, err = mxrelay.New(mxrelay.Options{Mode: "static", Smarthost: smarthost, Hostname: "actors.test",
+			ConnectTimeout: time.Second, CommandTimeout: 2 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	o.Journal, o.Queue = j, q
+	if o.Hostname == "" {
+		o.Hostname = "actors.test"
+	}
+	sys, err := Start(o)
 	if err != nil {
 		t.Fatal(err)
 	}
-	sys, err := Start(Options{Journal: j, Queue: q, Relay: relay, Hostname: "actors.test",
-		Policies: policy.Options{AddReceived: true, Split: "domain"}, Retry: []time.Duration{50 * time.Millisecond}, MaxAge: maxAge})
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := &harness{j: j, q: q, sys: sys}
 	t.Cleanup(func() { sys.Stop(); j.Close() })
-	return h
+	return &harness{j: j, q: q, sys: sys}
+}
+
+func start(t *testing.T, smarthost string, maxAge time.Duration) *harness {
+	t.Helper()
+	return startQueue(t, smarthost, Options{Policies: policy.Options{AddReceived: true, Split: "domain"},
+		Retry: []time.Duration{50 * time.Millisecond}, MaxAge: maxAge})
 }
 
 func (h *harness) submit(t *testing.T, id string, rcpts ...string) {
@@ -237,21 +251,9 @@ func startScripted(t *testing.T, s mxtest.Script, maxConns int) (*harness, *mxte
 		t.Fatal(err)
 	}
 	t.Cleanup(p.Close)
-	j, err := journal.Open(journal.Options{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	q := projections.NewQueue()
-	j.Subscribe(q.Apply)
-	relay, _ := mxrelay.New(mxrelay.Options{Mode: "static", Smarthost: p.Addr, Hostname: "actors.test", ConnectTimeout: time.Second, CommandTimeout: 2 * time.Second})
-	sys, err := Start(Options{Journal: j, Queue: q, Relay: relay, Hostname: "actors.test",
-		Policies: policy.Options{Split: "domain"}, Retry: []time.Duration{time.Hour}, MaxAge: 24 * time.Hour,
-		MaxConnectionsPerDomain: maxConns, IdleTimeout: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sys.Stop(); j.Close() })
-	return &harness{j: j, q: q, sys: sys}, p
+	h := startQueue(t, p.Addr, Options{Policies: policy.Options{Split: "domain"}, Retry: []time.Duration{time.Hour},
+		MaxAge: 24 * time.Hour, MaxConnectionsPerDomain: maxConns, IdleTimeout: time.Second})
+	return h, p
 }
 
 // The journaled event sequence for a partial failure: one recipient
@@ -321,20 +323,9 @@ func (f failingSigner) Sign(io.Reader, []byte, crypto.SignerOpts) ([]byte, error
 
 func TestPolicyErrorDefersWithReason(t *testing.T) {
 	_, sk, _ := ed25519.GenerateKey(rand.Reader)
-	j, err := journal.Open(journal.Options{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	q := projections.NewQueue()
-	j.Subscribe(q.Apply)
-	relay, _ := mxrelay.New(mxrelay.Options{Mode: "static", Smarthost: "127.0.0.1:1"})
-	sys, err := Start(Options{Journal: j, Queue: q, Relay: relay, Retry: []time.Duration{time.Hour},
+	h := startQueue(t, "127.0.0.1:1", Options{Retry: []time.Duration{time.Hour},
 		Policies: policy.Options{Split: "domain", DKIM: []policy.DKIMKey{{Domain: "src.test", Selector: "s", Signer: failingSigner{sk}}}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { sys.Stop(); j.Close() }()
-	h := &harness{j: j, q: q, sys: sys}
+	q := h.q
 	h.submit(t, "PE", "a@one.test")
 	waitFor(t, "deferral", func() bool { e, ok := q.Get("PE"); return ok && e.State == projections.StateDeferred })
 	e, _ := q.Get("PE")
@@ -348,21 +339,8 @@ func TestPolicyErrorDefersWithReason(t *testing.T) {
 
 // With DropBodies the shared body goes once the last child is final.
 func TestBodiesDroppedWhenTheLastChildIsDone(t *testing.T) {
-	sinkAddr := startSink(t)
-	j, err := journal.Open(journal.Options{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	q := projections.NewQueue()
-	j.Subscribe(q.Apply)
-	relay, _ := mxrelay.New(mxrelay.Options{Mode: "static", Smarthost: sinkAddr})
-	sys, err := Start(Options{Journal: j, Queue: q, Relay: relay, Policies: policy.Options{Split: "domain"},
-		Retry: []time.Duration{time.Hour}, DropBodies: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { sys.Stop(); j.Close() }()
-	h := &harness{j: j, q: q, sys: sys}
+	h := startQueue(t, startSink(t), Options{Policies: policy.Options{Split: "domain"}, Retry: []time.Duration{time.Hour}, DropBodies: true})
+	j, q := h.j, h.q
 	h.submit(t, "D1", "a@one.test", "b@two.test", "c@three.test")
 	waitFor(t, "three deliveries", func() bool { return q.Snapshot().Counts[projections.StateDelivered] == 3 })
 	waitFor(t, "the body to be dropped", func() bool { _, err := j.Body("D1"); return errors.Is(err, journal.ErrNoBody) })
@@ -375,21 +353,9 @@ func TestBodiesDroppedWhenTheLastChildIsDone(t *testing.T) {
 // A delivery actor with nothing to do stops (its pool emptied first); the
 // next message to its domain gets a new one.
 func TestIdleDestinationActorsStop(t *testing.T) {
-	sinkAddr := startSink(t)
-	j, err := journal.Open(journal.Options{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	q := projections.NewQueue()
-	j.Subscribe(q.Apply)
-	relay, _ := mxrelay.New(mxrelay.Options{Mode: "static", Smarthost: sinkAddr})
-	sys, err := Start(Options{Journal: j, Queue: q, Relay: relay, Policies: policy.Options{Split: "domain"},
-		Retry: []time.Duration{time.Hour}, IdleTimeout: 100 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { sys.Stop(); j.Close() }()
-	h := &harness{j: j, q: q, sys: sys}
+	h := startQueue(t, startSink(t), Options{Policies: policy.Options{Split: "domain"}, Retry: []time.Duration{time.Hour},
+		IdleTimeout: 100 * time.Millisecond})
+	q, sys := h.q, h.sys
 	h.submit(t, "I1", "a@one.test", "b@two.test")
 	waitFor(t, "two deliveries", func() bool { return q.Snapshot().Counts[projections.StateDelivered] == 2 })
 	if n, err := sys.destinations(); err != nil || n != 2 {

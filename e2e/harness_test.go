@@ -404,3 +404,18 @@ func (s *server) rewrite(edit func(string) string) {
 		s.t.Fatal(err)
 	}
 }
+
+// submit sends one message as alice (password "secret") with swaks over
+// STARTTLS and AUTH PLAIN, fails the test unless it is queued, and returns
+// the envelope ID.
+func (s *server) submit(t *testing.T, from, to string, extra ...string) string {
+	t.Helper()
+	args := append([]string{"--server", s.sub, "--tls", "--auth", "PLAIN", "--auth-user", "alice", "--auth-password", "secret",
+		"--from", from, "--to", to}, extra...)
+	out, code := swaks(t, args...)
+	m := queuedRE.FindStringSubmatch(out)
+	if code != 0 || m == nil {
+		t.Fatalf("swaks: exit %d\n%s", code, out)
+	}
+	return m[1]
+}

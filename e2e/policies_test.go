@@ -135,11 +135,7 @@ func TestSpamRejectedAtData(t *testing.T) {
 	if n := len(s.replay()); n != 0 {
 		t.Fatalf("%d events journaled for a rejected message", n)
 	}
-	out, code = swaks(t, "--server", s.sub, "--tls", "--auth", "PLAIN", "--auth-user", "alice", "--auth-password", "secret",
-		"--from", "alice@example.test", "--to", "bob@dest.test", "--body", "An ordinary message about lunch.")
-	if code != 0 {
-		t.Fatalf("ham: %s", out)
-	}
+	s.submit(t, "alice@example.test", "bob@dest.test", "--body", "An ordinary message about lunch.")
 	waitDelivered(t, sk, s, "ham delivered", 1)
 }
 
@@ -155,10 +151,7 @@ func TestSpamdDownPassesUntagged(t *testing.T) {
 	})
 	s.addUser("alice", "secret", "alice@example.test")
 	s.start()
-	if out, code := swaks(t, "--server", s.sub, "--tls", "--auth", "PLAIN", "--auth-user", "alice", "--auth-password", "secret",
-		"--from", "alice@example.test", "--to", "bob@dest.test"); code != 0 {
-		t.Fatalf("swaks: %s", out)
-	}
+	s.submit(t, "alice@example.test", "bob@dest.test")
 	waitDelivered(t, sk, s, "delivery", 1)
 	if msg := sk.messages(t)[0]; strings.Contains(msg, "X-Spam-") {
 		t.Errorf("tagged although spamd is down:\n%s", msg)

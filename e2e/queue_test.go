@@ -19,16 +19,9 @@ func TestQueueRetryAndDelete(t *testing.T) {
 	s := newServer(t, serverOpts{smarthost: sinkAddr, retry: `"1h"`})
 	s.addUser("alice", "secret", "alice@example.test")
 	s.start()
-	send := func(to string) string {
-		out, code := swaks(t, "--server", s.sub, "--tls", "--auth", "PLAIN", "--auth-user", "alice", "--auth-password", "secret",
-			"--from", "alice@example.test", "--to", to)
-		m := queuedRE.FindStringSubmatch(out)
-		if code != 0 || m == nil {
-			t.Fatalf("swaks: exit %d\n%s", code, out)
-		}
-		return m[1]
-	}
-	keep, drop, offline := send("keep@dest.test"), send("drop@dest.test"), send("offline@dest.test")
+	keep := s.submit(t, "alice@example.test", "keep@dest.test")
+	drop := s.submit(t, "alice@example.test", "drop@dest.test")
+	offline := s.submit(t, "alice@example.test", "offline@dest.test")
 	waitFor(t, "three deferred envelopes", 20*time.Second, func() bool { return s.queue().Counts["deferred"] == 3 })
 
 	// mailq-style listing names each envelope, its sender, recipient and error.
@@ -123,13 +116,7 @@ func TestDeleteDropsBodyWhenNotKept(t *testing.T) {
 	s.start()
 	var ids []string
 	for _, to := range []string{"a@dest.test", "b@dest.test"} {
-		out, code := swaks(t, "--server", s.sub, "--tls", "--auth", "PLAIN", "--auth-user", "alice", "--auth-password", "secret",
-			"--from", "alice@example.test", "--to", to)
-		m := queuedRE.FindStringSubmatch(out)
-		if code != 0 || m == nil {
-			t.Fatalf("swaks: %s", out)
-		}
-		ids = append(ids, m[1])
+		ids = append(ids, s.submit(t, "alice@example.test", to))
 	}
 	waitFor(t, "two deferred envelopes", 20*time.Second, func() bool { return s.queue().Counts["deferred"] == 2 })
 	if _, errs, code := s.mta("", "queue", "delete", ids[0]); code != 0 {

@@ -22,13 +22,7 @@ func TestCrashAndRestartDeliverExactlyOnce(t *testing.T) {
 			s.addUser("alice", "secret", "*@example.test")
 			s.start()
 
-			out, code := swaks(t, "--server", s.sub, "--tls", "--auth", "PLAIN", "--auth-user", "alice", "--auth-password", "secret",
-				"--from", "anyone@example.test", "--to", "bob@dest.test", "--body", "survives a crash")
-			m := queuedRE.FindStringSubmatch(out)
-			if code != 0 || m == nil {
-				t.Fatalf("swaks: exit %d\n%s", code, out)
-			}
-			id := m[1]
+			id := s.submit(t, "anyone@example.test", "bob@dest.test", "--body", "survives a crash")
 			child := id + ".1"
 			waitFor(t, "the envelope to be deferred", 20*time.Second, func() bool {
 				q := s.queue()
@@ -151,11 +145,7 @@ func TestCorruptJournalRefusesToStart(t *testing.T) {
 	s := newServer(t, serverOpts{smarthost: sk.addr})
 	s.addUser("alice", "secret", "alice@example.test")
 	s.start()
-	out, code := swaks(t, "--server", s.sub, "--tls", "--auth", "PLAIN", "--auth-user", "alice", "--auth-password", "secret",
-		"--from", "alice@example.test", "--to", "bob@dest.test")
-	if code != 0 {
-		t.Fatalf("swaks: %s", out)
-	}
+	s.submit(t, "alice@example.test", "bob@dest.test")
 	waitDelivered(t, sk, s, "delivery", 1)
 	waitFor(t, "empty queue", 10*time.Second, func() bool { return len(s.queue().Envelopes) == 0 })
 	s.stop()
@@ -164,7 +154,7 @@ func TestCorruptJournalRefusesToStart(t *testing.T) {
 	if code != 1 || !strings.Contains(errs, "corrupt record at sequence 3") {
 		t.Fatalf("replay of a corrupt journal: exit %d, %q", code, errs)
 	}
-	out, _, code = s.mta("", "replay", "--verify")
+	out, _, code := s.mta("", "replay", "--verify")
 	if code != 1 || !strings.Contains(out, "corrupt record at sequence 3") {
 		t.Fatalf("replay --verify: exit %d\n%s", code, out)
 	}

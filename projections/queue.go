@@ -320,3 +320,24 @@ func (q *Queue) Snapshot() Snapshot {
 // Live returns copies of every live envelope (for the supervisor's start-up
 // scheduling).
 func (q *Queue) Live() []*Envelope { return q.Snapshot().Envelopes }
+
+// Len returns the number of live envelopes.
+func (q *Queue) Len() int {
+	q.mu.RLock()
+	defer q.mu.RUnlock()
+	return len(q.live)
+}
+
+// Select returns copies of the live envelopes for which match is true
+// (match runs under the read lock and must not call the queue).
+func (q *Queue) Select(match func(*Envelope) bool) []*Envelope {
+	q.mu.RLock()
+	defer q.mu.RUnlock()
+	var out []*Envelope
+	for _, e := range q.live {
+		if match(e) {
+			out = append(out, e.Clone())
+		}
+	}
+	return out
+}

@@ -136,3 +136,22 @@ func TestSnapshotRoundTrip(t *testing.T) {
 		t.Fatal("garbage snapshot loaded")
 	}
 }
+
+func TestLenAndSelect(t *testing.T) {
+	q := NewQueue()
+	q.Apply([]events.Event{
+		ev(1, "A", events.Received{Sender: "s@x", Recipients: []string{"a@one"}, BodyKey: "A"}),
+		ev(2, "AB", events.Received{Sender: "s@x", Recipients: []string{"b@one"}, BodyKey: "AB"}),
+	})
+	if q.Len() != 2 {
+		t.Fatalf("Len = %d", q.Len())
+	}
+	got := q.Select(func(e *Envelope) bool { return e.ID == "A" })
+	if len(got) != 1 || got[0].ID != "A" {
+		t.Fatalf("Select: %+v", got)
+	}
+	got[0].Sender = "changed"
+	if e, _ := q.Get("A"); e.Sender != "s@x" {
+		t.Fatal("Select returned the live envelope, not a copy")
+	}
+}

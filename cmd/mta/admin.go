@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"sort"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -169,11 +170,15 @@ func newAdmin(d adminDeps) http.Handler {
 // envelopes it concerned.
 func operatorEvent(j *journal.Journal, q *projections.Queue, id string, p func() events.Payload) ([]string, []string, []events.Event, error) {
 	var targets, bodies []string
-	for _, e := range q.Live() {
-		if id == "all" || e.ID == id || strings.HasPrefix(e.ID, id+".") {
-			targets = append(targets, e.ID)
-			bodies = append(bodies, e.BodyKey)
-		}
+	// Only the matching envelopes are copied: a large queue is not cloned
+	// and sorted for one ID.
+	matches := q.Select(func(e *projections.Envelope) bool {
+		return id == "all" || e.ID == id || strings.HasPrefix(e.ID, id+".")
+	})
+	sort.Slice(matches, func(a, b int) bool { return matches[a].ID < matches[b].ID })
+	for _, e := range matches {
+		targets = append(targets, e.ID)
+		bodies = append(bodies, e.BodyKey)
 	}
 	if len(targets) == 0 {
 		if id == "all" {

@@ -365,7 +365,7 @@ func rebuild(j *journal.Journal, q *projections.Queue, log *zap.Logger, ignoreCo
 				return verr
 			}
 			from = seq + 1
-			log.Info("queue snapshot loaded", zap.Uint64("seq", seq), zap.Int("live_envelopes", len(q.Live())))
+			log.Info("queue snapshot loaded", zap.Uint64("seq", seq), zap.Int("live_envelopes", q.Len()))
 		} else {
 			// LoadSnapshot left q untouched.
 			log.Warn("queue snapshot unusable; replaying the whole journal", zap.Error(lerr))
@@ -404,7 +404,7 @@ func rebuild(j *journal.Journal, q *projections.Queue, log *zap.Logger, ignoreCo
 		return err
 	}
 	flush()
-	log.Info("journal replayed", zap.Uint64("from", from), zap.Uint64("to", total), zap.Int("live_envelopes", len(q.Live())), zap.Duration("took", time.Since(start)))
+	log.Info("journal replayed", zap.Uint64("from", from), zap.Uint64("to", total), zap.Int("live_envelopes", q.Len()), zap.Duration("took", time.Since(start)))
 	return nil
 }
 

@@ -30,7 +30,7 @@ func newUsersCmd() *cobra.Command {
 		Short: "add a user or replace its password and addresses (signal the server with SIGHUP to reload)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cfg, err := LoadConfig(path)
+			file, users, err := loadUsers(path)
 			if err != nil {
 				return err
 			}
@@ -54,15 +54,11 @@ func newUsersCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			users, err := smtpedge.ReadUsers(cfg.UsersFile())
-			if err != nil {
-				return err
-			}
 			out := append(withoutUser(users, name), smtpedge.User{Name: name, Hash: hash, Addresses: addrs})
-			if err := smtpedge.WriteUsers(cfg.UsersFile(), out); err != nil {
+			if err := smtpedge.WriteUsers(file, out); err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "user %s saved in %s\n", name, cfg.UsersFile())
+			fmt.Fprintf(cmd.OutOrStdout(), "user %s saved in %s\n", name, file)
 			return nil
 		},
 	}
@@ -75,19 +71,15 @@ func newUsersCmd() *cobra.Command {
 		Short: "remove a user",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cfg, err := LoadConfig(path)
-			if err != nil {
-				return err
-			}
-			users, err := smtpedge.ReadUsers(cfg.UsersFile())
+			file, users, err := loadUsers(path)
 			if err != nil {
 				return err
 			}
 			out := withoutUser(users, args[0])
 			if len(out) == len(users) {
-				return fmt.Errorf("no user %s in %s", args[0], cfg.UsersFile())
+				return fmt.Errorf("no user %s in %s", args[0], file)
 			}
-			if err := smtpedge.WriteUsers(cfg.UsersFile(), out); err != nil {
+			if err := smtpedge.WriteUsers(file, out); err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "user %s removed\n", args[0])
@@ -99,11 +91,7 @@ func newUsersCmd() *cobra.Command {
 		Short: "list users and their addresses",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := LoadConfig(path)
-			if err != nil {
-				return err
-			}
-			users, err := smtpedge.ReadUsers(cfg.UsersFile())
+			_, users, err := loadUsers(path)
 			if err != nil {
 				return err
 			}
@@ -115,6 +103,16 @@ func newUsersCmd() *cobra.Command {
 	}
 	c.AddCommand(add, del, list)
 	return c
+}
+
+// loadUsers reads the config's users file: its path and its users.
+func loadUsers(configPath string) (string, []smtpedge.User, error) {
+	cfg, err := LoadConfig(configPath)
+	if err != nil {
+		return "", nil, err
+	}
+	users, err := smtpedge.ReadUsers(cfg.UsersFile())
+	return cfg.UsersFile(), users, err
 }
 
 func withoutUser(users []smtpedge.User, name string) []smtpedge.User {

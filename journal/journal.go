@@ -11,12 +11,37 @@
 //     and report a mismatch as a *CorruptError naming the sequence number;
 //     they never skip a record silently.
 //   - Concurrent Appends are grouped by one writer goroutine into one Pebble
-//     batch and one fsync (group commit).
+//     batch and one fsync (group commit). No lock is held while an Append
+//     waits for room in the writer's bounded queue: a full queue makes
+//     callers wait, it never deadlocks them. Close answers every Append
+//     already admitted, then returns.
 //   - Subscribers see every committed event exactly once, in sequence order,
 //     after it is durable.
+//   - Fail-stop: a failed commit (an fsync or write error: Pebble has then
+//     applied the batch to its memtable but cannot promise it is on disk, and
+//     panics on the next write) or a background error (a flush or compaction
+//     that cannot write) fails the journal for good. That commit's Appends and
+//     every later one return an error wrapping ErrFailed, Failed() is closed,
+//     and the process is expected to exit; nothing is acknowledged that is not
+//     durable. Pebble's own fatal errors (Fatalf) call Options.OnFatal, which
+//     by default logs one line and exits with status 1.
+//   - Acknowledged records never disappear silently: after each commit the
+//     last committed sequence number is written to the COMMITTED file beside
+//     Pebble's files (no extra fsync: it only ever lags the WAL). Open
+//     refuses, with a *LostError, a journal that ends before it (a torn or
+//     corrupt WAL, MANIFEST damage), unless Options.AllowLost.
+//   - Options.ReadOnly opens without modifying anything in the directory
+//     (Pebble's read-only mode; no COMMITTED update): what `mta queue`,
+//     `mta replay` and `check-config` use.
+//   - Reads never panic: a checksum failure inside Pebble's files surfaces as
+//     an error naming the problem.
 package journal
 
 import (
+	"bytes"
+	"runtime"
+	"strconv"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -52,7 +77,27 @@ type Options struct {
 	// OnCommit, if set, is called after each group commit with its duration
 	// and the number of events (metrics).
 	OnCommit func(d time.Duration, n int)
+	// ReadOnly opens the journal without changing any file in Dir; Append
+	// then returns ErrReadOnly.
+	ReadOnly bool
+	// AllowLost opens a journal that ends before its last committed
+	// sequence number (for `mta replay --verify` and `mta journal repair`,
+	// which report or repair it); Lost() then says what is missing.
+	AllowLost bool
+	// OnFatal is called, instead of exiting with status 1, when Pebble
+	// reports an error it cannot continue from. It must not return
+	// normally unless the caller can tolerate a broken database (tests).
+	OnFatal func(msg string)
+	// QueueSize bounds the Appends waiting for the writer; 0 means 1024.
+	QueueSize int
 }
+
+// ErrReadOnly is returned by Append on a journal opened with ReadOnly.
+var ErrReadOnly = errors.New("journal: opened read-only")
+
+// ErrFailed is wrapped by the errors of Append after the journal failed
+// (fail-stop): the cause is in the message and in Err.
+var ErrFailed = errors.New("journal: failed")
 
 // Body is a message body to store under Key (normally the envelope ID).
 type Body struct {
@@ -75,13 +120,25 @@ type Journal struct {
 	opts Options
 	reqs chan *appendReq
 
-	mu       sync.Mutex // guards subs and closed
-	subs     []func([]events.Event)
-	onCommit func(time.Duration, int)
+	mu       sync.Mutex // guards closed; never held across a channel operation
 	closed   bool
+	inflight sync.WaitGroup // Appends admitted before Close
 	stopped  chan struct{}
 
+	subMu    sync.Mutex // guards subs and onCommit
+	subs     []func([]events.Event)
+	onCommit func(time.Duration, int)
+
+	failOnce sync.Once
+	failErr  atomic.Pointer[error]
+	failed   chan struct{}
+
 	committedSeq atomic.Uint64
+	writerID     atomic.Uint64 // goroutine ID of the writer
+	inCommit     atomic.Bool
+	marker       *os.File // COMMITTED; nil when read-only
+	lost         [2]uint64
+	tailErr      error
 
 	// Owned by the writer goroutine after Open.
 	lastSeq uint64
@@ -89,10 +146,13 @@ type Journal struct {
 }
 
 type appendReq struct {
+	put    *putReq // a snapshot instead of a Write
 	w      Write
 	frames [][]byte // encoded payloads, one per event
 	done   chan appendRes
 }
+
+type putReq struct{ key, value []byte }
 
 type appendRes struct {
 	evs []events.Event
@@ -107,27 +167,68 @@ func Open(opts Options) (*Journal, error) {
 	if opts.MaxBatch <= 0 {
 		opts.MaxBatch = 256
 	}
-	if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
-		return nil, fmt.Errorf("journal: create %s: %w", opts.Dir, err)
+	if opts.QueueSize <= 0 {
+		opts.QueueSize = 1024
 	}
-	if err := checkWritable(opts.Dir); err != nil {
-		return nil, err
+	j := &Journal{opts: opts, reqs: make(chan *appendReq, opts.QueueSize), stopped: make(chan struct{}), failed: make(chan struct{})}
+	po := &pebble.Options{Logger: pebbleLogger{l: opts.Logger, fatal: j.fatal}, ReadOnly: opts.ReadOnly}
+	po.EventListener = &pebble.EventListener{
+		BackgroundError: func(err error) {
+			j.fail(fmt.Errorf("storage background error: %w", err))
+		},
+		// Reads of a damaged table return an error (reported by the
+		// reader); the default would call Fatalf.
+		DataCorruption: func(info pebble.DataCorruptionInfo) {
+			if opts.Logger != nil {
+				opts.Logger.Error("journal storage is corrupt", zap.String("file", info.Path), zap.String("error", fmt.Sprint(info.Details)))
+			}
+		},
 	}
-	po := &pebble.Options{Logger: pebbleLogger{opts.Logger}}
-	db, err := pebble.Open(opts.Dir, po)
+	if opts.ReadOnly {
+		if _, err := os.Stat(opts.Dir); err != nil {
+			return nil, fmt.Errorf("journal: open %s: %w", opts.Dir, unwrapPath(err))
+		}
+	} else {
+		if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
+			return nil, fmt.Errorf("journal: create %s: %w", opts.Dir, err)
+		}
+		if err := checkWritable(opts.Dir); err != nil {
+			return nil, err
+		}
+	}
+	db, err := openPebble(opts.Dir, po)
 	if err != nil {
 		if errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EWOULDBLOCK) {
 			return nil, fmt.Errorf("journal: open %s: %w", opts.Dir, ErrLocked)
 		}
 		return nil, fmt.Errorf("journal: open %s: %w", opts.Dir, err)
 	}
-	j := &Journal{db: db, opts: opts, reqs: make(chan *appendReq, 1024), stopped: make(chan struct{})}
+	j.db = db
 	if err := j.loadTail(); err != nil {
 		db.Close()
 		return nil, err
 	}
-	go j.writer()
+	if err := j.checkCommitted(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	if opts.ReadOnly {
+		close(j.stopped)
+	} else {
+		go j.writer()
+	}
 	return j, nil
+}
+
+// openPebble opens the database, turning a panic inside Pebble (a
+// corrupt MANIFEST or table can raise one) into an error.
+func openPebble(dir string, po *pebble.Options) (db *pebble.DB, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("storage is corrupt: %v", r)
+		}
+	}()
+	return pebble.Open(dir, po)
 }
 
 func checkWritable(dir string) error {
@@ -148,24 +249,34 @@ func unwrapPath(err error) error {
 	return err
 }
 
-// loadTail finds the last record and verifies it, so that appends continue
-// the sequence and the chain.
-func (j *Journal) loadTail() error {
+// loadTail finds the last record, so that appends continue the sequence
+// and the chain. A last record that fails verification does not stop
+// Open (the readers report it with its sequence number): the chain goes
+// on from the checksum stored in it.
+func (j *Journal) loadTail() (err error) {
+	defer recoverRead(&err)
 	it, err := j.db.NewIter(&pebble.IterOptions{LowerBound: []byte(prefixEvent), UpperBound: prefixEnd(prefixEvent)})
 	if err != nil {
 		return fmt.Errorf("journal: iterate: %w", err)
 	}
 	defer it.Close()
 	if !it.Last() {
-		return it.Error()
+		if err := it.Error(); err != nil {
+			return fmt.Errorf("journal: read the last record: %w", err)
+		}
+		return nil
 	}
 	seq, err := seqFromKey(it.Key())
 	if err != nil {
 		return err
 	}
-	rec, err := decodeRecord(seq, it.Value())
-	if err != nil {
-		return err
+	v := it.Value()
+	rec, derr := decodeRecord(seq, v)
+	if derr != nil {
+		j.tailErr = derr
+		if len(v) >= 4 {
+			rec.sum = binary.BigEndian.Uint32(v[len(v)-4:])
+		}
 	}
 	j.lastSeq, j.lastSum = seq, rec.sum
 	j.committedSeq.Store(seq)
@@ -180,37 +291,51 @@ func (j *Journal) LastSeq() uint64 { return j.committedSeq.Load() }
 
 // SetOnCommit sets the commit observer (metrics) after Open.
 func (j *Journal) SetOnCommit(fn func(d time.Duration, n int)) {
-	j.mu.Lock()
+	j.subMu.Lock()
 	j.onCommit = fn
-	j.mu.Unlock()
+	j.subMu.Unlock()
 }
 
 // Subscribe registers fn to be called with every batch of events committed
 // from now on, in order, from the writer goroutine. fn must not call Append.
 func (j *Journal) Subscribe(fn func([]events.Event)) {
-	j.mu.Lock()
+	j.subMu.Lock()
 	j.subs = append(j.subs, fn)
-	j.mu.Unlock()
+	j.subMu.Unlock()
 }
 
 // Append makes w durable and returns its events with Seq (and Time, when it
-// was zero) filled in.
+// was zero) filled in. When the writer's queue is full it waits for room.
 func (j *Journal) Append(w Write) ([]events.Event, error) {
-	req := &appendReq{w: w, done: make(chan appendRes, 1)}
 	for _, e := range w.Events {
 		if e.Envelope == "" {
 			return nil, fmt.Errorf("journal: %s event without envelope ID", e.Type())
 		}
 	}
+	if j.opts.ReadOnly {
+		return nil, ErrReadOnly
+	}
+	if err := j.Err(); err != nil {
+		return nil, err
+	}
+	res := j.send(&appendReq{w: w, done: make(chan appendRes, 1)})
+	return res.evs, res.err
+}
+
+// send hands req to the writer and waits for its answer.
+func (j *Journal) send(req *appendReq) appendRes {
 	j.mu.Lock()
 	if j.closed {
 		j.mu.Unlock()
-		return nil, ErrClosed
+		return appendRes{err: ErrClosed}
 	}
-	j.reqs <- req
+	j.inflight.Add(1)
 	j.mu.Unlock()
-	res := <-req.done
-	return res.evs, res.err
+	// No lock here: the writer goroutine runs until every admitted request
+	// has been answered (Close waits for inflight before closing reqs).
+	j.reqs <- req
+	j.inflight.Done()
+	return <-req.done
 }
 
 // Close waits for pending appends and closes the database.
@@ -221,11 +346,79 @@ func (j *Journal) Close() error {
 		return nil
 	}
 	j.closed = true
-	close(j.reqs)
 	j.mu.Unlock()
-	<-j.stopped
-	return j.db.Close()
+	if !j.opts.ReadOnly {
+		j.inflight.Wait() // every admitted request is in the channel
+		close(j.reqs)
+		<-j.stopped
+	}
+	if j.marker != nil {
+		j.marker.Close()
+	}
+	return closePebble(j.db)
 }
+
+func closePebble(db *pebble.DB) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("journal: close: %v", r)
+		}
+	}()
+	return db.Close()
+}
+
+// Failed is closed when the journal has failed (fail-stop); Err then
+// returns the cause.
+func (j *Journal) Failed() <-chan struct{} { return j.failed }
+
+// Err returns nil, or the error (wrapping ErrFailed) that failed the
+// journal.
+func (j *Journal) Err() error {
+	if p := j.failErr.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// fail records the first failure and wakes whoever watches Failed.
+func (j *Journal) fail(cause error) {
+	j.failOnce.Do(func() {
+		err := fmt.Errorf("%w: %w", ErrFailed, cause)
+		j.failErr.Store(&err)
+		close(j.failed)
+	})
+}
+
+// fatalInCommit is what Fatalf panics with on the writer goroutine during a
+// commit; commitBatch recovers it into that commit's error.
+type fatalInCommit struct{ msg string }
+
+// fatal handles Pebble's Fatalf. During a commit, on the writer goroutine
+// (Pebble reports a failed WAL write or sync there), it unwinds to the
+// writer, which fails the journal and answers the commit's Appends with an
+// error. Anywhere else the journal fails, then OnFatal runs (by default:
+// one log line and exit status 1, no panic trace).
+func (j *Journal) fatal(msg string) {
+	if j.inCommit.Load() && goid() == j.writerID.Load() {
+		panic(fatalInCommit{msg})
+	}
+	j.fail(errors.New(msg))
+	if j.opts.OnFatal != nil {
+		j.opts.OnFatal(msg)
+		return
+	}
+	if j.opts.Logger != nil {
+		j.opts.Logger.Error("journal storage failed; exiting", zap.String("cause", msg))
+		j.opts.Logger.Sync()
+	} else {
+		fmt.Fprintf(os.Stderr, "journal storage failed; exiting: %s\n", msg)
+	}
+	os.Exit(1)
+}
+
+// TailError returns the verification error of the last record, if it was
+// corrupt when the journal was opened (readers report it too).
+func (j *Journal) TailError() error { return j.tailErr }
 
 // Checkpoint writes a consistent copy of the journal into dir (which must
 // not exist), for backups and for offline reading while the server runs.
@@ -236,7 +429,10 @@ func (j *Journal) Checkpoint(dir string) error {
 	return nil
 }
 
-type pebbleLogger struct{ l *zap.Logger }
+type pebbleLogger struct {
+	l     *zap.Logger
+	fatal func(string)
+}
 
 func (p pebbleLogger) Infof(format string, args ...any) {
 	if p.l != nil {
@@ -250,12 +446,21 @@ func (p pebbleLogger) Errorf(format string, args ...any) {
 	}
 }
 
-// Fatalf must not exit the process from inside a library: it logs and panics,
-// which the caller's recovery (or the crash) reports with a stack.
+// Fatalf is Pebble's "cannot continue": the journal fails and the process
+// exits (Options.OnFatal), logging one line, never a panic trace.
 func (p pebbleLogger) Fatalf(format string, args ...any) {
-	msg := fmt.Sprintf(format, args...)
-	if p.l != nil {
-		p.l.Error(msg, zap.String("component", "pebble"))
+	p.fatal(fmt.Sprintf(format, args...))
+}
+
+// goid returns the current goroutine's ID (only used to tell whether
+// Pebble's Fatalf runs on the writer goroutine).
+func goid() uint64 {
+	var buf [64]byte
+	b := buf[:runtime.Stack(buf[:], false)]
+	b = bytes.TrimPrefix(b, []byte("goroutine "))
+	if i := bytes.IndexByte(b, ' '); i > 0 {
+		b = b[:i]
 	}
-	panic("pebble: " + msg)
+	id, _ := strconv.ParseUint(string(b), 10, 64)
+	return id
 }

@@ -15,8 +15,17 @@ import (
 // ErrNoBody is returned by Body for a key that has no stored body.
 var ErrNoBody = errors.New("journal: no such body")
 
+// recoverRead turns a panic inside Pebble while reading (a block that fails
+// its checksum can raise one) into an error; it is deferred by every read.
+func recoverRead(err *error) {
+	if r := recover(); r != nil {
+		*err = fmt.Errorf("journal: storage is corrupt: %v", r)
+	}
+}
+
 // Body returns the stored body under key.
-func (j *Journal) Body(key string) ([]byte, error) {
+func (j *Journal) Body(key string) (_ []byte, err error) {
+	defer recoverRead(&err)
 	v, closer, err := j.db.Get(bodyKey(key))
 	if errors.Is(err, pebble.ErrNotFound) {
 		return nil, fmt.Errorf("%w: %s", ErrNoBody, key)
@@ -41,7 +50,8 @@ func (j *Journal) ScanTolerant(from uint64, fn func(events.Event) error, report 
 	return j.scan(from, fn, report)
 }
 
-func (j *Journal) scan(from uint64, fn func(events.Event) error, report func(*CorruptError) error) error {
+func (j *Journal) scan(from uint64, fn func(events.Event) error, report func(*CorruptError) error) (err error) {
+	defer recoverRead(&err)
 	if from == 0 {
 		from = 1
 	}
@@ -107,14 +117,26 @@ func (j *Journal) scan(from uint64, fn func(events.Event) error, report func(*Co
 			return err
 		}
 	}
-	return it.Error()
+	if err := it.Error(); err != nil {
+		return fmt.Errorf("journal: read after sequence %d: %w", expect-1, err)
+	}
+	if j.lost[1] != 0 && j.lost[1] >= from {
+		return fail(j.lostError())
+	}
+	return nil
+}
+
+func (j *Journal) lostError() *CorruptError {
+	return &CorruptError{Seq: j.lost[0], Reason: fmt.Sprintf("missing: records %d to %d were committed (%s) but the journal ends at %d",
+		j.lost[0], j.lost[1], CommittedFile, j.lost[0]-1)}
 }
 
 // Verify checks the checksum, sequence number and chain of every record up
 // to and including seq, without decoding events (fast: what start-up runs
 // over the part of the journal a snapshot covers). The first problem is
 // returned as a *CorruptError; with report set, each is reported instead.
-func (j *Journal) Verify(seq uint64, report func(*CorruptError) error) error {
+func (j *Journal) Verify(seq uint64, report func(*CorruptError) error) (err error) {
+	defer recoverRead(&err)
 	it, err := j.db.NewIter(&pebble.IterOptions{LowerBound: eventKey(1), UpperBound: eventKey(seq + 1)})
 	if err != nil {
 		return fmt.Errorf("journal: iterate: %w", err)
@@ -158,7 +180,7 @@ func (j *Journal) Verify(seq uint64, report func(*CorruptError) error) error {
 		prev, havePrev = r.sum, true
 	}
 	if err := it.Error(); err != nil {
-		return err
+		return fmt.Errorf("journal: read after sequence %d: %w", expect-1, err)
 	}
 	if expect <= seq {
 		return fail(&CorruptError{Seq: expect, Reason: "missing (journal ends before it)"})
@@ -167,7 +189,8 @@ func (j *Journal) Verify(seq uint64, report func(*CorruptError) error) error {
 }
 
 // Event reads one event by sequence number (checksum verified).
-func (j *Journal) Event(seq uint64) (events.Event, error) {
+func (j *Journal) Event(seq uint64) (_ events.Event, err error) {
+	defer recoverRead(&err)
 	v, closer, err := j.db.Get(eventKey(seq))
 	if err != nil {
 		return events.Event{}, fmt.Errorf("journal: read event %d: %w", seq, err)
@@ -182,7 +205,8 @@ func (j *Journal) Event(seq uint64) (events.Event, error) {
 
 // EnvelopeEvents returns the events of envelope id in sequence order; with
 // children, also those of the envelopes split from it (IDs "id.N...").
-func (j *Journal) EnvelopeEvents(id string, children bool) ([]events.Event, error) {
+func (j *Journal) EnvelopeEvents(id string, children bool) (_ []events.Event, err error) {
+	defer recoverRead(&err)
 	lower := []byte(prefixIndex + id)
 	it, err := j.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: prefixEnd(string(lower))})
 	if err != nil {

@@ -17,12 +17,19 @@ var ErrNoSnapshot = errors.New("journal: no snapshot")
 // PutSnapshot durably stores a read model's state as of sequence seq, so
 // that start-up replays only the events after it. A snapshot is an
 // optimisation: the events stay and remain the truth.
-func (j *Journal) PutSnapshot(name string, seq uint64, data []byte) error {
+func (j *Journal) PutSnapshot(name string, seq uint64, data []byte) (err error) {
+	if j.opts.ReadOnly {
+		return ErrReadOnly
+	}
+	if err := j.Err(); err != nil {
+		return err
+	}
 	b := make([]byte, 12, 12+len(data))
 	binary.BigEndian.PutUint64(b, seq)
 	binary.BigEndian.PutUint32(b[8:], crc32.Checksum(data, castagnoli))
 	b = append(b, data...)
-	if err := j.db.Set([]byte(prefixSnapshot+name), b, pebble.Sync); err != nil {
+	res := j.send(&appendReq{put: &putReq{key: []byte(prefixSnapshot + name), value: b}, done: make(chan appendRes, 1)})
+	if err := res.err; err != nil {
 		return fmt.Errorf("journal: save snapshot %s: %w", name, err)
 	}
 	return nil
@@ -31,7 +38,8 @@ func (j *Journal) PutSnapshot(name string, seq uint64, data []byte) error {
 // Snapshot returns the state saved under name and the sequence number it
 // is as of. A snapshot that fails its checksum or claims a sequence past
 // the end of the journal is an error (the caller replays from scratch).
-func (j *Journal) Snapshot(name string) (uint64, []byte, error) {
+func (j *Journal) Snapshot(name string) (_ uint64, _ []byte, err error) {
+	defer recoverRead(&err)
 	v, closer, err := j.db.Get([]byte(prefixSnapshot + name))
 	if errors.Is(err, pebble.ErrNotFound) {
 		return 0, nil, ErrNoSnapshot

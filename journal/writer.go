@@ -1,10 +1,12 @@
 package journal
 
 import (
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"go.uber.org/zap"
 
 	"github.com/ledgermail/ledgermail/events"
 )
@@ -14,7 +16,12 @@ import (
 // MaxBatch), and commits them all with one fsync.
 func (j *Journal) writer() {
 	defer close(j.stopped)
+	j.writerID.Store(goid())
 	for req := range j.reqs {
+		if req.put != nil {
+			req.done <- appendRes{err: j.put(req.put)}
+			continue
+		}
 		group := []*appendReq{req}
 	drain:
 		for len(group) < j.opts.MaxBatch {
@@ -23,16 +30,45 @@ func (j *Journal) writer() {
 				if !ok {
 					break drain
 				}
+				if r.put != nil {
+					j.commit(group)
+					group = group[:0]
+					r.done <- appendRes{err: j.put(r.put)}
+					continue
+				}
 				group = append(group, r)
 			default:
 				break drain
 			}
 		}
-		j.commit(group)
+		if len(group) > 0 {
+			j.commit(group)
+		}
 	}
 }
 
+// put writes one key outside the event log (a snapshot), synced.
+func (j *Journal) put(p *putReq) error {
+	if err := j.Err(); err != nil {
+		return err
+	}
+	b := j.db.NewBatch()
+	defer b.Close()
+	if err := b.Set(p.key, p.value, nil); err != nil {
+		return err
+	}
+	if err := j.commitBatch(b, pebble.Sync); err != nil {
+		j.fail(fmt.Errorf("commit: %w", err))
+		return j.Err()
+	}
+	return nil
+}
+
 func (j *Journal) commit(group []*appendReq) {
+	if err := j.Err(); err != nil {
+		j.failAll(group, err)
+		return
+	}
 	start := time.Now()
 	now := start.UTC()
 	batch := j.db.NewBatch()
@@ -108,18 +144,21 @@ func (j *Journal) commit(group []*appendReq) {
 	if j.opts.NoSync {
 		opt = pebble.NoSync
 	}
-	if err := batch.Commit(opt); err != nil {
-		err = fmt.Errorf("journal: commit: %w", err)
-		for _, req := range ok {
-			req.done <- appendRes{err: err}
-		}
+	if err := j.commitBatch(batch, opt); err != nil {
+		// Pebble may have applied the batch to its memtable without the
+		// WAL being durable, and fails on the next write: fail-stop.
+		j.fail(fmt.Errorf("commit: %w", err))
+		j.failAll(ok, j.Err())
 		return
 	}
 	j.lastSeq, j.lastSum = seq, sum
 	j.committedSeq.Store(seq)
-	j.mu.Lock()
+	if err := j.writeCommitted(seq); err != nil && j.opts.Logger != nil {
+		j.opts.Logger.Warn("could not record the committed sequence number", zap.Error(err))
+	}
+	j.subMu.Lock()
 	subs, onCommit := j.subs, j.onCommit
-	j.mu.Unlock()
+	j.subMu.Unlock()
 	if onCommit == nil {
 		onCommit = j.opts.OnCommit
 	}
@@ -134,6 +173,23 @@ func (j *Journal) commit(group []*appendReq) {
 	for _, req := range ok {
 		req.done <- appendRes{evs: results[req]}
 	}
+}
+
+// commitBatch commits, turning Pebble's fatal commit error (see fatal) or
+// a panic inside Pebble into an error.
+func (j *Journal) commitBatch(b *pebble.Batch, opt *pebble.WriteOptions) (err error) {
+	j.inCommit.Store(true)
+	defer func() {
+		j.inCommit.Store(false)
+		if r := recover(); r != nil {
+			if f, ok := r.(fatalInCommit); ok {
+				err = errors.New(f.msg)
+				return
+			}
+			err = fmt.Errorf("%v", r)
+		}
+	}()
+	return b.Commit(opt)
 }
 
 func (j *Journal) failAll(group []*appendReq, err error) {

@@ -1,0 +1,111 @@
+package journal
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"os"
+	"path/filepath"
+)
+
+// CommittedFile is the name, in the journal directory, of the record of the
+// last committed sequence number. It lives outside Pebble's WAL so that a
+// WAL that lost its tail (a flipped byte is taken for a torn write and
+// silently dropped by Pebble) or a damaged MANIFEST cannot take
+// acknowledged records away unnoticed.
+const CommittedFile = "COMMITTED"
+
+// LostError is returned by Open when the journal ends before the last
+// sequence number it is known to have committed.
+type LostError struct {
+	End       uint64 // the last record the journal still has
+	Committed uint64 // the last record it had acknowledged
+}
+
+func (e *LostError) Error() string {
+	return fmt.Sprintf("journal: records %d to %d were committed but are gone (the journal now ends at %d): its write-ahead log or MANIFEST is damaged; refusing to continue (run `mta journal repair`)",
+		e.End+1, e.Committed, e.End)
+}
+
+// Lost returns the range of committed sequence numbers missing from the
+// journal ([0, 0] when none): only non-empty with Options.AllowLost.
+func (j *Journal) Lost() (from, to uint64) { return j.lost[0], j.lost[1] }
+
+func encodeCommitted(seq uint64) []byte {
+	b := binary.BigEndian.AppendUint64(make([]byte, 0, 12), seq)
+	return binary.BigEndian.AppendUint32(b, crc32.Checksum(b, castagnoli))
+}
+
+// readCommitted returns the recorded sequence number; ok is false when the
+// file does not exist (a journal from before it, or a new one).
+func readCommitted(dir string) (seq uint64, ok bool, err error) {
+	b, err := os.ReadFile(filepath.Join(dir, CommittedFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, fmt.Errorf("journal: read %s: %w", CommittedFile, err)
+	}
+	if len(b) != 12 || crc32.Checksum(b[:8], castagnoli) != binary.BigEndian.Uint32(b[8:]) {
+		return 0, false, fmt.Errorf("journal: %s is corrupt (%d bytes, checksum mismatch); refusing to trust the journal's end (run `mta journal repair`)",
+			filepath.Join(dir, CommittedFile), len(b))
+	}
+	return binary.BigEndian.Uint64(b), true, nil
+}
+
+// checkCommitted compares the journal's end with COMMITTED and, when
+// writable, opens the file for the writer.
+func (j *Journal) checkCommitted() error {
+	m, ok, err := readCommitted(j.opts.Dir)
+	if err != nil && !j.opts.AllowLost {
+		return err
+	}
+	if ok && m > j.lastSeq {
+		if !j.opts.AllowLost {
+			return &LostError{End: j.lastSeq, Committed: m}
+		}
+		j.lost = [2]uint64{j.lastSeq + 1, m}
+	}
+	if j.opts.ReadOnly {
+		return nil
+	}
+	f, err := os.OpenFile(filepath.Join(j.opts.Dir, CommittedFile), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("journal: open %s: %w", CommittedFile, err)
+	}
+	j.marker = f
+	if !ok || m != j.lastSeq {
+		if m > j.lastSeq && j.lost[1] != 0 {
+			// Lost records stay reported until a repair resets the mark.
+			return nil
+		}
+		return j.writeCommitted(j.lastSeq)
+	}
+	return nil
+}
+
+// writeCommitted records seq in COMMITTED; it is not fsynced (the WAL is,
+// before it, so the file can only lag the journal, never lead it).
+func (j *Journal) writeCommitted(seq uint64) error {
+	if j.marker == nil {
+		return nil
+	}
+	if _, err := j.marker.WriteAt(encodeCommitted(seq), 0); err != nil {
+		return fmt.Errorf("journal: write %s: %w", CommittedFile, err)
+	}
+	return nil
+}
+
+// ResetCommitted records the journal's current end as its committed end
+// (after `mta journal repair` accounted for what was lost).
+func (j *Journal) ResetCommitted() error {
+	if err := j.writeCommitted(j.LastSeq()); err != nil {
+		return err
+	}
+	j.lost = [2]uint64{}
+	if j.marker != nil {
+		return j.marker.Sync()
+	}
+	return nil
+}

@@ -1,0 +1,306 @@
+package journal
+
+import (
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ledgermail/ledgermail/events"
+)
+
+// 10,000 Appends at once, through a small request queue and with a
+// subscriber, all finish: a full queue makes callers wait, never deadlock.
+func TestTenThousandConcurrentAppends(t *testing.T) {
+	j, err := Open(Options{Dir: t.TempDir(), QueueSize: 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	var seen int
+	j.Subscribe(func(evs []events.Event) { seen += len(evs) })
+	const n = 10000
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			if _, err := j.Append(Write{Events: []events.Event{delivered(fmt.Sprintf("E%d", i), "r")}}); err != nil {
+				errs <- err
+			}
+		}(i)
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(2 * time.Minute):
+		t.Fatal("appends stalled")
+	}
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if j.LastSeq() != n || seen != n {
+		t.Fatalf("LastSeq %d, subscriber saw %d, want %d", j.LastSeq(), seen, n)
+	}
+}
+
+// Close with appends still waiting returns; each append either committed
+// (and is on disk) or says ErrClosed.
+func TestCloseWithPendingAppends(t *testing.T) {
+	dir := t.TempDir()
+	j, err := Open(Options{Dir: dir, QueueSize: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 2000
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	ok := 0
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			_, err := j.Append(Write{Events: []events.Event{delivered(fmt.Sprintf("E%d", i), "r")}})
+			switch {
+			case err == nil:
+				mu.Lock()
+				ok++
+				mu.Unlock()
+			case !errors.Is(err, ErrClosed):
+				t.Errorf("append: %v", err)
+			}
+		}(i)
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- j.Close() }()
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(2 * time.Minute):
+		t.Fatal("Close did not return")
+	}
+	wg.Wait()
+	j = openT(t, dir)
+	defer j.Close()
+	if int(j.LastSeq()) != ok {
+		t.Fatalf("%d appends succeeded, the journal holds %d", ok, j.LastSeq())
+	}
+}
+
+func appendN(t *testing.T, j *Journal, n int) {
+	t.Helper()
+	for i := 0; i < n; i++ {
+		if _, err := j.Append(Write{Events: []events.Event{delivered(fmt.Sprintf("E%d", i), "r")}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func filesOf(t *testing.T, dir, suffix string) []string {
+	t.Helper()
+	m, _ := filepath.Glob(filepath.Join(dir, "*"+suffix))
+	sort.Strings(m)
+	return m
+}
+
+func flipByte(t *testing.T, path string, at func(size int) int) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[at(len(b))] ^= 0x5a
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A flipped byte in the newest WAL makes Pebble drop the records after it
+// without an error; the COMMITTED record catches it.
+func TestWALFlipIsDetected(t *testing.T) {
+	dir := t.TempDir()
+	j := openT(t, dir)
+	appendN(t, j, 50)
+	j.Close()
+	wals := filesOf(t, dir, ".log")
+	if len(wals) == 0 {
+		t.Fatal("no WAL file")
+	}
+	flipByte(t, wals[len(wals)-1], func(n int) int { return n / 2 })
+	_, err := Open(Options{Dir: dir})
+	var le *LostError
+	if !errors.As(err, &le) || le.Committed != 50 || le.End >= 50 {
+		t.Fatalf("open after a WAL flip: %v", err)
+	}
+	// Told to, it opens and every scan reports the loss.
+	j, err = Open(Options{Dir: dir, AllowLost: true, ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	err = j.Scan(1, func(events.Event) error { return nil })
+	var ce *CorruptError
+	if !errors.As(err, &ce) || ce.Seq != le.End+1 || !strings.Contains(ce.Reason, "ends at") {
+		t.Fatalf("scan: %v", err)
+	}
+}
+
+// Truncating the WAL (a torn write) is detected the same way.
+func TestWALTruncationIsDetected(t *testing.T) {
+	dir := t.TempDir()
+	j := openT(t, dir)
+	appendN(t, j, 50)
+	j.Close()
+	wals := filesOf(t, dir, ".log")
+	w := wals[len(wals)-1]
+	st, _ := os.Stat(w)
+	if err := os.Truncate(w, st.Size()/2); err != nil {
+		t.Fatal(err)
+	}
+	var le *LostError
+	if _, err := Open(Options{Dir: dir}); !errors.As(err, &le) {
+		t.Fatalf("open after truncation: %v", err)
+	}
+}
+
+func hashDir(t *testing.T, dir string) map[string][32]byte {
+	t.Helper()
+	out := map[string][32]byte{}
+	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, _ := os.ReadFile(p)
+		out[p] = sha256.Sum256(b)
+		return nil
+	})
+	return out
+}
+
+// ReadOnly changes nothing, even on a journal whose MANIFEST is damaged
+// (read-write, Pebble would delete the tables it no longer references).
+func TestReadOnlyChangesNothing(t *testing.T) {
+	dir := t.TempDir()
+	j := openT(t, dir)
+	appendN(t, j, 30)
+	if err := j.db.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	appendN(t, j, 10) // some in the WAL only
+	j.Close()
+	before := hashDir(t, dir)
+	j, err := Open(Options{Dir: dir, ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := len(collect(t, j, 1)); got != 40 {
+		t.Fatalf("read %d events", got)
+	}
+	if _, err := j.Append(Write{Events: []events.Event{delivered("X", "r")}}); !errors.Is(err, ErrReadOnly) {
+		t.Fatalf("append read-only: %v", err)
+	}
+	j.Close()
+	if after := hashDir(t, dir); fmt.Sprint(after) != fmt.Sprint(before) {
+		t.Fatalf("read-only open changed the directory:\nbefore %v\nafter  %v", before, after)
+	}
+	m := filesOf(t, dir, "")
+	var manifest string
+	for _, f := range m {
+		if strings.HasPrefix(filepath.Base(f), "MANIFEST-") {
+			manifest = f
+		}
+	}
+	flipByte(t, manifest, func(n int) int { return n - 20 })
+	flipByte(t, manifest, func(n int) int { return n - 19 })
+	before = hashDir(t, dir)
+	if j, err := Open(Options{Dir: dir, ReadOnly: true}); err == nil {
+		n := 0
+		serr := j.Scan(1, func(events.Event) error { n++; return nil })
+		j.Close()
+		if serr == nil && n != 40 {
+			t.Fatalf("damaged MANIFEST: read %d of 40 events and no error", n)
+		}
+	}
+	if after := hashDir(t, dir); fmt.Sprint(after) != fmt.Sprint(before) {
+		t.Fatal("read-only open of a damaged journal changed the directory")
+	}
+}
+
+// A flipped byte inside a table surfaces as an error, never a panic.
+func TestSSTFlipIsAnErrorNotAPanic(t *testing.T) {
+	dir := t.TempDir()
+	j := openT(t, dir)
+	appendN(t, j, 200)
+	if err := j.db.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	j.Close()
+	ssts := filesOf(t, dir, ".sst")
+	if len(ssts) == 0 {
+		t.Fatal("no table written")
+	}
+	flipByte(t, ssts[0], func(n int) int { return n / 3 })
+	j, err := Open(Options{Dir: dir, ReadOnly: true})
+	if err != nil {
+		if strings.Contains(err.Error(), "goroutine") {
+			t.Fatalf("open: %v", err)
+		}
+		return // reported at open: fine
+	}
+	defer j.Close()
+	err = j.Scan(1, func(events.Event) error { return nil })
+	if err == nil {
+		err = j.Verify(j.LastSeq(), nil)
+	}
+	if err == nil || !strings.Contains(err.Error(), ".sst") && !strings.Contains(err.Error(), "corrupt") && !strings.Contains(err.Error(), "checksum") {
+		t.Fatalf("scan of a corrupt table: %v", err)
+	}
+}
+
+// A corrupt last record no longer stops Open: the readers report it.
+func TestCorruptLastRecordOpens(t *testing.T) {
+	dir := t.TempDir()
+	j := openT(t, dir)
+	appendN(t, j, 5)
+	v, closer, _ := j.db.Get(eventKey(5))
+	bad := append([]byte(nil), v...)
+	closer.Close()
+	bad[20] ^= 1
+	j.db.Set(eventKey(5), bad, nil)
+	j.Close()
+	j = openT(t, dir)
+	defer j.Close()
+	if j.TailError() == nil || j.LastSeq() != 5 {
+		t.Fatalf("tail error %v, last %d", j.TailError(), j.LastSeq())
+	}
+	var reported []uint64
+	j.ScanTolerant(1, func(events.Event) error { return nil }, func(ce *CorruptError) error {
+		reported = append(reported, ce.Seq)
+		return nil
+	})
+	if fmt.Sprint(reported) != "[5]" {
+		t.Fatalf("reported %v", reported)
+	}
+	// Appends continue the chain from the stored checksum.
+	appendN(t, j, 1)
+	reported = nil
+	j.ScanTolerant(1, func(events.Event) error { return nil }, func(ce *CorruptError) error {
+		reported = append(reported, ce.Seq)
+		return nil
+	})
+	if fmt.Sprint(reported) != "[5]" {
+		t.Fatalf("after append, reported %v", reported)
+	}
+}

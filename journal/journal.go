@@ -39,13 +39,13 @@ package journal
 
 import (
 	"bytes"
-	"runtime"
-	"strconv"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"

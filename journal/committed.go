@@ -7,6 +7,7 @@ import (
 	"hash/crc32"
 	"os"
 	"path/filepath"
+	"syscall"
 )
 
 // CommittedFile is the name, in the journal directory, of the record of the
@@ -108,4 +109,33 @@ func (j *Journal) ResetCommitted() error {
 		return j.marker.Sync()
 	}
 	return nil
+}
+
+// FreeBytes returns the space available to this process on the journal's
+// filesystem.
+func FreeBytes(dir string) (int64, error) {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return 0, fmt.Errorf("journal: statfs %s: %w", dir, err)
+	}
+	return int64(st.Bavail) * int64(st.Bsize), nil
+}
+
+// HasRoom says whether n more bytes can be accepted while keeping
+// Options.MinFree free for the events of delivering what was already
+// accepted (Postfix's queue_minfree). A failed journal has no room; a
+// filesystem that cannot be asked is assumed to have room (the write
+// itself will then say).
+func (j *Journal) HasRoom(n int64) bool {
+	if j.Err() != nil {
+		return false
+	}
+	if j.opts.MinFree <= 0 {
+		return true
+	}
+	free, err := FreeBytes(j.opts.Dir)
+	if err != nil {
+		return true
+	}
+	return free-n >= j.opts.MinFree
 }

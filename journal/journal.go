@@ -90,6 +90,9 @@ type Options struct {
 	OnFatal func(msg string)
 	// QueueSize bounds the Appends waiting for the writer; 0 means 1024.
 	QueueSize int
+	// MinFree is the space HasRoom keeps free on the journal's filesystem;
+	// 0 checks nothing.
+	MinFree int64
 }
 
 // ErrReadOnly is returned by Append on a journal opened with ReadOnly.

@@ -30,6 +30,7 @@ var (
 	errTooBig              = &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4}, Message: "Message too big"}
 	errTempFailure         = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Temporary failure, try again later"}
 	errJournal             = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Temporary failure, try again later"}
+	errNoStorage           = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 3, 1}, Message: "Insufficient system storage"}
 	errSpam                = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "Message rejected as spam"}
 	errLineTooLong         = &smtp.SMTPError{Code: 500, EnhancedCode: smtp.EnhancedCode{5, 4, 0}, Message: "Line too long, closing connection"}
 	errTooManyAuthFailures = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Too many authentication failures"}
@@ -155,6 +156,13 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	if s.s.o.MaxMessageBytes > 0 && s.t.Size > s.s.o.MaxMessageBytes {
 		return s.reject(errTooBig)
 	}
+	// Checked at every MAIL FROM, so mail is accepted again by itself once
+	// space returns.
+	if !s.s.o.Journal.HasRoom(s.t.Size) {
+		s.log.Warn("MAIL refused: journal storage below min_free", zap.String("from", from))
+		s.t.From = ""
+		return s.reject(errNoStorage)
+	}
 	return nil
 }
 
@@ -212,6 +220,10 @@ func (s *session) Data(r io.Reader) error {
 		}
 		scanHeaders = h
 	}
+	if !s.s.o.Journal.HasRoom(int64(len(body))) {
+		s.log.Warn("message refused: it would not fit above min_free", zap.Int("size", len(body)))
+		return s.reject(errNoStorage)
+	}
 	id := events.NewID()
 	rcv := events.Received{
 		ScanHeaders: scanHeaders,
@@ -265,6 +277,8 @@ func reasonOf(err error) string {
 		return "line_too_long"
 	case errJournal:
 		return "journal_error"
+	case errNoStorage:
+		return "insufficient_storage"
 	case errSpam:
 		return "spam"
 	case errTempFailure:

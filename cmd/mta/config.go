@@ -28,6 +28,7 @@ type Config struct {
 	Limits      LimitsConfig      `toml:"limits"`
 	Relay       RelayConfig       `toml:"relay"`
 	Queue       QueueConfig       `toml:"queue"`
+	Journal     JournalConfig     `toml:"journal"`
 	Policies    PoliciesConfig    `toml:"policies"`
 	Admin       AdminConfig       `toml:"admin"`
 	Log         LogConfig         `toml:"log"`
@@ -85,6 +86,84 @@ type QueueConfig struct {
 	// KeepBodies keeps message bodies after delivery, so that replay can
 	// show what was relayed; false deletes them as Postfix does.
 	KeepBodies bool `toml:"keep_bodies"`
+}
+
+// JournalConfig is the [journal] section.
+type JournalConfig struct {
+	// MinFree is kept free on the journal's filesystem for the events of
+	// delivering what was already accepted: below it MAIL FROM (and the end
+	// of DATA when the message would not fit) answers 452 4.3.1, like
+	// Postfix's queue_minfree.
+	MinFree ByteSize `toml:"min_free"`
+}
+
+// ByteSize is a TOML size: an integer number of bytes or a string like
+// "256MiB", "1GiB", "500MB", "64KiB".
+type ByteSize struct {
+	Bytes int64
+	bad   string
+}
+
+var sizeUnits = map[string]int64{"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 << 20, "mb": 1000 * 1000,
+	"mib": 1 << 20, "g": 1 << 30, "gb": 1000 * 1000 * 1000, "gib": 1 << 30}
+
+var sizeRE = regexp.MustCompile(`^\s*([0-9]+)\s*([A-Za-z]*)\s*$`)
+
+// ParseByteSize reads "256MiB" and the like.
+func ParseByteSize(s string) (int64, bool) {
+	m := sizeRE.FindStringSubmatch(s)
+	if m == nil {
+		return 0, false
+	}
+	unit, ok := sizeUnits[strings.ToLower(m[2])]
+	if !ok {
+		return 0, false
+	}
+	var n int64
+	if _, err := fmt.Sscan(m[1], &n); err != nil || n > (1<<62)/unit {
+		return 0, false
+	}
+	return n * unit, true
+}
+
+func (b *ByteSize) UnmarshalTOML(v any) error {
+	switch x := v.(type) {
+	case int64:
+		if x < 0 {
+			b.bad = fmt.Sprint(x)
+			return nil
+		}
+		b.Bytes, b.bad = x, ""
+	case string:
+		n, ok := ParseByteSize(x)
+		if !ok {
+			b.bad = x
+			return nil
+		}
+		b.Bytes, b.bad = n, ""
+	default:
+		b.bad = fmt.Sprint(v)
+	}
+	return nil
+}
+
+func (b ByteSize) check(key string) error {
+	if b.bad != "" {
+		return configErrorf("%s: %q is not a size like \"256MiB\" or a number of bytes", key, b.bad)
+	}
+	return nil
+}
+
+func (b ByteSize) MarshalText() ([]byte, error) {
+	for _, u := range []struct {
+		n    int64
+		name string
+	}{{1 << 30, "GiB"}, {1 << 20, "MiB"}, {1 << 10, "KiB"}} {
+		if b.Bytes >= u.n && b.Bytes%u.n == 0 {
+			return []byte(fmt.Sprintf("%d%s", b.Bytes/u.n, u.name)), nil
+		}
+	}
+	return []byte(fmt.Sprint(b.Bytes)), nil
 }
 
 type ForwardRule struct {
@@ -163,7 +242,8 @@ func Defaults() Config {
 		Relay: RelayConfig{Mode: "mx", MXPort: 25, TLS: "opportunistic", DNSServers: []string{},
 			ConnectTimeout: dur("20s"), CommandTimeout: dur("10s"), DataTimeout: dur("20s"), IdleTimeout: dur("30s"),
 			MaxConnectionsPerDomain: 20},
-		Queue: QueueConfig{Retry: retry, MaxAge: dur("120h")},
+		Queue:   QueueConfig{Retry: retry, MaxAge: dur("120h")},
+		Journal: JournalConfig{MinFree: ByteSize{Bytes: 256 << 20}},
 		Policies: PoliciesConfig{AddDateHeader: true, AddMessageIDHeader: true, AddReceivedHeader: true, Split: "domain", Forward: []ForwardRule{}, DKIM: []DKIMKey{},
 			SpamAction: "tag", SpamTimeout: dur("10s")},
 		Admin: AdminConfig{Listen: "127.0.0.1:8025"},
@@ -219,6 +299,9 @@ func (c *Config) Validate() error {
 		if err := d.check(key); err != nil {
 			return err
 		}
+	}
+	if err := c.Journal.MinFree.check("journal.min_free"); err != nil {
+		return err
 	}
 	for _, d := range c.Queue.Retry {
 		if err := d.check("queue.retry"); err != nil {
@@ -280,6 +363,9 @@ func (c *Config) Validate() error {
 	}
 	if len(c.Queue.Retry) == 0 {
 		return configErrorf("queue.retry must list at least one interval")
+	}
+	if err := c.Journal.MinFree.check("journal.min_free"); err != nil {
+		return err
 	}
 	for _, d := range c.Queue.Retry {
 		if d.Duration <= 0 {

@@ -18,6 +18,7 @@ func TestDefaultsMatchSpec(t *testing.T) {
 		c.Limits.MaxMessageBytes != 26214400 || c.Limits.MaxRecipients != 100 || c.Limits.MaxConnections != 1000 ||
 		c.Limits.MaxAuthFailuresPerIP != 10 || c.Queue.MaxAge.Duration != 120*time.Hour || len(c.Queue.Retry) != 7 ||
 		c.Queue.Retry[0].Duration != time.Minute || c.Policies.Split != "domain" || !c.Auth.RequireSenderOwnership ||
+		c.Journal.MinFree.Bytes != 256<<20 ||
 		c.Relay.ConnectTimeout.Duration != 20*time.Second || c.Relay.IdleTimeout.Duration != 30*time.Second || c.Hostname == "" {
 		t.Fatalf("defaults: %+v", c)
 	}
@@ -45,6 +46,8 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 		"[relay]\ntls = \"sometimes\"\n":                           "relay.tls",
 		"[relay]\ndns_servers = [\"8.8.8.8\"]\n":                   "relay.dns_servers",
 		"[unknown_section]\nx = 1\n":                               "unknown key",
+		"[journal]\nmin_free = \"lots\"\n":                         "journal.min_free",
+		"[journal]\nmin_free = -5\n":                               "journal.min_free",
 	} {
 		p := filepath.Join(dir, "c.toml")
 		os.WriteFile(p, []byte(body), 0o644)
@@ -55,5 +58,25 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 		if _, ok := err.(*ConfigError); !ok {
 			t.Errorf("%q: %T is not a ConfigError (exit 2)", body, err)
 		}
+	}
+}
+
+func TestByteSizes(t *testing.T) {
+	for in, want := range map[string]int64{"256MiB": 256 << 20, "1GiB": 1 << 30, "500MB": 500e6, "64KiB": 64 << 10, "1024": 1024, "0": 0} {
+		if got, ok := ParseByteSize(in); !ok || got != want {
+			t.Errorf("%q = %d, %v; want %d", in, got, ok, want)
+		}
+	}
+	for _, in := range []string{"", "MiB", "1 parsec", "-1", "1.5GiB"} {
+		if _, ok := ParseByteSize(in); ok {
+			t.Errorf("%q parsed", in)
+		}
+	}
+	dir := t.TempDir()
+	p := filepath.Join(dir, "c.toml")
+	os.WriteFile(p, []byte("[journal]\nmin_free = 1048576\n"), 0o644)
+	c, err := LoadConfig(p)
+	if err != nil || c.Journal.MinFree.Bytes != 1<<20 {
+		t.Fatalf("integer min_free: %v %+v", err, c.Journal)
 	}
 }

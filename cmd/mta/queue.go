@@ -21,7 +21,7 @@ func newQueueCmd() *cobra.Command {
 		Short: "queue status (like mailq): counts by state, then one line per live envelope",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return withSource(path, func(src source) error {
+			return withSource(path, readOnly, func(src source) error {
 				snap, err := src.Queue()
 				if err != nil {
 					return err
@@ -42,7 +42,7 @@ func newQueueCmd() *cobra.Command {
 		Short: "one envelope: its current state and its whole event history (children included)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return withSource(path, func(src source) error { return showEnvelope(cmd.OutOrStdout(), src, args[0], showJSON) })
+			return withSource(path, readOnly, func(src source) error { return showEnvelope(cmd.OutOrStdout(), src, args[0], showJSON) })
 		},
 	}
 	show.Flags().BoolVar(&showJSON, "json", false, "print JSON")
@@ -78,12 +78,12 @@ func newQueueCmd() *cobra.Command {
 	return c
 }
 
-func withSource(path string, fn func(source) error) error {
+func withSource(path string, mode access, fn func(source) error) error {
 	cfg, err := LoadConfig(path)
 	if err != nil {
 		return err
 	}
-	src, err := openSource(cfg)
+	src, err := openSource(cfg, mode)
 	if err != nil {
 		return err
 	}
@@ -92,7 +92,7 @@ func withSource(path string, fn func(source) error) error {
 }
 
 func operator(w io.Writer, path, action, id string) error {
-	return withSource(path, func(src source) error {
+	return withSource(path, readWrite, func(src source) error {
 		n, err := src.Operator(action, id)
 		if err != nil {
 			return err

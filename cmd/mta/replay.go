@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"fmt"
+	"sort"
 
 	"github.com/spf13/cobra"
 
@@ -22,7 +23,11 @@ func newReplayCmd() *cobra.Command {
 			if err != nil {
 				return usageError{err}
 			}
-			return withSource(path, func(src source) error {
+			mode := readOnly
+			if verify {
+				mode = verifyOnly
+			}
+			return withSource(path, mode, func(src source) error {
 				if verify {
 					return verifyJournal(cmd, src)
 				}
@@ -54,75 +59,99 @@ func newReplayCmd() *cobra.Command {
 }
 
 // verifyJournal reads every record, reporting each corrupt one, rebuilds
-// the queue from scratch and compares it with the source's own projection.
+// the queue from scratch and compares it, at the same sequence number,
+// with a record kept independently of this fold: the queue snapshot the
+// server saved (offline) or the server's live projection (online).
 func verifyJournal(cmd *cobra.Command, src source) error {
+	out := cmd.OutOrStdout()
+	ref, what, haveRef, err := src.Reference()
+	if err != nil {
+		fmt.Fprintf(out, "the reference state cannot be read: %v\n", err)
+		haveRef = false
+	}
 	q := projections.NewQueue()
 	var bad, n int
+	var rebuiltAtRef *projections.Snapshot
 	var batch []events.Event
+	flush := func() {
+		q.Apply(batch)
+		batch = batch[:0]
+	}
 	bar := newProgress("verifying", src.Total())
-	err := src.Scan(projections.Filter{}, func(e events.Event) error {
+	err = src.Scan(projections.Filter{}, func(e events.Event) error {
 		n++
 		bar.add()
 		batch = append(batch, e)
+		if haveRef && e.Seq == ref.Seq {
+			flush()
+			s := q.Snapshot()
+			rebuiltAtRef = &s
+		}
 		if len(batch) == 1024 {
-			q.Apply(batch)
-			batch = batch[:0]
+			flush()
 		}
 		return nil
 	}, func(seq uint64, reason string) error {
 		bad++
-		fmt.Fprintf(cmd.OutOrStdout(), "corrupt record at sequence %d: %s\n", seq, reason)
+		fmt.Fprintf(out, "corrupt record at sequence %d: %s\n", seq, reason)
 		return nil
 	})
-	q.Apply(batch)
+	flush()
 	bar.done()
 	if err != nil {
-		return err
+		fmt.Fprintf(out, "journal unreadable: %v\n", err)
+		return fmt.Errorf("journal verification failed: %w", err)
+	}
+	var mismatch []string
+	switch {
+	case !haveRef:
+		fmt.Fprintln(out, "no independent record of the queue to compare with (no snapshot saved yet)")
+	case ref.Seq == 0:
+		rebuilt := projections.NewQueue().Snapshot()
+		mismatch = compareSnapshots(rebuilt, ref)
+	case rebuiltAtRef == nil:
+		mismatch = []string{fmt.Sprintf("%s is past the end of the readable journal", what)}
+	default:
+		mismatch = compareSnapshots(*rebuiltAtRef, ref)
+	}
+	for _, m := range mismatch {
+		fmt.Fprintln(out, "mismatch: "+m)
 	}
 	rebuilt := q.Snapshot()
-	live, err := src.Queue()
-	if err != nil {
-		return err
+	compared := "not compared"
+	if haveRef {
+		compared = "compared with " + what
 	}
-	mismatch := compareSnapshots(rebuilt, live)
-	for _, m := range mismatch {
-		fmt.Fprintln(cmd.OutOrStdout(), "mismatch: "+m)
-	}
-	fmt.Fprintf(cmd.OutOrStdout(), "%d records read, %d corrupt, %d live envelopes rebuilt (%s), %d mismatches\n",
-		n, bad, len(rebuilt.Envelopes), src.Describe(), len(mismatch))
+	fmt.Fprintf(out, "%d records read, %d corrupt, %d live envelopes rebuilt (%s), %s, %d mismatches\n",
+		n, bad, len(rebuilt.Envelopes), src.Describe(), compared, len(mismatch))
 	if bad > 0 || len(mismatch) > 0 {
 		return fmt.Errorf("journal verification failed")
 	}
 	return nil
 }
 
-// compareSnapshots lists the differences between the rebuilt queue and the
-// live one. A running server may append while the scan runs; then only the
-// envelopes both saw at the same sequence can be compared, so a live
-// projection that moved on is compared envelope by envelope where the
-// rebuilt state is not older.
-func compareSnapshots(rebuilt, live projections.Snapshot) []string {
-	if rebuilt.Seq < live.Seq {
-		return nil
-	}
+// compareSnapshots lists the differences between the queue rebuilt from
+// the journal and a reference taken at the same sequence number.
+func compareSnapshots(rebuilt, ref projections.Snapshot) []string {
 	var out []string
 	want := map[string]*projections.Envelope{}
-	for _, e := range live.Envelopes {
+	for _, e := range ref.Envelopes {
 		want[e.ID] = e
 	}
 	for _, e := range rebuilt.Envelopes {
 		l, ok := want[e.ID]
 		if !ok {
-			out = append(out, fmt.Sprintf("envelope %s is live in the journal but not in the projection", e.ID))
+			out = append(out, fmt.Sprintf("envelope %s is live in the journal but not in the reference", e.ID))
 			continue
 		}
 		if l.State != e.State || l.Attempts != e.Attempts {
-			out = append(out, fmt.Sprintf("envelope %s: journal says %s after %d attempts, projection %s after %d", e.ID, e.State, e.Attempts, l.State, l.Attempts))
+			out = append(out, fmt.Sprintf("envelope %s: journal says %s after %d attempts, reference %s after %d", e.ID, e.State, e.Attempts, l.State, l.Attempts))
 		}
 		delete(want, e.ID)
 	}
 	for id := range want {
-		out = append(out, fmt.Sprintf("envelope %s is in the projection but not live in the journal", id))
+		out = append(out, fmt.Sprintf("envelope %s is in the reference but not live in the journal", id))
 	}
+	sort.Strings(out)
 	return out
 }

@@ -166,7 +166,7 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 		log.Info("privileges dropped", zap.String("user", acct.user), zap.Int("uid", acct.uid), zap.Int("gid", acct.gid))
 	}
 
-	j, err := journal.Open(journal.Options{Dir: cfg.JournalDir(), Logger: log.Named("journal")})
+	j, err := journal.Open(journal.Options{Dir: cfg.JournalDir(), Logger: log.Named("journal"), MinFree: cfg.Journal.MinFree.Bytes})
 	if err != nil {
 		if errors.Is(err, journal.ErrLocked) {
 			return fmt.Errorf("data_dir %s is in use by another mta process", cfg.DataDir)
@@ -174,6 +174,11 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 		return err
 	}
 	defer j.Close()
+	if !j.HasRoom(0) {
+		free, _ := journal.FreeBytes(cfg.JournalDir())
+		log.Warn("journal storage is below journal.min_free: queued mail is delivered, new mail is refused (452 4.3.1) until space returns",
+			zap.Int64("free_bytes", free), zap.Int64("min_free", cfg.Journal.MinFree.Bytes))
+	}
 
 	queue := projections.NewQueue()
 	if err := rebuild(j, queue, log, f.ignoreCorrupt); err != nil {
@@ -271,7 +276,13 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR1)
-	for sig := range sigs {
+	for {
+		var sig os.Signal
+		select {
+		case sig = <-sigs:
+		case <-j.Failed():
+			failStop(log, j, edge)
+		}
 		if sig == syscall.SIGHUP {
 			reload(log, users, certs)
 			continue
@@ -300,6 +311,19 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// failStop ends the process after the journal failed (a write or sync error:
+// nothing more can be made durable). Sessions get a moment to send the 451
+// of the messages concerned; then one log line names the cause and the
+// process exits 1, without the graceful path that would need the journal.
+func failStop(log *zap.Logger, j *journal.Journal, edge *smtpedge.Server) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	edge.Shutdown(ctx)
+	cancel()
+	log.Error("journal failed; exiting (restart once the cause is fixed: nothing acknowledged is lost)", zap.Error(j.Err()))
+	log.Sync()
+	os.Exit(1)
 }
 
 // spamScanner checks each message with spamd at DATA. A verdict of spam is

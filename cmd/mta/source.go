@@ -28,22 +28,41 @@ type source interface {
 	Operator(action, id string) (int, error)
 	// Queue returns the live queue.
 	Queue() (projections.Snapshot, error)
+	// Reference returns a record of the queue kept independently of a
+	// fresh fold of the journal (the server's saved snapshot offline, its
+	// live projection online), for `replay --verify` to compare with; ok is
+	// false when there is none.
+	Reference() (ref projections.Snapshot, what string, ok bool, err error)
 	// Total is the number of events in the journal, or 0 when unknown.
 	Total() uint64
 	Close() error
 	Describe() string
 }
 
+// access says what a command may do to the journal.
+type access int
+
+const (
+	// readOnly commands (`mta queue`, `mta replay`) change nothing in the
+	// data directory.
+	readOnly access = iota
+	// verifyOnly is readOnly that also opens a journal that lost records,
+	// to report them.
+	verifyOnly
+	// readWrite commands journal operator actions.
+	readWrite
+)
+
 // openSource opens the journal, or falls back to the admin API when a
 // running server holds it.
-func openSource(cfg Config) (source, error) {
+func openSource(cfg Config, mode access) (source, error) {
 	dir := cfg.JournalDir()
 	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
 		// Nothing was ever queued here: an empty queue, not an error (and
 		// no journal is created by merely looking).
 		return emptySource{dir: dir}, nil
 	}
-	j, err := journal.Open(journal.Options{Dir: dir})
+	j, err := journal.Open(journal.Options{Dir: dir, ReadOnly: mode != readWrite, AllowLost: mode == verifyOnly})
 	if err == nil {
 		return &offlineSource{j: j, keepBodies: cfg.Queue.KeepBodies}, nil
 	}
@@ -67,6 +86,9 @@ func (e emptySource) Scan(projections.Filter, func(events.Event) error, func(uin
 }
 func (e emptySource) Queue() (projections.Snapshot, error) {
 	return projections.NewQueue().Snapshot(), nil
+}
+func (e emptySource) Reference() (projections.Snapshot, string, bool, error) {
+	return projections.Snapshot{}, "", false, nil
 }
 func (e emptySource) Operator(_, id string) (int, error) {
 	if id == "all" {
@@ -117,6 +139,22 @@ func (o *offlineSource) Queue() (projections.Snapshot, error) {
 		return projections.Snapshot{}, err
 	}
 	return q.Snapshot(), nil
+}
+
+func (o *offlineSource) Reference() (projections.Snapshot, string, bool, error) {
+	_, data, err := o.j.Snapshot(snapshotName)
+	if errors.Is(err, journal.ErrNoSnapshot) {
+		return projections.Snapshot{}, "", false, nil
+	}
+	if err != nil {
+		return projections.Snapshot{}, "", false, err
+	}
+	q := projections.NewQueue()
+	if _, err := q.LoadSnapshot(data); err != nil {
+		return projections.Snapshot{}, "", false, err
+	}
+	s := q.Snapshot()
+	return s, fmt.Sprintf("the queue snapshot saved by the server at sequence %d", s.Seq), true, nil
 }
 
 func (o *offlineSource) Operator(action, id string) (int, error) {
@@ -240,6 +278,14 @@ func (a *adminSource) Queue() (projections.Snapshot, error) {
 		return s, fmt.Errorf("admin API: %w", err)
 	}
 	return s, nil
+}
+
+func (a *adminSource) Reference() (projections.Snapshot, string, bool, error) {
+	s, err := a.Queue()
+	if err != nil {
+		return s, "", false, err
+	}
+	return s, fmt.Sprintf("the running server's queue at sequence %d", s.Seq), true, nil
 }
 
 func (a *adminSource) Operator(action, id string) (int, error) {

@@ -139,6 +139,7 @@ type Journal struct {
 	committedSeq atomic.Uint64
 	writerID     atomic.Uint64 // goroutine ID of the writer
 	inCommit     atomic.Bool
+	corruptPath  atomic.Pointer[string] // the last file Pebble found corrupt
 	marker       *os.File // COMMITTED; nil when read-only
 	lost         [2]uint64
 	tailErr      error
@@ -182,6 +183,8 @@ func Open(opts Options) (*Journal, error) {
 		// Reads of a damaged table return an error (reported by the
 		// reader); the default would call Fatalf.
 		DataCorruption: func(info pebble.DataCorruptionInfo) {
+			path := info.Path
+			j.corruptPath.Store(&path)
 			if opts.Logger != nil {
 				opts.Logger.Error("journal storage is corrupt", zap.String("file", info.Path), zap.String("error", fmt.Sprint(info.Details)))
 			}

@@ -118,12 +118,39 @@ func (j *Journal) scan(from uint64, fn func(events.Event) error, report func(*Co
 		}
 	}
 	if err := it.Error(); err != nil {
-		return fmt.Errorf("journal: read after sequence %d: %w", expect-1, err)
+		return j.storageError(expect-1, err)
 	}
 	if j.lost[1] != 0 && j.lost[1] >= from {
 		return fail(j.lostError())
 	}
 	return nil
+}
+
+// StorageError is a failure to read Pebble's own files (a table or block
+// that fails its checksum), below the level of records.
+type StorageError struct {
+	File  string // the damaged file, when Pebble named it
+	After uint64 // the last record read before it
+	Cause string // one line
+}
+
+func (e *StorageError) Error() string {
+	where := "the journal's storage"
+	if e.File != "" {
+		where = e.File
+	}
+	return fmt.Sprintf("journal: %s is corrupt (reading after sequence %d): %s", where, e.After, e.Cause)
+}
+
+// storageError turns an iterator error into a one-line *StorageError
+// naming the file.
+func (j *Journal) storageError(after uint64, err error) error {
+	cause, _, _ := strings.Cut(err.Error(), "\n")
+	se := &StorageError{After: after, Cause: cause}
+	if p := j.corruptPath.Load(); p != nil {
+		se.File = *p
+	}
+	return se
 }
 
 func (j *Journal) lostError() *CorruptError {
@@ -180,7 +207,7 @@ func (j *Journal) Verify(seq uint64, report func(*CorruptError) error) (err erro
 		prev, havePrev = r.sum, true
 	}
 	if err := it.Error(); err != nil {
-		return fmt.Errorf("journal: read after sequence %d: %w", expect-1, err)
+		return j.storageError(expect-1, err)
 	}
 	if expect <= seq {
 		return fail(&CorruptError{Seq: expect, Reason: "missing (journal ends before it)"})

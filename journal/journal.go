@@ -140,7 +140,7 @@ type Journal struct {
 	writerID     atomic.Uint64 // goroutine ID of the writer
 	inCommit     atomic.Bool
 	corruptPath  atomic.Pointer[string] // the last file Pebble found corrupt
-	marker       *os.File // COMMITTED; nil when read-only
+	marker       *os.File               // COMMITTED; nil when read-only
 	lost         [2]uint64
 	tailErr      error
 

@@ -69,6 +69,8 @@ var decoders = map[Type]func([]byte) (Payload, error){
 	TypeExpired:         decodeAs[Expired],
 	TypeRetryRequested:  decodeAs[RetryRequested],
 	TypeDeleted:         decodeAs[Deleted],
+	TypeLost:            decodeAs[Lost],
+	TypeRecordLost:      decodeAs[RecordLost],
 }
 
 func decodeAs[T Payload](data []byte) (Payload, error) {

@@ -31,6 +31,8 @@ const (
 	TypeExpired         Type = "Expired"
 	TypeRetryRequested  Type = "RetryRequested"
 	TypeDeleted         Type = "Deleted"
+	TypeLost            Type = "Lost"
+	TypeRecordLost      Type = "RecordLost"
 )
 
 // CurrentVersion is the schema version written by this build for every type.
@@ -170,6 +172,23 @@ type Deleted struct {
 
 // Raw holds an event of a type this build does not know. It is listed, not
 // interpreted.
+// Lost is journaled by `mta journal repair` for an envelope it can no
+// longer account for (a record or its body is unreadable): a final state;
+// the sender gets a DSN (DSN names its envelope) unless the sender is <>.
+type Lost struct {
+	Recipients []string `json:"recipients"`
+	Reason     string   `json:"reason"`
+	DSN        string   `json:"dsn,omitempty"`
+}
+
+// RecordLost stands, after `mta journal repair`, at the sequence number of
+// a record that could not be read, so that the sequence has no gap and the
+// audit shows the loss; it changes no envelope. Envelope is the one the
+// per-envelope index named, or "-" when unknown.
+type RecordLost struct {
+	Reason string `json:"reason"`
+}
+
 type Raw struct {
 	RawType Type   `json:"-"`
 	Data    []byte `json:"-"`
@@ -186,4 +205,6 @@ func (Bounced) EventType() Type         { return TypeBounced }
 func (Expired) EventType() Type         { return TypeExpired }
 func (RetryRequested) EventType() Type  { return TypeRetryRequested }
 func (Deleted) EventType() Type         { return TypeDeleted }
+func (Lost) EventType() Type            { return TypeLost }
+func (RecordLost) EventType() Type      { return TypeRecordLost }
 func (r Raw) EventType() Type           { return r.RawType }

@@ -32,6 +32,7 @@ const (
 	StateBounced   State = "bounced"   // at least one recipient failed permanently
 	StateExpired   State = "expired"
 	StateDeleted   State = "deleted"
+	StateLost      State = "lost" // unreadable after storage damage (mta journal repair)
 )
 
 // Live reports whether an envelope in state s still needs work.
@@ -153,6 +154,12 @@ func Fold(set map[string]*Envelope, ev events.Event) *Envelope {
 		if env != nil {
 			env.Pending = nil
 			env.State = StateDeleted
+		}
+	case events.Lost:
+		if env != nil && env.State.Live() {
+			env.Pending = nil
+			env.State = StateLost
+			env.LastError = p.Reason
 		}
 	}
 	if env != nil {

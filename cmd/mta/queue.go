@@ -148,7 +148,7 @@ func writeQueueJSON(w io.Writer, s projections.Snapshot) error {
 func writeMailq(w io.Writer, s projections.Snapshot) error {
 	var counts []string
 	for _, st := range []projections.State{projections.StateReceived, projections.StateQueued, projections.StateActive,
-		projections.StateDeferred, projections.StateDelivered, projections.StateBounced, projections.StateExpired, projections.StateDeleted} {
+		projections.StateDeferred, projections.StateDelivered, projections.StateBounced, projections.StateExpired, projections.StateDeleted, projections.StateLost} {
 		counts = append(counts, fmt.Sprintf("%s=%d", st, s.Counts[st]))
 	}
 	fmt.Fprintln(w, strings.Join(counts, " "))

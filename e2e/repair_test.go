@@ -93,4 +93,3 @@ func TestJournalRepair(t *testing.T) {
 	s.start()
 	s.stop()
 }
-

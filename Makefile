@@ -37,7 +37,9 @@ fuzz:
 # runs 3 of them. LEDGERMAIL_CRASH_SEED repeats a campaign.
 CRASH_TRIALS ?= 100
 crashtest: deps
-	LEDGERMAIL_CRASH_TRIALS=$(CRASH_TRIALS) $(GO) test -race -count=1 -timeout 90m -run '^TestCrashCampaign$$' -v ./e2e/ 2>&1 | grep -E '^(crashtest:|--- FAIL|FAIL|ok|PASS)|faults|seed' 
+	@LEDGERMAIL_CRASH_TRIALS=$(CRASH_TRIALS) $(GO) test -race -count=1 -timeout 90m -run '^TestCrashCampaign$$' -v ./e2e/ > crashtest.log 2>&1; \
+	  status=$$?; grep -E '^(crashtest:|--- FAIL|FAIL|ok)|faults |seed|got a 250|duplicates at' crashtest.log; \
+	  echo "full output: crashtest.log"; exit $$status
 
 test-unit:
 	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /e2e)

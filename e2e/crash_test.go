@@ -358,7 +358,6 @@ func (s *server) startNoWait() {
 	go func(c *exec.Cmd, ch chan error) { ch <- c.Wait() }(s.cmd, s.waitDone)
 }
 
-
 func countDups(acked map[string]string, atSink map[string]int) int {
 	d := 0
 	for tok := range acked {

@@ -304,3 +304,20 @@ func TestCorruptLastRecordOpens(t *testing.T) {
 		t.Fatalf("after append, reported %v", reported)
 	}
 }
+
+// A COMMITTED file that fails its checksum is refused, naming it.
+func TestCorruptCommittedFileIsRefused(t *testing.T) {
+	dir := t.TempDir()
+	j := openT(t, dir)
+	appendN(t, j, 3)
+	j.Close()
+	flipByte(t, filepath.Join(dir, CommittedFile), func(int) int { return 2 })
+	if _, err := Open(Options{Dir: dir}); err == nil || !strings.Contains(err.Error(), CommittedFile) {
+		t.Fatalf("open with a corrupt %s: %v", CommittedFile, err)
+	}
+	if j, err := Open(Options{Dir: dir, AllowLost: true, ReadOnly: true}); err != nil {
+		t.Fatalf("AllowLost open: %v", err)
+	} else {
+		j.Close()
+	}
+}

@@ -136,13 +136,14 @@ type Journal struct {
 	failErr  atomic.Pointer[error]
 	failed   chan struct{}
 
-	committedSeq atomic.Uint64
-	writerID     atomic.Uint64 // goroutine ID of the writer
-	inCommit     atomic.Bool
-	corruptPath  atomic.Pointer[string] // the last file Pebble found corrupt
-	marker       *os.File               // COMMITTED; nil when read-only
-	lost         [2]uint64
-	tailErr      error
+	committedSeq  atomic.Uint64
+	writerID      atomic.Uint64 // goroutine ID of the writer
+	inCommit      atomic.Bool
+	corruptPath   atomic.Pointer[string] // the last file Pebble found corrupt
+	corruptLogged sync.Map               // files already logged as corrupt
+	marker        *os.File               // COMMITTED; nil when read-only
+	lost          [2]uint64
+	tailErr       error
 
 	// Owned by the writer goroutine after Open.
 	lastSeq uint64
@@ -185,7 +186,7 @@ func Open(opts Options) (*Journal, error) {
 		DataCorruption: func(info pebble.DataCorruptionInfo) {
 			path := info.Path
 			j.corruptPath.Store(&path)
-			if opts.Logger != nil {
+			if _, seen := j.corruptLogged.LoadOrStore(path, true); !seen && opts.Logger != nil {
 				opts.Logger.Error("journal storage is corrupt", zap.String("file", info.Path), zap.String("error", fmt.Sprint(info.Details)))
 			}
 		},

@@ -174,7 +174,7 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 		return err
 	}
 	defer j.Close()
-	if !j.HasRoom(0) {
+	if j.Err() == nil && !j.HasRoom(0) {
 		free, _ := journal.FreeBytes(cfg.JournalDir())
 		log.Warn("journal storage is below journal.min_free: queued mail is delivered, new mail is refused (452 4.3.1) until space returns",
 			zap.Int64("free_bytes", free), zap.Int64("min_free", cfg.Journal.MinFree.Bytes))

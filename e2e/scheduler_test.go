@@ -1,0 +1,89 @@
+package e2e
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ledgermail/ledgermail/mxrelay/mxtest"
+)
+
+// bulkScript submits n messages to user<i>@domain over a few sessions
+// (trusted loopback) and prints how many got 250.
+const bulkScript = `
+import smtplib, sys, threading
+host, port, domain, n, sessions = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), 8
+ok, lock = [0], threading.Lock()
+def worker(k):
+    s = smtplib.SMTP(host, port, timeout=60)
+    s.ehlo("bulk.test")
+    for i in range(k, n, sessions):
+        s.sendmail("bulk@example.test", ["user%d@%s" % (i, domain)], "Subject: bulk %d\r\n\r\nbulk\r\n" % i)
+        with lock:
+            ok[0] += 1
+    s.quit()
+ts = [threading.Thread(target=worker, args=(k,)) for k in range(sessions)]
+for t in ts: t.start()
+for t in ts: t.join()
+print(ok[0])
+`
+
+func bulk(t *testing.T, s *server, domain string, n int) {
+	t.Helper()
+	host, port, _ := strings.Cut(s.sub, ":")
+	if out := strings.TrimSpace(python(t, bulkScript, host, port, domain, fmt.Sprint(n))); out != fmt.Sprint(n) {
+		t.Fatalf("bulk to %s: %s of %d accepted", domain, out, n)
+	}
+}
+
+// One slow destination (2 s per message) and one whose MX accepts the
+// connection and never answers, each with hundreds of messages waiting,
+// delay nothing else: a message to a third destination is delivered within
+// 5 s (the slow ones need minutes).
+func TestSlowDestinationsDoNotBlockOthers(t *testing.T) {
+	port := freePort(t)[len("127.0.0.1:"):]
+	slow, err := mxtest.Start(mxtest.Script{DataDelay: 2 * time.Second}, "127.0.0.2:"+port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(slow.Close)
+	hang, err := mxtest.Start(mxtest.Script{Tarpit: true}, "127.0.0.3:"+port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(hang.Close)
+	fast := startSink(t, "127.0.0.4:"+port)
+	dnsAddr := startDNS(t, map[string][]string{
+		"slow.test.":    {"slow.test. 60 IN MX 10 mx.slow.test."},
+		"mx.slow.test.": {"mx.slow.test. 60 IN A 127.0.0.2"},
+		"hang.test.":    {"hang.test. 60 IN MX 10 mx.hang.test."},
+		"mx.hang.test.": {"mx.hang.test. 60 IN A 127.0.0.3"},
+		"fast.test.":    {"fast.test. 60 IN MX 10 mx.fast.test."},
+		"mx.fast.test.": {"mx.fast.test. 60 IN A 127.0.0.4"},
+	})
+	s := newServer(t, serverOpts{relay: `mode = "mx"
+dns_servers = ["` + dnsAddr + `"]
+mx_port = ` + port + `
+max_connections_per_domain = 2
+command_timeout = "60s"
+data_timeout = "60s"`})
+	s.rewrite(func(cfg string) string {
+		return strings.Replace(cfg, "[submissions]", "trusted_networks = [\"127.0.0.0/8\"]\n[submissions]", 1)
+	})
+	s.addUser("alice", "secret", "alice@example.test")
+	s.start()
+	bulk(t, s, "slow.test", 300)
+	bulk(t, s, "hang.test", 300)
+	// Let the backlog build up behind the two destinations.
+	waitFor(t, "the slow destinations to be busy", 30*time.Second, func() bool { return hang.Connections() >= 2 && slow.Connections() >= 1 })
+	start := time.Now()
+	s.submit(t, "alice@example.test", "carol@fast.test")
+	waitFor(t, "the message to the third destination", 60*time.Second, func() bool { return len(fast.messages(t)) == 1 })
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("the message to an idle destination took %s behind two slow ones", d)
+	}
+	if n := len(slow.Messages()); n > 100 {
+		t.Fatalf("the slow destination took %d messages already: not slow enough to test anything", n)
+	}
+}

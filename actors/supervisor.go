@@ -3,6 +3,7 @@ package actors
 import (
 	"container/heap"
 	"context"
+	"strings"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -33,10 +34,10 @@ type supervisor struct {
 	o      Options
 	ctx    context.Context
 	due    dueHeap
-	ready  []string              // due, waiting for a free slot
+	ready  *readyQueues          // due, waiting for a free slot of their destination
 	dests  map[string]*actor.PID // delivery actor per destination domain
 	routed map[string]int        // requests given to each delivery actor
-	active map[string]bool       // envelope actors running
+	active map[string]string     // envelope actors running -> their destination lane
 	again  map[string]bool       // became due while its actor was still running
 	timer  *time.Timer
 	self   *actor.PID
@@ -44,7 +45,8 @@ type supervisor struct {
 }
 
 func newSupervisor(o Options, ctx context.Context) *supervisor {
-	return &supervisor{o: o, ctx: ctx, active: map[string]bool{}, again: map[string]bool{}, dests: map[string]*actor.PID{}, routed: map[string]int{}}
+	return &supervisor{o: o, ctx: ctx, ready: newReadyQueues(o.MaxConnectionsPerDomain), active: map[string]string{},
+		again: map[string]bool{}, dests: map[string]*actor.PID{}, routed: map[string]int{}}
 }
 
 func (s *supervisor) Receive(c actor.Context) {
@@ -70,10 +72,13 @@ func (s *supervisor) Receive(c actor.Context) {
 	case retryNow:
 		s.retry(c, m.id)
 	case finished:
-		delete(s.active, m.id)
+		if key, ok := s.active[m.id]; ok {
+			s.ready.done(key)
+			delete(s.active, m.id)
+		}
 		if s.again[m.id] {
 			delete(s.again, m.id)
-			s.ready = append(s.ready, m.id)
+			s.push(m.id)
 		}
 		s.fill(c)
 	case tick:
@@ -106,7 +111,7 @@ func (s *supervisor) recover(c actor.Context) {
 			heap.Push(&s.due, dueItem{at: e.NextAttempt, id: e.ID})
 			deferred++
 		default: // received, queued, or an attempt cut short by a crash
-			s.ready = append(s.ready, e.ID)
+			s.ready.push(laneOf(e), e.ID)
 		}
 	}
 	s.o.Logger.Info("queue recovered", zap.Int("live", len(live)), zap.Int("deferred", deferred), zap.Int("ready", len(live)-deferred), zap.Time("now", now))
@@ -115,8 +120,26 @@ func (s *supervisor) recover(c actor.Context) {
 }
 
 func (s *supervisor) makeReady(c actor.Context, id string) {
-	s.ready = append(s.ready, id)
+	s.push(id)
 	s.fill(c)
+}
+
+// push queues id in its destination's lane.
+func (s *supervisor) push(id string) {
+	key := ""
+	if e, ok := s.o.Queue.Get(id); ok {
+		key = laneOf(e)
+	}
+	s.ready.push(key, id)
+}
+
+// laneOf is the destination lane of an envelope: its delivery domain, or
+// "" for a root envelope (whose step is the policies, not a delivery).
+func laneOf(e *projections.Envelope) string {
+	if !strings.Contains(e.ID, ".") {
+		return ""
+	}
+	return destinationKey(e.Pending)
 }
 
 func (s *supervisor) retry(c actor.Context, id string) {
@@ -126,22 +149,28 @@ func (s *supervisor) retry(c actor.Context, id string) {
 		return
 	}
 	for s.due.Len() > 0 {
-		s.ready = append(s.ready, heap.Pop(&s.due).(dueItem).id)
+		s.push(heap.Pop(&s.due).(dueItem).id)
 	}
 	s.fill(c)
 }
 
-// fill spawns envelope actors for ready envelopes while slots are free.
+// fill spawns envelope actors for ready envelopes while slots are free, a
+// delivery only when its destination has a free connection, destinations
+// in turn: a slow or dead destination holds at most its own connections,
+// never another's turn.
 func (s *supervisor) fill(c actor.Context) {
-	for len(s.ready) > 0 && len(s.active) < s.o.MaxActive {
-		id := s.ready[0]
-		s.ready = s.ready[1:]
-		if s.active[id] {
+	for len(s.active) < s.o.MaxActive {
+		key, id, ok := s.ready.next()
+		if !ok {
+			return
+		}
+		if _, running := s.active[id]; running {
 			// One actor per envelope at a time: run it again afterwards.
 			s.again[id] = true
 			continue
 		}
-		s.active[id] = true
+		s.active[id] = key
+		s.ready.started(key)
 		props := actor.PropsFromProducer(func() actor.Actor { return newEnvelope(s.o, id, s.self) })
 		c.Spawn(props)
 	}
@@ -162,7 +191,7 @@ func (s *supervisor) destination(c actor.Context, key string) *actor.PID {
 func (s *supervisor) popDue(c actor.Context) {
 	now := s.o.Now()
 	for s.due.Len() > 0 && !s.due[0].at.After(now) {
-		s.ready = append(s.ready, heap.Pop(&s.due).(dueItem).id)
+		s.push(heap.Pop(&s.due).(dueItem).id)
 	}
 	s.fill(c)
 	s.arm(c)

@@ -1,0 +1,39 @@
+package actors
+
+import (
+	"fmt"
+	"testing"
+)
+
+// Destinations are served in turn, and one at its connection limit is
+// skipped, not waited for.
+func TestReadyQueuesRoundRobinAndLimit(t *testing.T) {
+	r := newReadyQueues(2)
+	for i := 0; i < 5; i++ {
+		r.push("slow.test", fmt.Sprintf("s%d", i))
+	}
+	r.push("fast.test", "f0")
+	r.push("", "root")
+	var got []string
+	for {
+		key, id, ok := r.next()
+		if !ok {
+			break
+		}
+		r.started(key)
+		got = append(got, id)
+	}
+	if fmt.Sprint(got) != "[s0 f0 root s1]" {
+		t.Fatalf("order %v, want [s0 f0 root s1]", got)
+	}
+	if r.len() != 3 {
+		t.Fatalf("%d waiting, want 3", r.len())
+	}
+	r.done("slow.test")
+	if _, id, ok := r.next(); !ok || id != "s2" {
+		t.Fatalf("after a slot freed: %q %v", id, ok)
+	}
+	if _, _, ok := r.next(); ok {
+		t.Fatal("a destination at its limit was handed out")
+	}
+}

@@ -30,9 +30,11 @@ func TestReadyQueuesRoundRobinAndLimit(t *testing.T) {
 		t.Fatalf("%d waiting, want 3", r.len())
 	}
 	r.done("slow.test")
-	if _, id, ok := r.next(); !ok || id != "s2" {
+	key, id, ok := r.next()
+	if !ok || id != "s2" {
 		t.Fatalf("after a slot freed: %q %v", id, ok)
 	}
+	r.started(key)
 	if _, _, ok := r.next(); ok {
 		t.Fatal("a destination at its limit was handed out")
 	}

@@ -7,6 +7,12 @@
 //     its envelope from the journal when it starts, so a crash at any point
 //     loses nothing; at worst an attempt whose outcome was not yet journaled
 //     is repeated (at-least-once delivery).
+//   - Scheduling is per destination, as Postfix's queue manager does it:
+//     due envelopes wait in their destination's queue, an envelope actor
+//     is started for a delivery only when its destination has a free
+//     connection (MaxConnectionsPerDomain), and destinations take turns.
+//     A slow or dead destination therefore holds only its own connections
+//     and never delays another; MaxActive bounds all actors at once.
 //   - Deferred envelopes are not live actors. The supervisor keeps only
 //     (due time, ID) and spawns the actor again when due, so a large queue
 //     costs memory per envelope, not per actor.

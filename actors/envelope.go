@@ -174,6 +174,19 @@ func (a *envelope) startAttempt(c actor.Context) {
 func (a *envelope) finishAttempt(c actor.Context, m attemptDone) {
 	now := a.o.Now()
 	att := events.Attempted{Attempt: m.attempt, Host: m.res.Host, TLS: m.res.TLS, Seconds: m.took.Seconds()}
+	if _, live := a.o.Queue.Get(a.id); !live {
+		// Deleted (or otherwise finished) while the attempt ran: the attempt
+		// is journaled for the audit and changes nothing else.
+		for r, o := range m.res.Rcpts {
+			att.Results = append(att.Results, events.RcptResult{Recipient: r, Code: o.Code, Enhanced: o.Enhanced, Message: o.Message, Temporary: o.Temporary()})
+		}
+		sort.Slice(att.Results, func(i, j int) bool { return att.Results[i].Recipient < att.Results[j].Recipient })
+		if _, err := a.o.Journal.Append(journal.Write{Events: []events.Event{{Envelope: a.id, Payload: att}}}); err != nil {
+			a.log.Error("journal write failed (attempt after a final state)", zap.Error(err))
+		}
+		a.log.Info("delivery attempt ended after the envelope reached a final state; nothing else changes", zap.Int("attempt", m.attempt))
+		return
+	}
 	var done, failed, temp []string
 	var failReason, tempReason string
 	var dsnRcpts []policy.DSNRecipient

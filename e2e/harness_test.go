@@ -139,6 +139,7 @@ type serverOpts struct {
 	relay     string // the [relay] section's body; default: static to smarthost
 	dir       string // base directory; default t.TempDir()
 	retry     string // TOML list body, e.g. `"1s"`
+	queue     string // more keys of the [queue] section
 	extra     string
 }
 
@@ -165,10 +166,11 @@ listen = [%q]
 %s
 [queue]
 retry = [%s]
+%s
 [admin]
 listen = %q
 %s
-`, filepath.Join(dir, "data"), s.sub, s.subs, o.relay, o.retry, s.admin, o.extra)
+`, filepath.Join(dir, "data"), s.sub, s.subs, o.relay, o.retry, o.queue, s.admin, o.extra)
 	s.config = filepath.Join(dir, "mta.toml")
 	if err := os.WriteFile(s.config, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)

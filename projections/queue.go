@@ -9,187 +9,36 @@ package projections
 
 import (
 	"sort"
-	"strconv"
-	"strings"
 	"sync"
-	"time"
 
 	"github.com/ledgermail/ledgermail/events"
+	"github.com/ledgermail/ledgermail/lifecycle"
 )
 
-// State is an envelope's place in its lifecycle.
-type State string
+// The lifecycle's types, under the names the read models have always used.
+type (
+	// State is lifecycle.State.
+	State = lifecycle.State
+	// Envelope is lifecycle.Envelope.
+	Envelope = lifecycle.Envelope
+)
 
-// Envelope states. Live states keep the envelope in the queue; final states
-// remove it.
+// Envelope states (see package lifecycle).
 const (
-	StateReceived  State = "received"  // accepted, policies not applied yet
-	StateSplit     State = "split"     // final for a parent: its children carry on
-	StateQueued    State = "queued"    // waiting for its first attempt
-	StateActive    State = "active"    // an attempt is under way
-	StateDeferred  State = "deferred"  // waiting for a retry
-	StateDelivered State = "delivered" // every recipient done, none bounced
-	StateBounced   State = "bounced"   // at least one recipient failed permanently
-	StateExpired   State = "expired"
-	StateDeleted   State = "deleted"
-	StateLost      State = "lost" // unreadable after storage damage (mta journal repair)
+	StateReceived  = lifecycle.StateReceived
+	StateSplit     = lifecycle.StateSplit
+	StateQueued    = lifecycle.StateQueued
+	StateActive    = lifecycle.StateActive
+	StateDeferred  = lifecycle.StateDeferred
+	StateDelivered = lifecycle.StateDelivered
+	StateBounced   = lifecycle.StateBounced
+	StateExpired   = lifecycle.StateExpired
+	StateDeleted   = lifecycle.StateDeleted
+	StateLost      = lifecycle.StateLost
 )
 
-// Live reports whether an envelope in state s still needs work.
-func (s State) Live() bool {
-	switch s {
-	case StateReceived, StateQueued, StateActive, StateDeferred:
-		return true
-	}
-	return false
-}
-
-// Envelope is the folded state of one envelope.
-type Envelope struct {
-	ID          string    `json:"id"`
-	Parent      string    `json:"parent"`
-	State       State     `json:"state"`
-	Sender      string    `json:"sender"`
-	Recipients  []string  `json:"recipients"`
-	Pending     []string  `json:"-"`
-	Size        int64     `json:"size"`
-	Arrived     time.Time `json:"arrived"`
-	Attempts    int       `json:"attempts"`
-	NextAttempt time.Time `json:"next_attempt,omitzero"`
-	LastError   string    `json:"last_error"`
-
-	BodyKey string `json:"-"`
-	Prepend string `json:"-"`
-	LastSeq uint64 `json:"-"`
-	// Received is the accepting event (client, TLS, AUTH: for headers).
-	Received *events.Received `json:"-"`
-}
-
-// Clone returns a deep copy.
-func (e *Envelope) Clone() *Envelope {
-	c := *e
-	c.Recipients = append([]string(nil), e.Recipients...)
-	c.Pending = append([]string(nil), e.Pending...)
-	return &c
-}
-
-// Fold applies one event to a set of envelopes keyed by ID, creating the
-// envelopes that Received and Split introduce. It returns the envelope the
-// event concerns (nil for an event about an unknown envelope).
-func Fold(set map[string]*Envelope, ev events.Event) *Envelope {
-	env := set[ev.Envelope]
-	switch p := ev.Payload.(type) {
-	case events.Received:
-		env = &Envelope{
-			ID: ev.Envelope, Parent: p.Parent, State: StateReceived, Sender: p.Sender,
-			Recipients: append([]string(nil), p.Recipients...), Pending: append([]string(nil), p.Recipients...),
-			Size: p.Size, Arrived: ev.Time, BodyKey: p.BodyKey, Received: &p,
-		}
-		set[ev.Envelope] = env
-	case events.PoliciesApplied:
-		if env != nil {
-			env.Prepend = p.Prepend
-			env.Recipients = append([]string(nil), p.Recipients...)
-			env.Pending = append([]string(nil), p.Recipients...)
-		}
-	case events.Split:
-		if env == nil {
-			return nil
-		}
-		env.State = StateSplit
-		env.Pending = nil
-		for _, c := range p.Children {
-			set[c.ID] = &Envelope{
-				ID: c.ID, Parent: env.ID, State: StateQueued, Sender: env.Sender,
-				Recipients: append([]string(nil), c.Recipients...), Pending: append([]string(nil), c.Recipients...),
-				Size: env.Size + int64(len(env.Prepend)), Arrived: env.Arrived, BodyKey: env.BodyKey,
-				Prepend: env.Prepend, Received: env.Received,
-			}
-		}
-	case events.AttemptStarted:
-		if env != nil {
-			env.State = StateActive
-			env.Attempts = p.Attempt
-		}
-	case events.Attempted:
-		if env != nil {
-			for _, r := range p.Results {
-				if r.Code >= 400 || r.Code == 0 {
-					env.LastError = r.Message
-					if r.Code != 0 {
-						env.LastError = strings.TrimSpace(strconv.Itoa(r.Code) + " " + r.Enhanced + " " + r.Message)
-					}
-				}
-			}
-		}
-	case events.Deferred:
-		if env != nil {
-			env.State = StateDeferred
-			env.NextAttempt = p.NextAttempt
-			env.LastError = p.Reason
-		}
-	case events.Delivered:
-		if env != nil {
-			env.Pending = without(env.Pending, p.Recipients)
-			env.finishIfDone()
-		}
-	case events.Bounced:
-		if env != nil {
-			env.Pending = without(env.Pending, p.Recipients)
-			env.LastError = p.Reason
-			if len(env.Pending) == 0 {
-				env.State = StateBounced
-			}
-		}
-	case events.Expired:
-		if env != nil {
-			env.Pending = nil
-			env.State = StateExpired
-		}
-	case events.RetryRequested:
-		if env != nil && env.State == StateDeferred {
-			env.NextAttempt = ev.Time
-		}
-	case events.Deleted:
-		if env != nil {
-			env.Pending = nil
-			env.State = StateDeleted
-		}
-	case events.Lost:
-		if env != nil && env.State.Live() {
-			env.Pending = nil
-			env.State = StateLost
-			env.LastError = p.Reason
-		}
-	}
-	if env != nil {
-		env.LastSeq = ev.Seq
-	}
-	return env
-}
-
-func (e *Envelope) finishIfDone() {
-	if len(e.Pending) > 0 {
-		return
-	}
-	if e.State != StateBounced {
-		e.State = StateDelivered
-	}
-}
-
-func without(list, remove []string) []string {
-	drop := make(map[string]bool, len(remove))
-	for _, r := range remove {
-		drop[r] = true
-	}
-	out := list[:0:0]
-	for _, r := range list {
-		if !drop[r] {
-			out = append(out, r)
-		}
-	}
-	return out
-}
+// Fold is lifecycle.Fold.
+func Fold(set map[string]*Envelope, ev events.Event) *Envelope { return lifecycle.Fold(set, ev) }
 
 // Queue is the live-queue read model. Only live envelopes are kept in
 // memory; counts cover every envelope ever seen. It is safe for concurrent

@@ -28,6 +28,9 @@ type (
 	tick     struct{}
 	// countDestinations asks how many delivery actors are alive (tests).
 	countDestinations struct{}
+	// drain stops the supervisor from starting anything new; done is closed
+	// once no envelope actor runs.
+	drain struct{ done chan struct{} }
 )
 
 type supervisor struct {
@@ -40,7 +43,10 @@ type supervisor struct {
 	active map[string]string     // envelope actors running -> their destination lane
 	again  map[string]bool       // became due while its actor was still running
 	timer  *time.Timer
-	self   *actor.PID
+	// drained is set by drain (shutdown): nothing new starts, and it is
+	// closed when the last running envelope actor finishes.
+	drained chan struct{}
+	self    *actor.PID
 	send   func(pid *actor.PID, msg any)
 }
 
@@ -81,6 +87,13 @@ func (s *supervisor) Receive(c actor.Context) {
 			s.push(m.id)
 		}
 		s.fill(c)
+		s.checkDrained()
+	case drain:
+		if s.drained == nil {
+			s.drained = m.done
+			s.o.Logger.Info("queue draining: no new deliveries start", zap.Int("running", len(s.active)), zap.Int("waiting", s.ready.len()))
+			s.checkDrained()
+		}
 	case tick:
 		s.popDue(c)
 	case route:
@@ -159,7 +172,7 @@ func (s *supervisor) retry(c actor.Context, id string) {
 // in turn: a slow or dead destination holds at most its own connections,
 // never another's turn.
 func (s *supervisor) fill(c actor.Context) {
-	for len(s.active) < s.o.MaxActive {
+	for s.drained == nil && len(s.active) < s.o.MaxActive {
 		key, id, ok := s.ready.next()
 		if !ok {
 			return
@@ -173,6 +186,17 @@ func (s *supervisor) fill(c actor.Context) {
 		s.ready.started(key)
 		props := actor.PropsFromProducer(func() actor.Actor { return newEnvelope(s.o, id, s.self) })
 		c.Spawn(props)
+	}
+}
+
+// checkDrained closes the drain channel once nothing runs.
+func (s *supervisor) checkDrained() {
+	if s.drained != nil && len(s.active) == 0 {
+		select {
+		case <-s.drained:
+		default:
+			close(s.drained)
+		}
 	}
 }
 

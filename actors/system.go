@@ -125,8 +125,30 @@ func (s *System) destinations() (int, error) {
 	return res.(int), nil
 }
 
+// Drain stops starting envelope actors and waits, until ctx is done, for
+// the running ones (deliveries in flight) to finish and journal their
+// outcomes. At the deadline it cancels the deliveries still running (each
+// ends as a deferral, journaled by its actor) and waits a little more for
+// those outcomes. Nothing due is lost: it stays in the journal for the next
+// start. Call Stop afterwards.
+func (s *System) Drain(ctx context.Context) error {
+	done := make(chan struct{})
+	s.sys.Root.Send(s.sup, drain{done: done})
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+	}
+	s.cancel()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+	}
+	return ctx.Err()
+}
+
 // Stop cancels attempts in flight and stops the actors; pending work stays
-// in the journal for the next start.
+// in the journal for the next start. After Drain nothing is in flight.
 func (s *System) Stop() {
 	s.cancel()
 	f := s.sys.Root.StopFuture(s.sup)

@@ -19,19 +19,23 @@ import (
 // Config is the whole TOML configuration (SPEC.md "Configuration"). Every
 // key is optional; Defaults() holds the embedded defaults.
 type Config struct {
-	Hostname    string            `toml:"hostname"`
-	DataDir     string            `toml:"data_dir"`
-	Submission  SubmissionConfig  `toml:"submission"`
-	Submissions SubmissionsConfig `toml:"submissions"`
-	TLS         TLSConfig         `toml:"tls"`
-	Auth        AuthConfig        `toml:"auth"`
-	Limits      LimitsConfig      `toml:"limits"`
-	Relay       RelayConfig       `toml:"relay"`
-	Queue       QueueConfig       `toml:"queue"`
-	Journal     JournalConfig     `toml:"journal"`
-	Policies    PoliciesConfig    `toml:"policies"`
-	Admin       AdminConfig       `toml:"admin"`
-	Log         LogConfig         `toml:"log"`
+	Hostname string `toml:"hostname"`
+	DataDir  string `toml:"data_dir"`
+	// ShutdownGrace bounds a graceful stop: SMTP sessions and deliveries in
+	// flight finish within it (and journal their outcomes), then the rest
+	// are cut.
+	ShutdownGrace Duration          `toml:"shutdown_grace"`
+	Submission    SubmissionConfig  `toml:"submission"`
+	Submissions   SubmissionsConfig `toml:"submissions"`
+	TLS           TLSConfig         `toml:"tls"`
+	Auth          AuthConfig        `toml:"auth"`
+	Limits        LimitsConfig      `toml:"limits"`
+	Relay         RelayConfig       `toml:"relay"`
+	Queue         QueueConfig       `toml:"queue"`
+	Journal       JournalConfig     `toml:"journal"`
+	Policies      PoliciesConfig    `toml:"policies"`
+	Admin         AdminConfig       `toml:"admin"`
+	Log           LogConfig         `toml:"log"`
 }
 
 type SubmissionConfig struct {
@@ -233,10 +237,11 @@ func Defaults() Config {
 		retry = append(retry, dur(s))
 	}
 	return Config{
-		DataDir:     "./mta-data",
-		Submission:  SubmissionConfig{Listen: []string{"127.0.0.1:2587"}, TrustedNetworks: []string{}},
-		Submissions: SubmissionsConfig{Listen: []string{"127.0.0.1:2465"}},
-		Auth:        AuthConfig{RequireSenderOwnership: true},
+		DataDir:       "./mta-data",
+		ShutdownGrace: dur("30s"),
+		Submission:    SubmissionConfig{Listen: []string{"127.0.0.1:2587"}, TrustedNetworks: []string{}},
+		Submissions:   SubmissionsConfig{Listen: []string{"127.0.0.1:2465"}},
+		Auth:          AuthConfig{RequireSenderOwnership: true},
 		Limits: LimitsConfig{MaxMessageBytes: 26214400, MaxRecipients: 100, MaxConnections: 1000, MaxAuthFailuresPerIP: 10,
 			CommandTimeout: dur("5m"), DataTimeout: dur("10m")},
 		Relay: RelayConfig{Mode: "mx", MXPort: 25, TLS: "opportunistic", DNSServers: []string{},
@@ -293,7 +298,7 @@ var hostnameRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$`)
 // Validate checks every value and names the first bad key.
 func (c *Config) Validate() error {
 	for key, d := range map[string]Duration{
-		"relay.connect_timeout": c.Relay.ConnectTimeout, "relay.command_timeout": c.Relay.CommandTimeout,
+		"shutdown_grace": c.ShutdownGrace, "relay.connect_timeout": c.Relay.ConnectTimeout, "relay.command_timeout": c.Relay.CommandTimeout,
 		"policies.spamassassin_timeout": c.Policies.SpamTimeout, "relay.data_timeout": c.Relay.DataTimeout, "limits.command_timeout": c.Limits.CommandTimeout, "limits.data_timeout": c.Limits.DataTimeout, "relay.idle_timeout": c.Relay.IdleTimeout, "queue.max_age": c.Queue.MaxAge,
 	} {
 		if err := d.check(key); err != nil {

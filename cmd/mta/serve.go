@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"time"
 
@@ -301,11 +302,26 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 		break
 	}
 	state.ready.Store(false)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	// One grace period for both: sessions in DATA finish and get their
+	// answer, deliveries in flight finish and journal their outcomes (so a
+	// restart does not send them again); then the rest are cut.
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownGrace.Duration)
 	defer cancel()
-	if err := edge.Shutdown(ctx); err != nil {
-		log.Warn("SMTP sessions cut at shutdown", zap.Error(err))
-	}
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		if err := edge.Shutdown(ctx); err != nil {
+			log.Warn("SMTP sessions cut at shutdown", zap.Error(err))
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		if err := sys.Drain(ctx); err != nil {
+			log.Warn("deliveries cut at shutdown; they are retried after the restart", zap.Error(err))
+		}
+	}()
+	wg.Wait()
 	if admin != nil {
 		admin.Shutdown(ctx)
 	}

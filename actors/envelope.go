@@ -109,6 +109,10 @@ func (a *envelope) applyPolicies(c actor.Context) {
 		a.later(c, "read body", err)
 		return
 	}
+	if hops := policy.CountReceived(body); hops > policy.MaxHops {
+		a.bounceAll(c, fmt.Sprintf("554 5.4.6 too many Received: headers (%d): mail forwarding loop", hops), "5.4.6")
+		return
+	}
 	pa, err := policy.Apply(a.o.Policies, policy.Input{
 		ID: a.id, Hostname: a.o.Hostname, Received: *a.env.Received, Arrived: a.env.Arrived, Body: body,
 	})
@@ -142,6 +146,27 @@ func (a *envelope) applyPolicies(c actor.Context) {
 	}
 	a.log.Info("policies applied", zap.Strings("policies", pa.Policies), zap.Strings("children", ids))
 	c.Send(a.sup, children{ids: ids})
+}
+
+// bounceAll bounces every recipient of a root envelope before any delivery
+// (a mail loop), with a DSN to the sender.
+func (a *envelope) bounceAll(c actor.Context, reason, status string) {
+	var rcpts []policy.DSNRecipient
+	for _, r := range a.env.Pending {
+		rcpts = append(rcpts, policy.DSNRecipient{Recipient: r, Status: status, Diagnostic: reason})
+	}
+	w := journal.Write{}
+	var ids []string
+	dsn := a.queueDSN(&w, rcpts, false, a.o.Now(), &ids)
+	w.Events = append([]events.Event{{Envelope: a.id, Payload: events.Bounced{Recipients: a.env.Pending, Reason: reason, DSN: dsn}}}, w.Events...)
+	if _, err := a.o.Journal.Append(w); err != nil {
+		a.later(c, "bounce", err)
+		return
+	}
+	a.log.Info("envelope bounced before delivery", zap.String("reason", reason), zap.Strings("recipients", a.env.Pending), zap.Strings("dsn", ids))
+	for _, id := range ids {
+		c.Send(a.sup, enqueue{id: id})
+	}
 }
 
 func (a *envelope) startAttempt(c actor.Context) {
@@ -230,7 +255,16 @@ func (a *envelope) finishAttempt(c actor.Context, m attemptDone) {
 			add(events.Bounced{Recipients: temp, Reason: "expired after " + ageStr + ": " + tempReason, DSN: a.queueDSN(&w, exp, true, now, &dsnIDs)})
 		} else {
 			next = now.Add(a.retryAfter(m.attempt))
-			add(events.Deferred{Recipients: temp, NextAttempt: next, Reason: tempReason})
+			d := events.Deferred{Recipients: temp, NextAttempt: next, Reason: tempReason}
+			if a.o.DelayWarning > 0 && !a.env.Warned && age >= a.o.DelayWarning {
+				var late []policy.DSNRecipient
+				for _, r := range temp {
+					o := m.res.Rcpts[r]
+					late = append(late, policy.DSNRecipient{Recipient: r, Status: delayStatus(o), Diagnostic: o.String(), RemoteMTA: hostOnly(m.res.Host)})
+				}
+				d.DelayDSN = a.queueNotice(&w, policy.DSN{Recipients: late, Delayed: true, RetryUntil: a.env.Arrived.Add(a.o.MaxAge)}, now, &dsnIDs)
+			}
+			add(d)
 		}
 	}
 	if _, err := a.o.Journal.Append(w); err != nil {
@@ -270,7 +304,13 @@ func (a *envelope) dropBodyIfDone() {
 // rcpts, and returns its ID. A bounce is never bounced: for the null sender
 // it adds nothing and returns "".
 func (a *envelope) queueDSN(w *journal.Write, rcpts []policy.DSNRecipient, expired bool, now time.Time, ids *[]string) string {
-	if a.env.Sender == "" || len(rcpts) == 0 {
+	return a.queueNotice(w, policy.DSN{Recipients: rcpts, Expired: expired}, now, ids)
+}
+
+// queueNotice adds to w a DSN envelope (a failure or a delay warning, as
+// d says) to the sender and returns its ID; nothing for <>.
+func (a *envelope) queueNotice(w *journal.Write, d policy.DSN, now time.Time, ids *[]string) string {
+	if a.env.Sender == "" || len(d.Recipients) == 0 {
 		return ""
 	}
 	var header []byte
@@ -278,14 +318,22 @@ func (a *envelope) queueDSN(w *journal.Write, rcpts []policy.DSNRecipient, expir
 		header = append([]byte(a.env.Prepend), policy.HeaderBlock(body)...)
 	}
 	id := events.NewID()
-	msg := policy.BuildDSN(policy.DSN{ID: id, Hostname: a.o.Hostname, Envelope: a.id, Sender: a.env.Sender,
-		Arrived: a.env.Arrived, Now: now, Expired: expired, Recipients: rcpts, Header: header})
+	d.ID, d.Hostname, d.Envelope, d.Sender, d.Arrived, d.Now, d.Header = id, a.o.Hostname, a.id, a.env.Sender, a.env.Arrived, now, header
+	msg := policy.BuildDSN(d)
 	w.Bodies = append(w.Bodies, journal.Body{Key: id, Data: msg})
 	w.Events = append(w.Events, events.Event{Envelope: id, Payload: events.Received{
 		Sender: "", Recipients: []string{a.env.Sender}, BodyKey: id, Size: int64(len(msg)), Listener: events.ListenerLocal, Parent: a.id,
 	}})
 	*ids = append(*ids, id)
 	return id
+}
+
+// delayStatus is the RFC 3463 status of a recipient still being retried.
+func delayStatus(o mxrelay.Outcome) string {
+	if o.Enhanced != "" && strings.HasPrefix(o.Enhanced, "4.") {
+		return o.Enhanced
+	}
+	return "4.0.0"
 }
 
 func hostOnly(hostport string) string {

@@ -47,7 +47,7 @@ type supervisor struct {
 	// closed when the last running envelope actor finishes.
 	drained chan struct{}
 	self    *actor.PID
-	send   func(pid *actor.PID, msg any)
+	send    func(pid *actor.PID, msg any)
 }
 
 func newSupervisor(o Options, ctx context.Context) *supervisor {

@@ -48,6 +48,10 @@ type Options struct {
 	Retry []time.Duration
 	// MaxAge is how long an envelope may stay queued before it expires.
 	MaxAge time.Duration
+	// DelayWarning, when positive, sends the sender one delay warning
+	// (RFC 3464 "Action: delayed") for an envelope still deferred that long
+	// after it arrived.
+	DelayWarning time.Duration
 	// MaxActive bounds envelopes being worked on at once; 0 means 256.
 	MaxActive int
 	// MaxConnectionsPerDomain bounds concurrent deliveries to one

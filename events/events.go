@@ -138,6 +138,9 @@ type Deferred struct {
 	Recipients  []string  `json:"recipients"`
 	NextAttempt time.Time `json:"next_attempt"`
 	Reason      string    `json:"reason"`
+	// DelayDSN is the ID of the delay warning (RFC 3464 "Action: delayed")
+	// queued to the sender with this deferral: sent once per envelope.
+	DelayDSN string `json:"delay_dsn,omitempty"`
 }
 
 // Delivered records recipients whose delivery the next hop accepted.

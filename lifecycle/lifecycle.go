@@ -91,6 +91,8 @@ type Envelope struct {
 	Attempts    int       `json:"attempts"`
 	NextAttempt time.Time `json:"next_attempt,omitzero"`
 	LastError   string    `json:"last_error"`
+	// Warned: a delay warning went to the sender (it goes once).
+	Warned bool `json:"-"`
 
 	BodyKey string `json:"-"`
 	Prepend string `json:"-"`
@@ -170,6 +172,9 @@ func Fold(set map[string]*Envelope, ev events.Event) *Envelope {
 			env.State = StateDeferred
 			env.NextAttempt = p.NextAttempt
 			env.LastError = p.Reason
+			if p.DelayDSN != "" {
+				env.Warned = true
+			}
 		}
 	case events.Delivered:
 		if env != nil {

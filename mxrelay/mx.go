@@ -231,18 +231,32 @@ func (x *mxRelay) deliverDomain(ctx context.Context, domain string, m Message, p
 	if domain == "" {
 		return Result{Rcpts: allRcpts(m.Recipients, permanent(501, "5.1.3", "recipient has no domain"))}
 	}
+	if strings.HasPrefix(domain, "[") {
+		// An address literal is its own host: no MX lookup (RFC 5321 §5.1).
+		ip, ok := addressLiteral(domain)
+		if !ok {
+			return Result{Rcpts: allRcpts(m.Recipients, permanent(501, "5.1.3", "bad address literal %s", domain))}
+		}
+		return deliverHost(ctx, x.opts, net.JoinHostPort(ip.String(), strconv.Itoa(x.opts.MXPort)), false, m, pool)
+	}
 	hosts, err := x.resolver.mxHosts(ctx, domain)
 	if err != nil {
 		var df *dnsFailure
 		errors.As(err, &df)
 		return Result{Rcpts: allRcpts(m.Recipients, df.outcome)}
 	}
+	implicit := len(hosts) == 1 && hosts[0] == domain
 	last := Result{Rcpts: allRcpts(m.Recipients, temporary("no address found for the MX hosts of %s", domain))}
 	for _, h := range hosts {
 		addrs, err := x.resolver.addrs(ctx, h)
 		if err != nil {
 			last = Result{Host: h, Rcpts: allRcpts(m.Recipients, temporary("address lookup for %s failed: %v", h, err))}
 			continue
+		}
+		if len(addrs) == 0 && implicit {
+			// No MX and no address records: nowhere to deliver, ever (as
+			// Postfix: 5.4.4), rather than retrying for days.
+			return Result{Rcpts: allRcpts(m.Recipients, permanent(550, "5.4.4", "domain %s has no MX and no address records", domain))}
 		}
 		for _, a := range addrs {
 			res := deliverHost(ctx, x.opts, net.JoinHostPort(a, strconv.Itoa(x.opts.MXPort)), false, m, pool)
@@ -264,6 +278,23 @@ func tookTransaction(r Result) bool {
 		}
 	}
 	return false
+}
+
+// addressLiteral parses "[192.0.2.1]" or "[IPv6:2001:db8::1]".
+func addressLiteral(d string) (net.IP, bool) {
+	if !strings.HasPrefix(d, "[") || !strings.HasSuffix(d, "]") {
+		return nil, false
+	}
+	inner := d[1 : len(d)-1]
+	v6 := false
+	if len(inner) > 5 && strings.EqualFold(inner[:5], "IPv6:") {
+		inner, v6 = inner[5:], true
+	}
+	ip := net.ParseIP(inner)
+	if ip == nil || (v6 != (ip.To4() == nil)) {
+		return nil, false
+	}
+	return ip, true
 }
 
 func domainOf(addr string) string {

@@ -18,13 +18,17 @@ type DSNRecipient struct {
 
 // DSN describes a failure report (RFC 3464) to the envelope sender.
 type DSN struct {
-	ID         string // the DSN envelope's own ID (for Message-ID)
-	Hostname   string // Reporting-MTA
-	Envelope   string // the envelope that failed
-	Sender     string // original sender, the DSN's recipient
-	Arrived    time.Time
-	Now        time.Time
-	Expired    bool // the failure is max_age, not a 5xx
+	ID       string // the DSN envelope's own ID (for Message-ID)
+	Hostname string // Reporting-MTA
+	Envelope string // the envelope that failed
+	Sender   string // original sender, the DSN's recipient
+	Arrived  time.Time
+	Now      time.Time
+	Expired  bool // the failure is max_age, not a 5xx
+	// Delayed makes it a delay warning (RFC 3464 "Action: delayed"): the
+	// message is still being retried, until RetryUntil.
+	Delayed    bool
+	RetryUntil time.Time
 	Recipients []DSNRecipient
 	// Header is the original message's header block (CRLF lines).
 	Header []byte
@@ -39,7 +43,9 @@ func BuildDSN(d DSN) []byte {
 	crlf := func(format string, args ...any) { fmt.Fprintf(&b, format+"\r\n", args...) }
 	crlf("From: Mail Delivery System <MAILER-DAEMON@%s>", d.Hostname)
 	crlf("To: <%s>", d.Sender)
-	if d.Expired {
+	if d.Delayed {
+		crlf("Subject: Delayed Mail (still being retried)")
+	} else if d.Expired {
 		crlf("Subject: Undelivered Mail Returned to Sender (delivery time expired)")
 	} else {
 		crlf("Subject: Undelivered Mail Returned to Sender")
@@ -59,7 +65,13 @@ func BuildDSN(d DSN) []byte {
 	crlf("")
 	crlf("This is the mail system at host %s.", d.Hostname)
 	crlf("")
-	if d.Expired {
+	if d.Delayed {
+		crlf("Your message could not be delivered yet to the recipients below.")
+		crlf("The mail system keeps trying; no action is needed on your part.")
+		if !d.RetryUntil.IsZero() {
+			crlf("It gives up after %s.", d.RetryUntil.Format(time.RFC1123Z))
+		}
+	} else if d.Expired {
 		crlf("Your message could not be delivered to the recipients below before it")
 		crlf("expired in the queue. It has been returned to you.")
 	} else {
@@ -83,7 +95,11 @@ func BuildDSN(d DSN) []byte {
 	for _, r := range d.Recipients {
 		crlf("")
 		crlf("Final-Recipient: rfc822; %s", r.Recipient)
-		crlf("Action: failed")
+		if d.Delayed {
+			crlf("Action: delayed")
+		} else {
+			crlf("Action: failed")
+		}
 		crlf("Status: %s", r.Status)
 		if r.RemoteMTA != "" {
 			crlf("Remote-MTA: dns; %s", r.RemoteMTA)
@@ -92,6 +108,9 @@ func BuildDSN(d DSN) []byte {
 			crlf("Diagnostic-Code: smtp; %s", oneLine(r.Diagnostic))
 		}
 		crlf("Last-Attempt-Date: %s", d.Now.Format(time.RFC1123Z))
+		if d.Delayed && !d.RetryUntil.IsZero() {
+			crlf("Will-Retry-Until: %s", d.RetryUntil.Format(time.RFC1123Z))
+		}
 	}
 	crlf("")
 	crlf("--%s", boundary)

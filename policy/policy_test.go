@@ -89,3 +89,10 @@ func TestBuildDSN(t *testing.T) {
 		t.Errorf("StatusFor expired = %s", got)
 	}
 }
+
+func TestCountReceived(t *testing.T) {
+	body := []byte("Received: from a\r\n\tby b\r\nreceived: from c\r\nSubject: x\r\n\r\nReceived: in the body\r\n")
+	if n := CountReceived(body); n != 2 {
+		t.Fatalf("CountReceived = %d, want 2", n)
+	}
+}

@@ -87,6 +87,9 @@ type RelayConfig struct {
 type QueueConfig struct {
 	Retry  []Duration `toml:"retry"`
 	MaxAge Duration   `toml:"max_age"`
+	// DelayWarning: one delay warning DSN to the sender of an envelope
+	// still deferred this long after arrival; "0" turns it off.
+	DelayWarning Duration `toml:"delay_warning"`
 	// KeepBodies keeps message bodies after delivery, so that replay can
 	// show what was relayed; false deletes them as Postfix does.
 	KeepBodies bool `toml:"keep_bodies"`
@@ -247,7 +250,7 @@ func Defaults() Config {
 		Relay: RelayConfig{Mode: "mx", MXPort: 25, TLS: "opportunistic", DNSServers: []string{},
 			ConnectTimeout: dur("20s"), CommandTimeout: dur("10s"), DataTimeout: dur("20s"), IdleTimeout: dur("30s"),
 			MaxConnectionsPerDomain: 20},
-		Queue:   QueueConfig{Retry: retry, MaxAge: dur("120h")},
+		Queue:   QueueConfig{Retry: retry, MaxAge: dur("120h"), DelayWarning: dur("4h")},
 		Journal: JournalConfig{MinFree: ByteSize{Bytes: 256 << 20}},
 		Policies: PoliciesConfig{AddDateHeader: true, AddMessageIDHeader: true, AddReceivedHeader: true, Split: "domain", Forward: []ForwardRule{}, DKIM: []DKIMKey{},
 			SpamAction: "tag", SpamTimeout: dur("10s")},
@@ -299,7 +302,7 @@ var hostnameRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$`)
 func (c *Config) Validate() error {
 	for key, d := range map[string]Duration{
 		"shutdown_grace": c.ShutdownGrace, "relay.connect_timeout": c.Relay.ConnectTimeout, "relay.command_timeout": c.Relay.CommandTimeout,
-		"policies.spamassassin_timeout": c.Policies.SpamTimeout, "relay.data_timeout": c.Relay.DataTimeout, "limits.command_timeout": c.Limits.CommandTimeout, "limits.data_timeout": c.Limits.DataTimeout, "relay.idle_timeout": c.Relay.IdleTimeout, "queue.max_age": c.Queue.MaxAge,
+		"policies.spamassassin_timeout": c.Policies.SpamTimeout, "relay.data_timeout": c.Relay.DataTimeout, "limits.command_timeout": c.Limits.CommandTimeout, "limits.data_timeout": c.Limits.DataTimeout, "relay.idle_timeout": c.Relay.IdleTimeout, "queue.max_age": c.Queue.MaxAge, "queue.delay_warning": c.Queue.DelayWarning,
 	} {
 		if err := d.check(key); err != nil {
 			return err

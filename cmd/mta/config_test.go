@@ -18,7 +18,7 @@ func TestDefaultsMatchSpec(t *testing.T) {
 		c.Limits.MaxMessageBytes != 26214400 || c.Limits.MaxRecipients != 100 || c.Limits.MaxConnections != 1000 ||
 		c.Limits.MaxAuthFailuresPerIP != 10 || c.Queue.MaxAge.Duration != 120*time.Hour || len(c.Queue.Retry) != 7 ||
 		c.Queue.Retry[0].Duration != time.Minute || c.Policies.Split != "domain" || !c.Auth.RequireSenderOwnership ||
-		c.Journal.MinFree.Bytes != 256<<20 || c.ShutdownGrace.Duration != 30*time.Second ||
+		c.Journal.MinFree.Bytes != 256<<20 || c.ShutdownGrace.Duration != 30*time.Second || c.Queue.DelayWarning.Duration != 4*time.Hour ||
 		c.Relay.ConnectTimeout.Duration != 20*time.Second || c.Relay.IdleTimeout.Duration != 30*time.Second || c.Hostname == "" {
 		t.Fatalf("defaults: %+v", c)
 	}

@@ -209,7 +209,7 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 		Journal: j, Queue: queue, Relay: relay, Hostname: cfg.Hostname,
 		Policies: policy.Options{AddDate: cfg.Policies.AddDateHeader, AddMessageID: cfg.Policies.AddMessageIDHeader,
 			AddReceived: cfg.Policies.AddReceivedHeader, Split: cfg.Policies.Split, Forward: forward, DKIM: dkimKeys},
-		Retry: durations(cfg.Queue.Retry), MaxAge: cfg.Queue.MaxAge.Duration, Logger: log.Named("queue"),
+		Retry: durations(cfg.Queue.Retry), MaxAge: cfg.Queue.MaxAge.Duration, DelayWarning: cfg.Queue.DelayWarning.Duration, Logger: log.Named("queue"),
 		MaxConnectionsPerDomain: cfg.Relay.MaxConnectionsPerDomain, IdleTimeout: cfg.Relay.IdleTimeout.Duration,
 		DropBodies: !cfg.Queue.KeepBodies,
 	})

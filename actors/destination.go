@@ -2,6 +2,7 @@ package actors
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"time"
 
@@ -87,11 +88,26 @@ func (d *destination) next(c actor.Context) {
 		self, root, ctx, relay, pool := c.Self(), c.ActorSystem().Root, d.ctx, d.o.Relay, d.pool
 		go func() {
 			start := time.Now()
-			res := relay.Deliver(ctx, req.msg, pool)
+			res := deliverSafely(ctx, relay, req.msg, pool)
 			root.Send(req.replyTo, attemptDone{attempt: req.attempt, res: res, took: time.Since(start)})
 			root.Send(self, attemptFinished{})
 		}()
 	}
+}
+
+// deliverSafely runs one delivery; a panic in the relay becomes a
+// temporary outcome for every recipient, so the envelope actor always gets
+// its result.
+func deliverSafely(ctx context.Context, relay mxrelay.Relay, m mxrelay.Message, pool *mxrelay.Pool) (res mxrelay.Result) {
+	defer func() {
+		if r := recover(); r != nil {
+			res = mxrelay.Result{Rcpts: map[string]mxrelay.Outcome{}}
+			for _, rc := range m.Recipients {
+				res.Rcpts[rc] = mxrelay.TemporaryFailure(fmt.Sprintf("internal error in the relay: %v", r))
+			}
+		}
+	}()
+	return relay.Deliver(ctx, m, pool)
 }
 
 // destinationKey names the destination of a set of recipients: the domain

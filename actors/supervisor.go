@@ -101,6 +101,14 @@ func (s *supervisor) Receive(c actor.Context) {
 		s.routed[m.key]++
 	case countDestinations:
 		c.Respond(len(s.dests))
+	case *actor.Terminated:
+		// A destination actor that failed and was stopped: forget it.
+		for key, pid := range s.dests {
+			if pid.Equal(m.Who) {
+				delete(s.dests, key)
+				delete(s.routed, key)
+			}
+		}
 	case destIdle:
 		// Messages to the supervisor are handled one at a time: if the
 		// actor has received everything routed to it, nothing is in flight

@@ -17,6 +17,16 @@
 //     (due time, ID) and spawns the actor again when due, so a large queue
 //     costs memory per envelope, not per actor.
 //   - Actors keep their state private and talk only by messages.
+//   - Supervision (childStrategy): the supervisor is the parent of every
+//     envelope and destination actor and stops, never restarts, a child
+//     that fails. An envelope actor recovers its own panics first (logged
+//     with the stack, the envelope scheduled again after the first retry
+//     interval), so a failure stops one step, not the envelope; a stopped
+//     destination actor is forgotten (Terminated) and the next delivery to
+//     its domain starts a new one. A delivery's result always reaches its
+//     envelope actor as a message (attemptDone, also when the relay
+//     panics), and an envelope actor stops only after that message: during
+//     a graceful stop Drain waits for them.
 package actors
 
 import (
@@ -103,12 +113,19 @@ func Start(o Options) (*System, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	sup, err := sys.Root.SpawnNamed(actor.PropsFromProducer(func() actor.Actor {
 		return newSupervisor(o, ctx)
-	}), "queue")
+	}, actor.WithSupervisor(childStrategy())), "queue")
 	if err != nil {
 		cancel()
 		return nil, fmt.Errorf("actors: start supervisor: %w", err)
 	}
 	return &System{sys: sys, sup: sup, cancel: cancel}, nil
+}
+
+// childStrategy stops a failing child: a restarted envelope or destination
+// actor would have lost the state of the step it was in, while a stopped
+// one is rescheduled (envelope) or replaced on demand (destination).
+func childStrategy() actor.SupervisorStrategy {
+	return actor.NewOneForOneStrategy(0, time.Second, func(any) actor.Directive { return actor.StopDirective })
 }
 
 // Enqueue tells the supervisor that envelope id was just journaled as

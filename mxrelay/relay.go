@@ -100,6 +100,10 @@ type Outcome struct {
 // Temporary reports whether the recipient should be retried.
 func (o Outcome) Temporary() bool { return o.temp }
 
+// TemporaryFailure is an outcome for a failure that no next hop reported
+// (an internal error): temporary, so the recipient is retried.
+func TemporaryFailure(msg string) Outcome { return Outcome{Message: msg, temp: true} }
+
 // Success reports whether the next hop accepted the recipient.
 func (o Outcome) Success() bool { return o.Code >= 200 && o.Code < 300 }
 

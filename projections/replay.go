@@ -2,6 +2,7 @@ package projections
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"sort"
@@ -67,4 +68,18 @@ func WriteText(w io.Writer, e events.Event) error {
 	b.WriteByte('\n')
 	_, err = io.WriteString(w, b.String())
 	return err
+}
+
+// ParseFilter builds a Filter from the --envelope and --since values
+// (RFC 3339).
+func ParseFilter(envelope, since string) (Filter, error) {
+	f := Filter{Envelope: envelope}
+	if since != "" {
+		t, err := time.Parse(time.RFC3339, since)
+		if err != nil {
+			return f, errors.New("--since must be an RFC 3339 time like 2026-01-02T15:04:05Z")
+		}
+		f.Since = t
+	}
+	return f, nil
 }

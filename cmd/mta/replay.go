@@ -3,12 +3,12 @@ package main
 import (
 	"bufio"
 	"fmt"
-	"sort"
 
 	"github.com/spf13/cobra"
 
 	"github.com/ledgermail/ledgermail/events"
 	"github.com/ledgermail/ledgermail/projections"
+	"github.com/ledgermail/ledgermail/queue"
 )
 
 func newReplayCmd() *cobra.Command {
@@ -19,7 +19,7 @@ func newReplayCmd() *cobra.Command {
 		Short: "print the journal in order, for auditing; --verify checks every record and the rebuilt state",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			f, err := parseFilter(envelope, since)
+			f, err := projections.ParseFilter(envelope, since)
 			if err != nil {
 				return usageError{err}
 			}
@@ -69,89 +69,42 @@ func verifyJournal(cmd *cobra.Command, src source) error {
 		fmt.Fprintf(out, "the reference state cannot be read: %v\n", err)
 		haveRef = false
 	}
-	q := projections.NewQueue()
-	var bad, n int
-	var rebuiltAtRef *projections.Snapshot
-	var batch []events.Event
-	flush := func() {
-		q.Apply(batch)
-		batch = batch[:0]
+	var refp *projections.Snapshot
+	if haveRef {
+		refp = &ref
 	}
+	v := queue.NewVerifier(refp)
+	bad := 0
 	bar := newProgress("verifying", src.Total())
 	err = src.Scan(projections.Filter{}, func(e events.Event) error {
-		n++
 		bar.add()
-		batch = append(batch, e)
-		if haveRef && e.Seq == ref.Seq {
-			flush()
-			s := q.Snapshot()
-			rebuiltAtRef = &s
-		}
-		if len(batch) == 1024 {
-			flush()
-		}
+		v.Add(e)
 		return nil
 	}, func(seq uint64, reason string) error {
 		bad++
 		fmt.Fprintf(out, "corrupt record at sequence %d: %s\n", seq, reason)
 		return nil
 	})
-	flush()
 	bar.done()
 	if err != nil {
 		fmt.Fprintf(out, "journal unreadable: %v\n", err)
 		return fmt.Errorf("journal verification failed: %w", err)
 	}
-	var mismatch []string
-	switch {
-	case !haveRef:
+	rebuilt, mismatch := v.Finish()
+	if !haveRef {
 		fmt.Fprintln(out, "no independent record of the queue to compare with (no snapshot saved yet)")
-	case ref.Seq == 0:
-		rebuilt := projections.NewQueue().Snapshot()
-		mismatch = compareSnapshots(rebuilt, ref)
-	case rebuiltAtRef == nil:
-		mismatch = []string{fmt.Sprintf("%s is past the end of the readable journal", what)}
-	default:
-		mismatch = compareSnapshots(*rebuiltAtRef, ref)
 	}
 	for _, m := range mismatch {
 		fmt.Fprintln(out, "mismatch: "+m)
 	}
-	rebuilt := q.Snapshot()
 	compared := "not compared"
 	if haveRef {
 		compared = "compared with " + what
 	}
 	fmt.Fprintf(out, "%d records read, %d corrupt, %d live envelopes rebuilt (%s), %s, %d mismatches\n",
-		n, bad, len(rebuilt.Envelopes), src.Describe(), compared, len(mismatch))
+		v.Events, bad, len(rebuilt.Envelopes), src.Describe(), compared, len(mismatch))
 	if bad > 0 || len(mismatch) > 0 {
 		return fmt.Errorf("journal verification failed")
 	}
 	return nil
-}
-
-// compareSnapshots lists the differences between the queue rebuilt from
-// the journal and a reference taken at the same sequence number.
-func compareSnapshots(rebuilt, ref projections.Snapshot) []string {
-	var out []string
-	want := map[string]*projections.Envelope{}
-	for _, e := range ref.Envelopes {
-		want[e.ID] = e
-	}
-	for _, e := range rebuilt.Envelopes {
-		l, ok := want[e.ID]
-		if !ok {
-			out = append(out, fmt.Sprintf("envelope %s is live in the journal but not in the reference", e.ID))
-			continue
-		}
-		if l.State != e.State || l.Attempts != e.Attempts {
-			out = append(out, fmt.Sprintf("envelope %s: journal says %s after %d attempts, reference %s after %d", e.ID, e.State, e.Attempts, l.State, l.Attempts))
-		}
-		delete(want, e.ID)
-	}
-	for id := range want {
-		out = append(out, fmt.Sprintf("envelope %s is in the reference but not live in the journal", id))
-	}
-	sort.Strings(out)
-	return out
 }

@@ -18,11 +18,12 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/ledgermail/ledgermail/actors"
-	"github.com/ledgermail/ledgermail/events"
+	"github.com/ledgermail/ledgermail/admin"
 	"github.com/ledgermail/ledgermail/journal"
 	"github.com/ledgermail/ledgermail/mxrelay"
 	"github.com/ledgermail/ledgermail/policy"
 	"github.com/ledgermail/ledgermail/projections"
+	"github.com/ledgermail/ledgermail/queue"
 	"github.com/ledgermail/ledgermail/smtpedge"
 )
 
@@ -181,12 +182,12 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 			zap.Int64("free_bytes", free), zap.Int64("min_free", cfg.Journal.MinFree.Bytes))
 	}
 
-	queue := projections.NewQueue()
-	if err := rebuild(j, queue, log, f.ignoreCorrupt); err != nil {
+	q := projections.NewQueue()
+	if err := queue.Rebuild(j, q, log, f.ignoreCorrupt); err != nil {
 		return err
 	}
-	j.Subscribe(queue.Apply)
-	metrics := projections.NewMetrics(queue)
+	j.Subscribe(q.Apply)
+	metrics := projections.NewMetrics(q)
 	j.Subscribe(metrics.Apply)
 	j.SetOnCommit(metrics.Commit)
 
@@ -206,7 +207,7 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 	trusted, _ := cfg.TrustedNetworks()
 
 	sys, err := actors.Start(actors.Options{
-		Journal: j, Queue: queue, Relay: relay, Hostname: cfg.Hostname,
+		Journal: j, Queue: q, Relay: relay, Hostname: cfg.Hostname,
 		Policies: policy.Options{AddDate: cfg.Policies.AddDateHeader, AddMessageID: cfg.Policies.AddMessageIDHeader,
 			AddReceived: cfg.Policies.AddReceivedHeader, Split: cfg.Policies.Split, Forward: forward, DKIM: dkimKeys},
 		Retry: durations(cfg.Queue.Retry), MaxAge: cfg.Queue.MaxAge.Duration, DelayWarning: cfg.Queue.DelayWarning.Duration, Logger: log.Named("queue"),
@@ -220,28 +221,12 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 	// run in reverse, so this is registered after sys.Stop would be.
 	defer func() {
 		sys.Stop()
-		saveSnapshot(j, queue, log)
+		queue.SaveSnapshot(j, q, log)
 	}()
 	snapDone := make(chan struct{})
 	defer close(snapDone)
-	go func() {
-		// Every 10 minutes, when 50,000 events have come since the last one.
-		t := time.NewTicker(10 * time.Minute)
-		defer t.Stop()
-		var lastSeq uint64
-		for {
-			select {
-			case <-snapDone:
-				return
-			case <-t.C:
-				if j.LastSeq() >= lastSeq+50000 {
-					if s := saveSnapshot(j, queue, log); s != 0 {
-						lastSeq = s
-					}
-				}
-			}
-		}
-	}()
+	// Every 10 minutes, when 50,000 events have come since the last one.
+	go queue.RunSnapshots(j, q, log, 10*time.Minute, 50000, snapDone)
 
 	edge, err := smtpedge.New(smtpedge.Options{
 		Hostname: cfg.Hostname, Listeners: lns,
@@ -255,12 +240,13 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 	if err != nil {
 		return err
 	}
-	var admin *http.Server
-	var state serverState
+	var adminSrv *http.Server
+	var state admin.State
 	if adminLn != nil {
-		admin = &http.Server{Handler: newAdmin(adminDeps{j: j, q: queue, sys: sys, metrics: metrics, state: &state, token: cfg.Admin.Token, keepBodies: cfg.Queue.KeepBodies, log: log.Named("admin")}),
+		adminSrv = &http.Server{Handler: admin.New(admin.Deps{Journal: j, Queue: q, Actors: sys, Metrics: metrics, State: &state,
+			Token: cfg.Admin.Token, KeepBodies: cfg.Queue.KeepBodies, Log: log.Named("admin")}),
 			ReadHeaderTimeout: 10 * time.Second}
-		go admin.Serve(adminLn)
+		go adminSrv.Serve(adminLn)
 	}
 	edge.Serve()
 	if f.pidfile != "" {
@@ -269,7 +255,7 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 		}
 		defer os.Remove(f.pidfile)
 	}
-	state.ready.Store(true)
+	state.Ready.Store(true)
 	log.Info("ledgermail started", zap.String("version", version), zap.String("hostname", cfg.Hostname),
 		zap.Strings("listen", edge.Addrs()), zap.String("admin", cfg.Admin.Listen), zap.String("data_dir", cfg.DataDir),
 		zap.String("relay", cfg.Relay.Mode), zap.Uint64("journal_seq", j.LastSeq()), zap.Int("pid", os.Getpid()))
@@ -301,7 +287,7 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 		log.Info("stopping", zap.String("signal", sig.String()))
 		break
 	}
-	state.ready.Store(false)
+	state.Ready.Store(false)
 	// One grace period for both: sessions in DATA finish and get their
 	// answer, deliveries in flight finish and journal their outcomes (so a
 	// restart does not send them again); then the rest are cut.
@@ -322,8 +308,8 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 		}
 	}()
 	wg.Wait()
-	if admin != nil {
-		admin.Shutdown(ctx)
+	if adminSrv != nil {
+		adminSrv.Shutdown(ctx)
 	}
 	log.Info("stopped")
 	return nil
@@ -372,96 +358,6 @@ func reload(log *zap.Logger, users *smtpedge.UsersFile, certs *smtpedge.CertStor
 		log.Error("reload certificates", zap.Error(err))
 	}
 	log.Info("reloaded users and certificates")
-}
-
-// snapshotName is the queue projection's snapshot in the journal.
-const snapshotName = "queue"
-
-// rebuild loads the queue projection's latest snapshot, if any, and replays
-// the journal after it (all of it without one), with progress on long
-// journals. A corrupt record stops start-up unless ignoreCorrupt.
-func rebuild(j *journal.Journal, q *projections.Queue, log *zap.Logger, ignoreCorrupt bool) error {
-	total := j.LastSeq()
-	start := time.Now()
-	from := uint64(1)
-	report := func(ce *journal.CorruptError) error {
-		log.Error("corrupt journal record ignored", zap.Uint64("seq", ce.Seq), zap.String("reason", ce.Reason))
-		return nil
-	}
-	if !ignoreCorrupt {
-		report = nil
-	}
-	if _, data, err := j.Snapshot(snapshotName); err == nil {
-		seq, lerr := q.LoadSnapshot(data)
-		if lerr == nil {
-			// The snapshot stands for the records it covers: check them
-			// (checksums and chain, without decoding) so that a corrupt
-			// record still stops start-up.
-			if verr := j.Verify(seq, report); verr != nil {
-				var ce *journal.CorruptError
-				if errors.As(verr, &ce) {
-					return fmt.Errorf("%v; refusing to start (run `mta replay --verify` to list all, or `mta serve --ignore-corrupt`)", verr)
-				}
-				return verr
-			}
-			from = seq + 1
-			log.Info("queue snapshot loaded", zap.Uint64("seq", seq), zap.Int("live_envelopes", q.Len()))
-		} else {
-			// LoadSnapshot left q untouched.
-			log.Warn("queue snapshot unusable; replaying the whole journal", zap.Error(lerr))
-		}
-	} else if !errors.Is(err, journal.ErrNoSnapshot) {
-		log.Warn("queue snapshot unusable; replaying the whole journal", zap.Error(err))
-	}
-	last := start
-	batch := make([]events.Event, 0, 1024)
-	flush := func() {
-		q.Apply(batch)
-		batch = batch[:0]
-	}
-	fn := func(e events.Event) error {
-		batch = append(batch, e)
-		if len(batch) == cap(batch) {
-			flush()
-			if time.Since(last) > 2*time.Second {
-				last = time.Now()
-				log.Info("replaying journal", zap.Uint64("seq", e.Seq), zap.Uint64("of", total))
-			}
-		}
-		return nil
-	}
-	var err error
-	if ignoreCorrupt {
-		err = j.ScanTolerant(from, fn, report)
-	} else {
-		err = j.Scan(from, fn)
-	}
-	if err != nil {
-		var ce *journal.CorruptError
-		if errors.As(err, &ce) {
-			return fmt.Errorf("%v; refusing to start (run `mta replay --verify` to list all, or `mta serve --ignore-corrupt`)", err)
-		}
-		return err
-	}
-	flush()
-	log.Info("journal replayed", zap.Uint64("from", from), zap.Uint64("to", total), zap.Int("live_envelopes", q.Len()), zap.Duration("took", time.Since(start)))
-	return nil
-}
-
-// saveSnapshot stores the queue projection (at shutdown and periodically)
-// so that the next start replays only the journal's tail.
-func saveSnapshot(j *journal.Journal, q *projections.Queue, log *zap.Logger) uint64 {
-	start := time.Now()
-	data, seq, err := q.MarshalSnapshot()
-	if err == nil {
-		err = j.PutSnapshot(snapshotName, seq, data)
-	}
-	if err != nil {
-		log.Warn("queue snapshot not saved", zap.Error(err))
-		return 0
-	}
-	log.Info("queue snapshot saved", zap.Uint64("seq", seq), zap.Int("bytes", len(data)), zap.Duration("took", time.Since(start)))
-	return seq
 }
 
 func unwrapPathErr(err error) error {

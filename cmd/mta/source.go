@@ -15,6 +15,7 @@ import (
 	"github.com/ledgermail/ledgermail/events"
 	"github.com/ledgermail/ledgermail/journal"
 	"github.com/ledgermail/ledgermail/projections"
+	"github.com/ledgermail/ledgermail/queue"
 )
 
 // source is where the read commands get events: the journal itself when no
@@ -119,19 +120,7 @@ func (o *offlineSource) Scan(f projections.Filter, fn func(events.Event) error, 
 	return o.j.ScanTolerant(1, filtered, func(ce *journal.CorruptError) error { return bad(ce.Seq, ce.Reason) })
 }
 
-func (o *offlineSource) fold() (*projections.Queue, error) {
-	q := projections.NewQueue()
-	batch := make([]events.Event, 0, 1024)
-	err := o.j.Scan(1, func(e events.Event) error {
-		if batch = append(batch, e); len(batch) == cap(batch) {
-			q.Apply(batch)
-			batch = batch[:0]
-		}
-		return nil
-	})
-	q.Apply(batch)
-	return q, err
-}
+func (o *offlineSource) fold() (*projections.Queue, error) { return queue.Fold(o.j) }
 
 func (o *offlineSource) Queue() (projections.Snapshot, error) {
 	q, err := o.fold()
@@ -142,7 +131,7 @@ func (o *offlineSource) Queue() (projections.Snapshot, error) {
 }
 
 func (o *offlineSource) Reference() (projections.Snapshot, string, bool, error) {
-	_, data, err := o.j.Snapshot(snapshotName)
+	_, data, err := o.j.Snapshot(queue.SnapshotName)
 	if errors.Is(err, journal.ErrNoSnapshot) {
 		return projections.Snapshot{}, "", false, nil
 	}
@@ -162,7 +151,7 @@ func (o *offlineSource) Operator(action, id string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	ids, bodies, evs, err := operatorEvent(o.j, q, id, func() events.Payload {
+	ids, bodies, evs, err := queue.Operator(o.j, q, id, func() events.Payload {
 		if action == "delete" {
 			return events.Deleted{By: "mta queue (offline)"}
 		}
@@ -173,7 +162,7 @@ func (o *offlineSource) Operator(action, id string) (int, error) {
 	}
 	if action == "delete" && !o.keepBodies {
 		q.Apply(evs) // this fold is not subscribed to the journal
-		if err := dropUnusedBodies(o.j, q, bodies); err != nil {
+		if err := queue.DropUnusedBodies(o.j, q, bodies); err != nil {
 			return len(ids), fmt.Errorf("envelope deleted, but its body could not be dropped: %w", err)
 		}
 	}

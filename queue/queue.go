@@ -1,0 +1,149 @@
+// Package queue owns the queue's lifecycle around the live projection:
+// rebuilding it at start-up (snapshot plus the journal's tail), saving
+// snapshots, the offline fold, operator actions (retry, delete) and the
+// comparison that `mta replay --verify` relies on. cmd/mta only wires and
+// prints; the admin API is an adapter over it.
+//
+// The contract: the journal is the truth. A snapshot is an optimisation
+// whose covered records are still verified (checksums and chain) at
+// start-up; an operator action is an event appended to the journal, which
+// the live projection then folds like any other.
+package queue
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/ledgermail/ledgermail/events"
+	"github.com/ledgermail/ledgermail/journal"
+	"github.com/ledgermail/ledgermail/projections"
+)
+
+// SnapshotName is the queue projection's snapshot in the journal.
+const SnapshotName = "queue"
+
+// Rebuild loads the queue projection's latest snapshot, if any, and replays
+// the journal after it (all of it without one), with progress on long
+// journals. A corrupt record stops start-up unless ignoreCorrupt.
+func Rebuild(j *journal.Journal, q *projections.Queue, log *zap.Logger, ignoreCorrupt bool) error {
+	total := j.LastSeq()
+	start := time.Now()
+	from := uint64(1)
+	report := func(ce *journal.CorruptError) error {
+		log.Error("corrupt journal record ignored", zap.Uint64("seq", ce.Seq), zap.String("reason", ce.Reason))
+		return nil
+	}
+	if !ignoreCorrupt {
+		report = nil
+	}
+	if _, data, err := j.Snapshot(SnapshotName); err == nil {
+		seq, lerr := q.LoadSnapshot(data)
+		if lerr == nil {
+			// The snapshot stands for the records it covers: check them
+			// (checksums and chain, without decoding) so that a corrupt
+			// record still stops start-up.
+			if verr := j.Verify(seq, report); verr != nil {
+				var ce *journal.CorruptError
+				if errors.As(verr, &ce) {
+					return fmt.Errorf("%v; refusing to start (run `mta replay --verify` to list all, or `mta serve --ignore-corrupt`)", verr)
+				}
+				return verr
+			}
+			from = seq + 1
+			log.Info("queue snapshot loaded", zap.Uint64("seq", seq), zap.Int("live_envelopes", q.Len()))
+		} else {
+			// LoadSnapshot left q untouched.
+			log.Warn("queue snapshot unusable; replaying the whole journal", zap.Error(lerr))
+		}
+	} else if !errors.Is(err, journal.ErrNoSnapshot) {
+		log.Warn("queue snapshot unusable; replaying the whole journal", zap.Error(err))
+	}
+	last := start
+	batch := make([]events.Event, 0, 1024)
+	flush := func() {
+		q.Apply(batch)
+		batch = batch[:0]
+	}
+	fn := func(e events.Event) error {
+		batch = append(batch, e)
+		if len(batch) == cap(batch) {
+			flush()
+			if time.Since(last) > 2*time.Second {
+				last = time.Now()
+				log.Info("replaying journal", zap.Uint64("seq", e.Seq), zap.Uint64("of", total))
+			}
+		}
+		return nil
+	}
+	var err error
+	if ignoreCorrupt {
+		err = j.ScanTolerant(from, fn, report)
+	} else {
+		err = j.Scan(from, fn)
+	}
+	if err != nil {
+		var ce *journal.CorruptError
+		if errors.As(err, &ce) {
+			return fmt.Errorf("%v; refusing to start (run `mta replay --verify` to list all, or `mta serve --ignore-corrupt`)", err)
+		}
+		return err
+	}
+	flush()
+	log.Info("journal replayed", zap.Uint64("from", from), zap.Uint64("to", total), zap.Int("live_envelopes", q.Len()), zap.Duration("took", time.Since(start)))
+	return nil
+}
+
+// SaveSnapshot stores the queue projection (at shutdown and periodically)
+// so that the next start replays only the journal's tail.
+func SaveSnapshot(j *journal.Journal, q *projections.Queue, log *zap.Logger) uint64 {
+	start := time.Now()
+	data, seq, err := q.MarshalSnapshot()
+	if err == nil {
+		err = j.PutSnapshot(SnapshotName, seq, data)
+	}
+	if err != nil {
+		log.Warn("queue snapshot not saved", zap.Error(err))
+		return 0
+	}
+	log.Info("queue snapshot saved", zap.Uint64("seq", seq), zap.Int("bytes", len(data)), zap.Duration("took", time.Since(start)))
+	return seq
+}
+
+// Fold replays the whole journal into a fresh queue projection (offline
+// commands, repair, verification).
+func Fold(j *journal.Journal) (*projections.Queue, error) {
+	q := projections.NewQueue()
+	batch := make([]events.Event, 0, 1024)
+	err := j.Scan(1, func(e events.Event) error {
+		if batch = append(batch, e); len(batch) == cap(batch) {
+			q.Apply(batch)
+			batch = batch[:0]
+		}
+		return nil
+	})
+	q.Apply(batch)
+	return q, err
+}
+
+// RunSnapshots saves a snapshot every interval when at least every events
+// have come since the last one, until done is closed.
+func RunSnapshots(j *journal.Journal, q *projections.Queue, log *zap.Logger, interval time.Duration, every uint64, done <-chan struct{}) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	var lastSeq uint64
+	for {
+		select {
+		case <-done:
+			return
+		case <-t.C:
+			if j.LastSeq() >= lastSeq+every {
+				if s := SaveSnapshot(j, q, log); s != 0 {
+					lastSeq = s
+				}
+			}
+		}
+	}
+}

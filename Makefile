@@ -50,6 +50,7 @@ test-e2e: deps
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./journal/
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./projections/
+	$(GO) test -run '^$$' -bench AcceptLatency -benchtime 3x ./queue/
 
 # ledgermail against a private Postfix instance, same load, same sink (root).
 bench-postfix: deps

@@ -4,7 +4,7 @@
 //	GET  /healthz                       "ok" while the process runs
 //	GET  /readyz                        200 once serving, 503 while starting or stopping
 //	GET  /metrics                       Prometheus text format
-//	GET  /queue                         projections.Snapshot as JSON
+//	GET  /queue[?consistent=1]          projections.Snapshot as JSON (List, or Snapshot)
 //	GET  /envelopes/{id}                {"envelope": state, "events": [replay objects]}
 //	GET  /journal?envelope=&since=      JournalLine per line (NDJSON)
 //	POST /queue/retry?id=ID|all         journal RetryRequested and retry now
@@ -69,7 +69,16 @@ func New(d Deps) http.Handler {
 		fmt.Fprintln(w, "ready")
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(d.Metrics.Registry, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /queue", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, q.Snapshot()) })
+	mux.HandleFunc("GET /queue", func(w http.ResponseWriter, r *http.Request) {
+		// ?consistent=1: one point in time (replay --verify compares it at
+		// its sequence number); otherwise a listing that never holds the
+		// write path's lock for long.
+		if r.URL.Query().Get("consistent") != "" {
+			writeJSON(w, q.Snapshot())
+			return
+		}
+		writeJSON(w, q.List())
+	})
 	mux.HandleFunc("GET /envelopes/{id}", func(w http.ResponseWriter, r *http.Request) {
 		id := r.PathValue("id")
 		evs, err := j.EnvelopeEvents(id, true)

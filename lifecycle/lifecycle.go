@@ -11,6 +11,9 @@
 //     was deleted is an Attempted record in the journal and changes nothing.
 //   - An event that may not follow the envelope's state (Allowed) changes
 //     nothing either; it stays in the journal for the audit.
+//   - Fold replaces an envelope's slices (Recipients, Pending), never writes
+//     into them, so a shallow copy of an Envelope shares nothing that
+//     changes (the queue projection's listings rely on it).
 package lifecycle
 
 import (

@@ -150,32 +150,87 @@ type Snapshot struct {
 	Seq       uint64        `json:"seq"`
 }
 
-// Snapshot returns the counts and every live envelope, oldest first.
+// Snapshot returns the counts and every live envelope, oldest first, all
+// as of one sequence number (Seq): it holds the read lock while it copies,
+// which delays the journal's writer (it folds every commit into this
+// projection) for as long. For `replay --verify` and snapshots; listings
+// use List.
 func (q *Queue) Snapshot() Snapshot {
 	q.mu.RLock()
-	defer q.mu.RUnlock()
-	s := Snapshot{Counts: map[State]int{}, Envelopes: make([]*Envelope, 0, len(q.live)), Seq: q.seq}
+	s := Snapshot{Counts: q.countsLocked(), Seq: q.seq}
+	vals := make([]Envelope, 0, len(q.live))
+	for _, e := range q.live {
+		vals = append(vals, *e) // see List: copies share no mutable state
+	}
+	q.mu.RUnlock()
+	s.Envelopes = pointers(vals)
+	sortEnvelopes(s.Envelopes)
+	return s
+}
+
+// listChunk is how many envelopes List copies per hold of the read lock.
+const listChunk = 4096
+
+// List returns the counts and every live envelope, oldest first, without
+// holding the lock the write path needs for more than a chunk of copies at a
+// time: counts and Seq are as of the start; each envelope is as it was when
+// copied (one that finished meanwhile may still be listed). It is what `mta
+// queue` prints, so listing a million envelopes does not stall accepting.
+//
+// Copies are shallow: lifecycle.Fold replaces an envelope's slices, it
+// never writes into them, so a copy shares nothing that changes.
+func (q *Queue) List() Snapshot {
+	q.mu.RLock()
+	s := Snapshot{Counts: q.countsLocked(), Seq: q.seq}
+	ptrs := make([]*Envelope, 0, len(q.live))
+	for _, e := range q.live {
+		ptrs = append(ptrs, e)
+	}
+	q.mu.RUnlock()
+	vals := make([]Envelope, len(ptrs))
+	for i := 0; i < len(ptrs); i += listChunk {
+		q.mu.RLock()
+		for k, e := range ptrs[i:min(i+listChunk, len(ptrs))] {
+			vals[i+k] = *e
+		}
+		q.mu.RUnlock()
+	}
+	s.Envelopes = pointers(vals)
+	sortEnvelopes(s.Envelopes)
+	return s
+}
+
+func pointers(vals []Envelope) []*Envelope {
+	out := make([]*Envelope, len(vals))
+	for i := range vals {
+		out[i] = &vals[i]
+	}
+	return out
+}
+
+func (q *Queue) countsLocked() map[State]int {
+	out := map[State]int{}
 	for k, v := range q.counts {
 		if v != 0 {
-			s.Counts[k] = v
+			out[k] = v
 		}
 	}
-	for _, e := range q.live {
-		s.Envelopes = append(s.Envelopes, e.Clone())
-	}
-	sort.Slice(s.Envelopes, func(a, b int) bool {
-		x, y := s.Envelopes[a], s.Envelopes[b]
+	return out
+}
+
+func sortEnvelopes(envs []*Envelope) {
+	sort.Slice(envs, func(a, b int) bool {
+		x, y := envs[a], envs[b]
 		if !x.Arrived.Equal(y.Arrived) {
 			return x.Arrived.Before(y.Arrived)
 		}
 		return x.ID < y.ID
 	})
-	return s
 }
 
 // Live returns copies of every live envelope (for the supervisor's start-up
 // scheduling).
-func (q *Queue) Live() []*Envelope { return q.Snapshot().Envelopes }
+func (q *Queue) Live() []*Envelope { return q.List().Envelopes }
 
 // Len returns the number of live envelopes.
 func (q *Queue) Len() int {

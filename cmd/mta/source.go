@@ -253,9 +253,11 @@ func (a *adminSource) Scan(f projections.Filter, fn func(events.Event) error, ba
 	return sc.Err()
 }
 
-func (a *adminSource) Queue() (projections.Snapshot, error) {
+func (a *adminSource) Queue() (projections.Snapshot, error) { return a.queue("/queue") }
+
+func (a *adminSource) queue(path string) (projections.Snapshot, error) {
 	var s projections.Snapshot
-	resp, err := a.do("GET", "/queue")
+	resp, err := a.do("GET", path)
 	if err != nil {
 		return s, err
 	}
@@ -270,7 +272,7 @@ func (a *adminSource) Queue() (projections.Snapshot, error) {
 }
 
 func (a *adminSource) Reference() (projections.Snapshot, string, bool, error) {
-	s, err := a.Queue()
+	s, err := a.queue("/queue?consistent=1")
 	if err != nil {
 		return s, "", false, err
 	}

@@ -26,6 +26,8 @@ type Options struct {
 	AddDate      bool
 	AddMessageID bool
 	AddReceived  bool
+	// ReceivedAuthUser adds "(authenticated sender: LOGIN)" to Received.
+	ReceivedAuthUser bool
 	// Split is "domain", "recipient" or "none".
 	Split   string
 	Forward []ForwardRule
@@ -52,7 +54,7 @@ func Apply(o Options, in Input) (events.PoliciesApplied, error) {
 	header := HeaderBlock(in.Body)
 	// A message made here (a DSN) did not come from a client: no trace field.
 	if o.AddReceived && in.Received.Listener != events.ListenerLocal {
-		b.WriteString(receivedHeader(in))
+		b.WriteString(receivedHeader(in, o.ReceivedAuthUser))
 		applied = append(applied, "received")
 	}
 	if o.AddDate && !hasField(header, "Date") {
@@ -102,7 +104,7 @@ func dkimKeyFor(keys []DKIMKey, sender string) (DKIMKey, bool) {
 }
 
 // receivedHeader builds an RFC 5321 §4.4 trace field in Postfix's form.
-func receivedHeader(in Input) string {
+func receivedHeader(in Input, authUser bool) string {
 	r := in.Received
 	host := r.ClientAddr
 	if h, _, err := net.SplitHostPort(r.ClientAddr); err == nil {
@@ -120,7 +122,7 @@ func receivedHeader(in Input) string {
 	if r.TLS != "" {
 		fmt.Fprintf(&b, "\r\n\t(using %s)", r.TLS)
 	}
-	if r.AuthUser != "" {
+	if r.AuthUser != "" && authUser {
 		fmt.Fprintf(&b, "\r\n\t(authenticated sender: %s)", r.AuthUser)
 	}
 	fmt.Fprintf(&b, "\r\n\tby %s (ledgermail) with %s id %s", in.Hostname, proto, in.ID)

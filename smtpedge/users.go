@@ -101,8 +101,23 @@ func (u *UsersFile) Authenticate(username, password string) (Identity, error) {
 	return Identity{Name: x.Name, Addresses: x.Addresses}, nil
 }
 
-// ReadUsers parses a users file; a missing file has no users.
+// ModeError refuses a users file that group or others may read: it holds
+// password hashes.
+type ModeError struct {
+	Path string
+	Mode os.FileMode
+}
+
+func (e *ModeError) Error() string {
+	return fmt.Sprintf("users file %s is readable by group or others (mode %04o): chmod 600 it", e.Path, e.Mode.Perm())
+}
+
+// ReadUsers parses a users file; a missing file has no users. A file that
+// group or others may read is refused (*ModeError).
 func ReadUsers(path string) ([]User, error) {
+	if st, err := os.Stat(path); err == nil && st.Mode().Perm()&0o077 != 0 {
+		return nil, &ModeError{Path: path, Mode: st.Mode()}
+	}
 	data, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil

@@ -185,15 +185,22 @@ type DKIMKey struct {
 }
 
 type PoliciesConfig struct {
-	AddDateHeader      bool          `toml:"add_date_header"`
-	AddMessageIDHeader bool          `toml:"add_message_id_header"`
-	AddReceivedHeader  bool          `toml:"add_received_header"`
-	Split              string        `toml:"split"`
-	Forward            []ForwardRule `toml:"forward"`
-	SpamAssassin       string        `toml:"spamassassin"`
-	SpamAction         string        `toml:"spamassassin_action"`
-	SpamTimeout        Duration      `toml:"spamassassin_timeout"`
-	DKIM               []DKIMKey     `toml:"dkim"`
+	AddDateHeader      bool `toml:"add_date_header"`
+	AddMessageIDHeader bool `toml:"add_message_id_header"`
+	AddReceivedHeader  bool `toml:"add_received_header"`
+	// ReceivedAuthUser names the AUTH login in the Received header
+	// ("(authenticated sender: LOGIN)"); off by default, as Postfix's
+	// smtpd_sasl_authenticated_header = no: it leaks login names.
+	ReceivedAuthUser bool `toml:"received_auth_user"`
+	// Postmaster receives mail to the bare "postmaster" recipient (RFC 5321
+	// §4.5.1); default postmaster@<hostname>.
+	Postmaster   string        `toml:"postmaster"`
+	Split        string        `toml:"split"`
+	Forward      []ForwardRule `toml:"forward"`
+	SpamAssassin string        `toml:"spamassassin"`
+	SpamAction   string        `toml:"spamassassin_action"`
+	SpamTimeout  Duration      `toml:"spamassassin_timeout"`
+	DKIM         []DKIMKey     `toml:"dkim"`
 }
 
 type AdminConfig struct {

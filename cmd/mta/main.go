@@ -11,6 +11,8 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+
+	"github.com/ledgermail/ledgermail/smtpedge"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -28,8 +30,9 @@ func main() {
 	fmt.Fprintln(os.Stderr, "mta: "+err.Error())
 	var ce *ConfigError
 	var ue usageError
+	var me *smtpedge.ModeError
 	switch {
-	case errors.As(err, &ce), errors.As(err, &ue):
+	case errors.As(err, &ce), errors.As(err, &ue), errors.As(err, &me):
 		os.Exit(2)
 	case isCobraUsage(err):
 		os.Exit(2)

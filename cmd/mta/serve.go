@@ -116,6 +116,11 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 	if err != nil {
 		return err
 	}
+	// A bad users file is a configuration problem: refuse before anything.
+	users, err := smtpedge.OpenUsersFile(cfg.UsersFile())
+	if err != nil {
+		return err
+	}
 	if f.pidfile != "" {
 		if err := checkPidfile(f.pidfile); err != nil {
 			return err
@@ -200,16 +205,12 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 	if err != nil {
 		return configErrorf("%v", err)
 	}
-	users, err := smtpedge.OpenUsersFile(cfg.UsersFile())
-	if err != nil {
-		return err
-	}
 	trusted, _ := cfg.TrustedNetworks()
 
 	sys, err := actors.Start(actors.Options{
 		Journal: j, Queue: q, Relay: relay, Hostname: cfg.Hostname,
 		Policies: policy.Options{AddDate: cfg.Policies.AddDateHeader, AddMessageID: cfg.Policies.AddMessageIDHeader,
-			AddReceived: cfg.Policies.AddReceivedHeader, Split: cfg.Policies.Split, Forward: forward, DKIM: dkimKeys},
+			AddReceived: cfg.Policies.AddReceivedHeader, ReceivedAuthUser: cfg.Policies.ReceivedAuthUser, Split: cfg.Policies.Split, Forward: forward, DKIM: dkimKeys},
 		Retry: durations(cfg.Queue.Retry), MaxAge: cfg.Queue.MaxAge.Duration, DelayWarning: cfg.Queue.DelayWarning.Duration, Logger: log.Named("queue"),
 		MaxConnectionsPerDomain: cfg.Relay.MaxConnectionsPerDomain, IdleTimeout: cfg.Relay.IdleTimeout.Duration,
 		DropBodies: !cfg.Queue.KeepBodies,

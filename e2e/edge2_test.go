@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -37,4 +38,46 @@ func TestUsersFileModeIsChecked(t *testing.T) {
 	}
 	os.Chmod(users, 0o600)
 	s.start()
+}
+
+// authTimingScript times AUTH PLAIN for a known user with a wrong password
+// and for an unknown user, interleaved over one STARTTLS session, and
+// prints the two medians in milliseconds.
+const authTimingScript = `
+import smtplib, ssl, sys, time, base64, statistics
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+s = smtplib.SMTP(host, port, timeout=60); s.starttls(context=ctx); s.ehlo("timing.test")
+def auth(user):
+    tok = base64.b64encode(("\0%s\0wrong-password" % user).encode()).decode()
+    t = time.perf_counter()
+    code, _ = s.docmd("AUTH", "PLAIN " + tok)
+    d = time.perf_counter() - t
+    assert code == 535, code
+    return d
+known, unknown = [], []
+for i in range(n):
+    known.append(auth("alice")); unknown.append(auth("nobody%d" % i))
+print("%.3f %.3f" % (statistics.median(known) * 1000, statistics.median(unknown) * 1000))
+`
+
+// A wrong name takes as long as a wrong password: the dummy hash an unknown
+// user is checked against has the users file's bcrypt cost.
+func TestAuthTimingDoesNotNameUsers(t *testing.T) {
+	s := newServer(t, serverOpts{smarthost: freePort(t), extra: "[limits]\nmax_auth_failures_per_ip = 1000\n"})
+	if out, errs, code := s.mta("secret\n", "users", "add", "alice", "--password-stdin", "--bcrypt-cost", "7", "--address", "alice@example.test"); code != 0 {
+		t.Fatalf("users add: %s %s", out, errs)
+	}
+	s.start()
+	host, port := splitHostPort(t, s.sub)
+	out := strings.Fields(python(t, authTimingScript, host, port, "11"))
+	if len(out) != 2 {
+		t.Fatalf("timing script printed %q", out)
+	}
+	known, _ := strconv.ParseFloat(out[0], 64)
+	unknown, _ := strconv.ParseFloat(out[1], 64)
+	t.Logf("median AUTH: known user %.1f ms, unknown user %.1f ms", known, unknown)
+	if known > 2*unknown || unknown > 2*known {
+		t.Fatalf("AUTH medians differ by more than 2x: known user %.1f ms, unknown user %.1f ms", known, unknown)
+	}
 }

@@ -58,6 +58,9 @@ type UsersFile struct {
 	path  string
 	mu    sync.RWMutex
 	users map[string]User
+	// dummy is checked for an unknown user, at the cost of the file's
+	// hashes, so that a wrong name takes as long as a wrong password.
+	dummy []byte
 }
 
 // OpenUsersFile reads path; a missing file is an empty user list.
@@ -73,26 +76,38 @@ func (u *UsersFile) Reload() error {
 		return err
 	}
 	m := make(map[string]User, len(users))
+	cost := 0
 	for _, x := range users {
 		m[x.Name] = x
+		if c, err := bcrypt.Cost([]byte(x.Hash)); err == nil && c > cost {
+			cost = c
+		}
+	}
+	if cost == 0 {
+		cost = bcrypt.DefaultCost
+	}
+	u.mu.RLock()
+	dummy := u.dummy
+	u.mu.RUnlock()
+	if c, err := bcrypt.Cost(dummy); err != nil || c != cost {
+		if dummy, err = bcrypt.GenerateFromPassword([]byte("ledgermail-dummy"), cost); err != nil {
+			return fmt.Errorf("users file: %w", err)
+		}
 	}
 	u.mu.Lock()
-	u.users = m
+	u.users, u.dummy = m, dummy
 	u.mu.Unlock()
 	return nil
 }
-
-// dummyHash keeps the time of a check for an unknown user close to that of
-// a known one.
-var dummyHash, _ = bcrypt.GenerateFromPassword([]byte("ledgermail-dummy"), bcrypt.MinCost)
 
 // Authenticate checks the password against the user's bcrypt hash.
 func (u *UsersFile) Authenticate(username, password string) (Identity, error) {
 	u.mu.RLock()
 	x, ok := u.users[username]
+	dummy := u.dummy
 	u.mu.RUnlock()
 	if !ok {
-		bcrypt.CompareHashAndPassword(dummyHash, []byte(password))
+		bcrypt.CompareHashAndPassword(dummy, []byte(password))
 		return Identity{}, ErrBadCredentials
 	}
 	if bcrypt.CompareHashAndPassword([]byte(x.Hash), []byte(password)) != nil {

@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"bufio"
+	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -79,5 +81,60 @@ func TestAuthTimingDoesNotNameUsers(t *testing.T) {
 	t.Logf("median AUTH: known user %.1f ms, unknown user %.1f ms", known, unknown)
 	if known > 2*unknown || unknown > 2*known {
 		t.Fatalf("AUTH medians differ by more than 2x: known user %.1f ms, unknown user %.1f ms", known, unknown)
+	}
+}
+
+// Bad addresses are refused with the right code (501 5.1.7 for senders,
+// 501 5.1.3 for recipients), and the bare "postmaster" is accepted and
+// routed to policies.postmaster.
+func TestAddressesAndPostmaster(t *testing.T) {
+	sk := startSink(t, freePort(t))
+	s := newServer(t, serverOpts{smarthost: sk.addr})
+	s.rewrite(func(cfg string) string {
+		return strings.Replace(cfg, "[submissions]", "trusted_networks = [\"127.0.0.0/8\"]\n[submissions]", 1)
+	})
+	s.start()
+	c, err := net.Dial("tcp", s.sub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	r := bufio.NewReader(c)
+	smtpReply(c, r)
+	cmd := func(line string) string {
+		c.Write([]byte(line + "\r\n"))
+		return smtpReply(c, r)
+	}
+	cmd("EHLO addr.test")
+	for _, bad := range []string{"a\x00b@example.test", "al\x01ice@example.test", "bob@[999.1]", "bob@exa/mple.net", "bob@127.0.0.1:25"} {
+		if got := cmd("MAIL FROM:<" + bad + ">"); !strings.HasPrefix(got, "501 5.1.7") {
+			t.Errorf("MAIL FROM:<%q>: %q", bad, got)
+		}
+	}
+	if got := cmd("MAIL FROM:<someone@example.test>"); !strings.HasPrefix(got, "250") {
+		t.Fatalf("good MAIL: %q", got)
+	}
+	for _, bad := range []string{"a\x00b@dest.test", "bob@[999.1]", "bob@exa/mple.net", "bob@127.0.0.1:25", "bob@[IPv6:1.2.3.4]"} {
+		if got := cmd("RCPT TO:<" + bad + ">"); !strings.HasPrefix(got, "501 5.1.3") {
+			t.Errorf("RCPT TO:<%q>: %q", bad, got)
+		}
+	}
+	for _, good := range []string{"PostMaster", "bob@[127.0.0.9]", "bob@[IPv6:::1]"} {
+		if got := cmd("RCPT TO:<" + good + ">"); !strings.HasPrefix(got, "250") {
+			t.Errorf("RCPT TO:<%s>: %q", good, got)
+		}
+	}
+	cmd("RSET")
+	cmd("MAIL FROM:<someone@example.test>")
+	if got := cmd("RCPT TO:<postmaster>"); !strings.HasPrefix(got, "250") {
+		t.Fatalf("RCPT TO:<postmaster>: %q", got)
+	}
+	cmd("DATA")
+	if got := cmd("Subject: to the postmaster\r\n\r\nhello\r\n."); !strings.HasPrefix(got, "250") {
+		t.Fatalf("DATA: %q", got)
+	}
+	waitDelivered(t, sk, s, "the postmaster's message", 1)
+	if msg := sk.messages(t)[0]; !strings.Contains(msg, "X-Rcpt-Args: <postmaster@mta.test>") {
+		t.Fatalf("postmaster message went to:\n%s", msg)
 	}
 }

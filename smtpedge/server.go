@@ -28,6 +28,9 @@ import (
 // Options configure a Server.
 type Options struct {
 	Hostname string
+	// Postmaster receives mail to the bare recipient "postmaster";
+	// default postmaster@Hostname.
+	Postmaster string
 	// Submission are STARTTLS listener addresses; Submissions implicit TLS.
 	// Listeners, when set, are already bound and the addresses are unused.
 	Submission  []string
@@ -89,6 +92,9 @@ func New(o Options) (*Server, error) {
 	}
 	if o.Logger == nil {
 		o.Logger = zap.NewNop()
+	}
+	if o.Postmaster == "" {
+		o.Postmaster = "postmaster@" + o.Hostname
 	}
 	if o.MaxConnections <= 0 {
 		o.MaxConnections = 1000

@@ -26,7 +26,8 @@ var (
 	errBadCredentials      = &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8}, Message: "Authentication credentials invalid"}
 	errAuthTemp            = &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Temporary authentication failure"}
 	errTooMany             = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 5, 3}, Message: "Too many recipients"}
-	errBadSyntax           = &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 1, 3}, Message: "Bad address syntax"}
+	errBadSyntax           = &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 1, 3}, Message: "Bad recipient address syntax"}
+	errBadSender           = &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 1, 7}, Message: "Bad sender address syntax"}
 	errTooBig              = &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4}, Message: "Message too big"}
 	errTempFailure         = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Temporary failure, try again later"}
 	errJournal             = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Temporary failure, try again later"}
@@ -167,6 +168,10 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 }
 
 func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+	// RFC 5321 §4.5.1: the bare "postmaster" must be accepted.
+	if strings.EqualFold(to, "postmaster") {
+		to = s.s.o.Postmaster
+	}
 	s.t.Rcpt = to
 	if err := runValidators(s.s.validators, StageRcpt, s.t); err != nil {
 		s.log.Info("RCPT refused", zap.String("to", to), zap.Error(err))
@@ -269,7 +274,7 @@ func reasonOf(err error) string {
 		return "encryption_required"
 	case errTooMany:
 		return "too_many_recipients"
-	case errBadSyntax:
+	case errBadSyntax, errBadSender:
 		return "bad_address"
 	case errTooBig:
 		return "too_big"
@@ -342,14 +347,46 @@ func validAddress(a string) bool {
 	if at <= 0 || at == len(a)-1 || len(a) > 320 {
 		return false
 	}
-	if strings.ContainsAny(a, " \t<>\r\n") {
-		return false
+	for i := 0; i < len(a); i++ {
+		if c := a[i]; c < 0x20 || c == 0x7f || c == ' ' || c == '<' || c == '>' {
+			return false
+		}
 	}
 	domain := a[at+1:]
 	if strings.HasPrefix(domain, "[") {
-		return strings.HasSuffix(domain, "]")
+		_, ok := addressLiteral(domain)
+		return ok
 	}
-	return !strings.HasPrefix(domain, ".") && !strings.HasSuffix(domain, ".") && !strings.Contains(domain, "..")
+	if len(domain) > 255 {
+		return false
+	}
+	for _, label := range strings.Split(domain, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for i := 0; i < len(label); i++ {
+			c := label[i]
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c >= 0x80) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// addressLiteral parses a domain literal: "[192.0.2.1]" or
+// "[IPv6:2001:db8::1]" (RFC 5321 §4.1.3).
+func addressLiteral(d string) (netip.Addr, bool) {
+	if len(d) < 3 || d[0] != '[' || d[len(d)-1] != ']' {
+		return netip.Addr{}, false
+	}
+	inner := d[1 : len(d)-1]
+	if len(inner) > 5 && strings.EqualFold(inner[:5], "IPv6:") {
+		ip, err := netip.ParseAddr(inner[5:])
+		return ip, err == nil && ip.Is6() && !ip.Is4In6() && ip.Zone() == ""
+	}
+	ip, err := netip.ParseAddr(inner)
+	return ip, err == nil && ip.Is4()
 }
 
 // NormalizeLineEndings turns bare LF and bare CR into CRLF (Postfix's

@@ -72,7 +72,7 @@ func requireAuth(stage Stage, t *Transaction) error {
 func addressSyntax(stage Stage, t *Transaction) error {
 	switch {
 	case stage == StageMail && t.From != "" && !validAddress(t.From):
-		return errBadSyntax
+		return errBadSender
 	case stage == StageRcpt && !validAddress(t.Rcpt):
 		return errBadSyntax
 	}

@@ -300,6 +300,9 @@ func LoadConfig(path string) (Config, error) {
 		}
 		c.Hostname = h
 	}
+	if c.Policies.Postmaster == "" {
+		c.Policies.Postmaster = "postmaster@" + c.Hostname
+	}
 	return c, c.Validate()
 }
 
@@ -328,6 +331,9 @@ func (c *Config) Validate() error {
 	}
 	if c.DataDir == "" {
 		return configErrorf("data_dir must not be empty")
+	}
+	if at := strings.LastIndexByte(c.Policies.Postmaster, '@'); at <= 0 || at == len(c.Policies.Postmaster)-1 {
+		return configErrorf("policies.postmaster %q is not an address like postmaster@example.com", c.Policies.Postmaster)
 	}
 	for _, a := range c.Submission.Listen {
 		if err := checkHostPort(a); err != nil {

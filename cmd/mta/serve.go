@@ -230,7 +230,7 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 	go queue.RunSnapshots(j, q, log, 10*time.Minute, 50000, snapDone)
 
 	edge, err := smtpedge.New(smtpedge.Options{
-		Hostname: cfg.Hostname, Listeners: lns,
+		Hostname: cfg.Hostname, Postmaster: cfg.Policies.Postmaster, Listeners: lns,
 		TLS: certs.TLSConfig(), Auth: users, Journal: j, Accepted: sys.Enqueue, Rejected: metrics.Rejected, TrustedNetworks: trusted,
 		AllowInsecureAuth: cfg.Auth.AllowInsecureAuth, RequireOwnership: cfg.Auth.RequireSenderOwnership,
 		MaxMessageBytes: cfg.Limits.MaxMessageBytes, MaxRecipients: cfg.Limits.MaxRecipients,

@@ -138,3 +138,28 @@ func TestAddressesAndPostmaster(t *testing.T) {
 		t.Fatalf("postmaster message went to:\n%s", msg)
 	}
 }
+
+// A message with no blank line after its headers keeps its body: the first
+// line that is not a header starts it, and the separator is inserted.
+func TestMissingHeaderSeparator(t *testing.T) {
+	sk := startSink(t, freePort(t))
+	s := newServer(t, serverOpts{smarthost: sk.addr})
+	s.rewrite(func(cfg string) string {
+		return strings.Replace(cfg, "[submissions]", "trusted_networks = [\"127.0.0.0/8\"]\n[submissions]", 1)
+	})
+	s.start()
+	host, port := splitHostPort(t, s.sub)
+	python(t, `
+import smtplib, sys
+s = smtplib.SMTP(sys.argv[1], int(sys.argv[2]))
+s.sendmail("a@example.test", ["b@dest.test"], b"Subject: no separator\r\nThis is the body text\r\nsecond line\r\n")
+s.quit()
+`, host, port)
+	waitDelivered(t, sk, s, "delivery", 1)
+	msg := strings.ReplaceAll(sk.messages(t)[0], "\r\n", "\n")
+	head, body, ok := strings.Cut(msg, "\n\n")
+	if !ok || !strings.Contains(head, "Subject: no separator") || strings.Contains(head, "This is the body text") ||
+		!strings.HasPrefix(body, "This is the body text\nsecond line") {
+		t.Fatalf("relayed message:\n%s", msg)
+	}
+}

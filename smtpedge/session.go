@@ -209,7 +209,7 @@ func (s *session) Data(r io.Reader) error {
 		s.log.Info("message refused: read error", zap.Error(err))
 		return s.reject(errTempFailure)
 	}
-	body := NormalizeLineEndings(raw)
+	body := SeparateHeader(NormalizeLineEndings(raw))
 	declared := s.t.Size
 	s.t.Size, s.t.Header = int64(len(body)), policyHeader(body)
 	if err := runValidators(s.s.validators, StageData, s.t); err != nil {

@@ -163,3 +163,31 @@ s.quit()
 		t.Fatalf("relayed message:\n%s", msg)
 	}
 }
+
+// An authenticated user may not put an address it does not own in From:
+// or Sender: (550 5.7.1 at the end of DATA); a trusted-network submission
+// is not checked.
+func TestHeaderFromMustBeOwned(t *testing.T) {
+	sk := startSink(t, freePort(t))
+	s := newServer(t, serverOpts{smarthost: sk.addr})
+	s.addUser("alice", "secret", "alice@example.test")
+	s.start()
+	send := func(headers ...string) (string, int) {
+		args := []string{"--server", s.sub, "--tls", "--auth", "PLAIN", "--auth-user", "alice", "--auth-password", "secret",
+			"--from", "alice@example.test", "--to", "bob@dest.test"}
+		for _, h := range headers {
+			args = append(args, "--header", h)
+		}
+		return swaks(t, args...)
+	}
+	for _, hdr := range []string{"From: ceo@example.test", "From: Alice <alice@example.test>, Boss <ceo@example.test>", "Sender: ceo@example.test"} {
+		out, _ := send(hdr)
+		if queuedRE.MatchString(out) || !strings.Contains(out, "550 5.7.1") {
+			t.Errorf("%q: want 550 5.7.1 at the end of DATA:\n%s", hdr, out)
+		}
+	}
+	if out, _ := send("From: Alice <alice@example.test>"); !queuedRE.MatchString(out) {
+		t.Fatalf("an owned From: was refused:\n%s", out)
+	}
+	waitDelivered(t, sk, s, "the owned one", 1)
+}

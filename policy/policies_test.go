@@ -114,3 +114,26 @@ func TestNoDKIMKeyForOtherDomainsAndScanHeaders(t *testing.T) {
 		t.Error("dsa accepted")
 	}
 }
+
+// DKIM signs with the key of the From: header's domain (what the edge
+// checked the user owns), not the envelope sender's.
+func TestDKIMKeyFollowsHeaderFrom(t *testing.T) {
+	pemBytes, _, _ := GenerateDKIMKey("ed25519")
+	path := filepath.Join(t.TempDir(), "k.pem")
+	os.WriteFile(path, pemBytes, 0o600)
+	k, _ := LoadDKIMKey("corp.test", "s", path)
+	sign := func(envelope, from string) bool {
+		pa, err := Apply(Options{DKIM: []DKIMKey{k}}, Input{Body: []byte("From: " + from + "\r\nSubject: x\r\n\r\ny\r\n"),
+			Received: events.Received{Sender: envelope}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.Contains(pa.Prepend, "DKIM-Signature:")
+	}
+	if !sign("bounce@other.test", "Alice <alice@corp.test>") {
+		t.Error("From: corp.test not signed with corp.test's key")
+	}
+	if sign("alice@corp.test", "ceo@other.test") {
+		t.Error("From: other.test signed with corp.test's key")
+	}
+}

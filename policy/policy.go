@@ -13,6 +13,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net"
+	"net/mail"
 	"strings"
 	"time"
 
@@ -75,7 +76,7 @@ func Apply(o Options, in Input) (events.PoliciesApplied, error) {
 		applied = append(applied, "forward")
 	}
 	prepend := b.String()
-	if key, ok := dkimKeyFor(o.DKIM, in.Received.Sender); ok {
+	if key, ok := dkimKeyFor(o.DKIM, fromAddress(header)); ok {
 		msg := make([]byte, 0, len(prepend)+len(in.Body))
 		msg = append(append(msg, prepend...), in.Body...)
 		sig, err := key.Sign(msg)
@@ -88,7 +89,22 @@ func Apply(o Options, in Input) (events.PoliciesApplied, error) {
 	return events.PoliciesApplied{Policies: applied, Prepend: prepend, Recipients: append([]string(nil), rcpts...)}, nil
 }
 
-// dkimKeyFor picks the key of the sender's domain.
+// fromAddress is the address of the From: field ("" unless exactly one).
+// DKIM signs with the key of its domain (DMARC alignment): what the edge
+// checked the user owns, not the envelope sender.
+func fromAddress(header []byte) string {
+	msg, err := mail.ReadMessage(bytes.NewReader(append(append([]byte(nil), header...), '\r', '\n')))
+	if err != nil || len(msg.Header["From"]) != 1 {
+		return ""
+	}
+	list, err := mail.ParseAddressList(msg.Header.Get("From"))
+	if err != nil || len(list) != 1 {
+		return ""
+	}
+	return list[0].Address
+}
+
+// dkimKeyFor picks the key of an address's domain.
 func dkimKeyFor(keys []DKIMKey, sender string) (DKIMKey, bool) {
 	i := strings.LastIndexByte(sender, '@')
 	if i < 0 {

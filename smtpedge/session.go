@@ -41,6 +41,13 @@ func notAuthenticated(sender string) *smtp.SMTPError {
 	return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "<" + sender + "> Not authenticated"}
 }
 
+func headerNotOwned(addr, why string) *smtp.SMTPError {
+	if addr == "" {
+		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "Sender headers refused: " + why}
+	}
+	return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "<" + addr + "> in From:/Sender: not owned by user"}
+}
+
 func notOwned(sender string) *smtp.SMTPError {
 	return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "<" + sender + "> Sender address not owned by user"}
 }

@@ -1,6 +1,9 @@
 package smtpedge
 
 import (
+	"bytes"
+	"fmt"
+	"net/mail"
 	"net/netip"
 
 	"github.com/emersion/go-smtp"
@@ -79,13 +82,55 @@ func addressSyntax(stage Stage, t *Transaction) error {
 	return nil
 }
 
+// ownership: an authenticated user may send only as addresses it owns,
+// in MAIL FROM and in the From: and Sender: headers (Postfix's
+// reject_sender_login_mismatch, extended to the headers that DKIM and the
+// recipient see). Trusted-network submissions are not checked.
 type ownership struct{ required bool }
 
 func (o ownership) Validate(stage Stage, t *Transaction) error {
-	if stage == StageMail && o.required && t.Identity != nil && t.From != "" && !t.Identity.Owns(t.From) {
-		return notOwned(t.From)
+	if !o.required || t.Identity == nil {
+		return nil
+	}
+	switch stage {
+	case StageMail:
+		if t.From != "" && !t.Identity.Owns(t.From) {
+			return notOwned(t.From)
+		}
+	case StageData:
+		addrs, err := HeaderSenders(t.Header)
+		if err != nil {
+			return headerNotOwned("", err.Error())
+		}
+		for _, a := range addrs {
+			if !t.Identity.Owns(a) {
+				return headerNotOwned(a, "")
+			}
+		}
 	}
 	return nil
+}
+
+// HeaderSenders returns every address of the From: and Sender: fields of
+// a header block.
+func HeaderSenders(header []byte) ([]string, error) {
+	msg, err := mail.ReadMessage(bytes.NewReader(append(append([]byte(nil), header...), '\r', '\n')))
+	if err != nil {
+		return nil, fmt.Errorf("the header cannot be parsed")
+	}
+	var out []string
+	for _, field := range []string{"From", "Sender"} {
+		for _, v := range msg.Header[field] {
+			list, err := mail.ParseAddressList(v)
+			if err != nil {
+				return nil, fmt.Errorf("the %s: field cannot be parsed", field)
+			}
+			for _, a := range list {
+				out = append(out, a.Address)
+			}
+		}
+	}
+	return out, nil
 }
 
 // nullSender: "MAIL FROM:<>" is for bounces; only authenticated users (or

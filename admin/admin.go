@@ -10,8 +10,10 @@
 //	POST /queue/retry?id=ID|all         journal RetryRequested and retry now
 //	POST /queue/delete?id=ID            journal Deleted
 //
-// With Deps.Token set every request but /healthz and /readyz needs it as a
-// bearer token.
+// Every request needs Deps.Token as a bearer token, except /metrics,
+// /healthz and /readyz when Deps.MetricsPublic. State-changing requests are
+// POST only; a browser page cannot send the bearer token cross-origin, so
+// it cannot trigger them.
 package admin
 
 import (
@@ -50,7 +52,9 @@ type Deps struct {
 	Actors  *actors.System
 	Metrics *projections.Metrics
 	State   *State
-	Token   string // when set, required as a bearer token (but by /healthz and /readyz)
+	Token   string // required as a bearer token ("" leaves the API open: tests only)
+	// MetricsPublic leaves /metrics, /healthz and /readyz open.
+	MetricsPublic bool
 	// KeepBodies is queue.keep_bodies; false drops a deleted envelope's body.
 	KeepBodies bool
 	Log        *zap.Logger
@@ -167,7 +171,8 @@ func New(d Deps) http.Handler {
 	}
 	want := "Bearer " + d.Token
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/healthz" && r.URL.Path != "/readyz" &&
+		public := r.URL.Path == "/healthz" || r.URL.Path == "/readyz" || r.URL.Path == "/metrics"
+		if !(public && d.MetricsPublic) &&
 			subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), []byte(want)) != 1 {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="ledgermail"`)
 			http.Error(w, "admin.token required", http.StatusUnauthorized)

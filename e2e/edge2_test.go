@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"net"
+	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -190,4 +191,56 @@ func TestHeaderFromMustBeOwned(t *testing.T) {
 		t.Fatalf("an owned From: was refused:\n%s", out)
 	}
 	waitDelivered(t, sk, s, "the owned one", 1)
+}
+
+// The admin API is safe by default: a token is generated into the data
+// directory (0600) and required; the CLI reads it; state changes are POST
+// only; /metrics, /healthz, /readyz stay open unless metrics_public = false.
+func TestAdminSafeByDefault(t *testing.T) {
+	s := newServer(t, serverOpts{smarthost: freePort(t)})
+	s.start()
+	st, err := os.Stat(s.dir + "/data/admin-token")
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("admin-token: %v %v", st, err)
+	}
+	status := func(method, path string, withToken bool) int {
+		var resp *http.Response
+		if withToken {
+			resp = s.adminGet(method, path)
+		} else {
+			req, _ := http.NewRequest(method, "http://"+s.admin+path, nil)
+			if resp, err = http.DefaultClient.Do(req); err != nil {
+				t.Fatal(err)
+			}
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for _, c := range []struct {
+		method, path string
+		token        bool
+		want         int
+	}{
+		{"GET", "/queue", false, 401}, {"GET", "/journal", false, 401}, {"POST", "/queue/retry?id=all", false, 401},
+		{"GET", "/queue", true, 200}, {"GET", "/queue/retry?id=all", true, 405}, {"POST", "/queue/retry?id=all", true, 200},
+		{"GET", "/metrics", false, 200}, {"GET", "/healthz", false, 200}, {"GET", "/readyz", false, 200},
+	} {
+		if got := status(c.method, c.path, c.token); got != c.want {
+			t.Errorf("%s %s (token %v): %d, want %d", c.method, c.path, c.token, got, c.want)
+		}
+	}
+	if out, errs, code := s.mta("", "queue"); code != 0 {
+		t.Fatalf("mta queue against the running server: exit %d %s %s", code, out, errs)
+	}
+	s.stop()
+	s.rewrite(func(cfg string) string { return strings.Replace(cfg, "[admin]\n", "[admin]\nmetrics_public = false\n", 1) })
+	s.start()
+	for _, p := range []string{"/metrics", "/healthz", "/readyz"} {
+		if got := status("GET", p, false); got != 401 {
+			t.Errorf("metrics_public = false: GET %s without token: %d", p, got)
+		}
+	}
+	if got := status("GET", "/metrics", true); got != 200 {
+		t.Errorf("GET /metrics with the token: %d", got)
+	}
 }

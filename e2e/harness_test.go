@@ -268,7 +268,8 @@ func (s *server) startArgs(extra ...string) {
 			return false
 		}
 		resp.Body.Close()
-		return resp.StatusCode == 200 && canConnect(s.sub)
+		// 401: serving, with [admin] metrics_public = false.
+		return (resp.StatusCode == 200 || resp.StatusCode == 401) && canConnect(s.sub)
 	})
 }
 
@@ -420,4 +421,19 @@ func (s *server) submit(t *testing.T, from, to string, extra ...string) string {
 		t.Fatalf("swaks: exit %d\n%s", code, out)
 	}
 	return m[1]
+}
+
+// adminGet sends an admin API request with the server's token (the one
+// generated into the data directory unless the config names one).
+func (s *server) adminGet(method, path string) *http.Response {
+	s.t.Helper()
+	req, _ := http.NewRequest(method, "http://"+s.admin+path, nil)
+	if b, err := os.ReadFile(filepath.Join(s.dir, "data", "admin-token")); err == nil {
+		req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(b)))
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return resp
 }

@@ -3,7 +3,6 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
-	"net/http"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -36,10 +35,7 @@ func TestQueueRetryAndDelete(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "child "+keep+".1: deferred") || !strings.Contains(out, "Received") || !strings.Contains(out, "Deferred") {
 		t.Fatalf("queue show: exit %d\n%s", code, out)
 	}
-	resp, err := http.Get("http://" + s.admin + "/envelopes/" + keep)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := s.adminGet("GET", "/envelopes/"+keep)
 	var env struct {
 		Envelope struct{ ID, State string }
 		Events   []map[string]any

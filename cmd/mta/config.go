@@ -205,7 +205,12 @@ type PoliciesConfig struct {
 
 type AdminConfig struct {
 	Listen string `toml:"listen"`
-	Token  string `toml:"token"` // optional bearer token for the admin API
+	// Token is the admin API's bearer token; empty: the one generated into
+	// <data_dir>/admin-token on the first start.
+	Token string `toml:"token"`
+	// MetricsPublic leaves /metrics, /healthz and /readyz open without the
+	// token (a Prometheus scraper needs no secret).
+	MetricsPublic bool `toml:"metrics_public"`
 }
 
 type LogConfig struct {
@@ -261,7 +266,7 @@ func Defaults() Config {
 		Journal: JournalConfig{MinFree: ByteSize{Bytes: 256 << 20}},
 		Policies: PoliciesConfig{AddDateHeader: true, AddMessageIDHeader: true, AddReceivedHeader: true, Split: "domain", Forward: []ForwardRule{}, DKIM: []DKIMKey{},
 			SpamAction: "tag", SpamTimeout: dur("10s")},
-		Admin: AdminConfig{Listen: "127.0.0.1:8025"},
+		Admin: AdminConfig{Listen: "127.0.0.1:8025", MetricsPublic: true},
 		Log:   LogConfig{Format: "console", Level: "info"},
 	}
 }

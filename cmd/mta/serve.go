@@ -159,6 +159,10 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 		return err
 	}
 	forward, _ := cfg.ForwardRules()
+	token, err := adminToken(cfg, cfg.Admin.Listen != "")
+	if err != nil {
+		return err
+	}
 	if acct != nil {
 		if err := acct.handOver(cfg.DataDir); err != nil {
 			return err
@@ -245,7 +249,7 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 	var state admin.State
 	if adminLn != nil {
 		adminSrv = &http.Server{Handler: admin.New(admin.Deps{Journal: j, Queue: q, Actors: sys, Metrics: metrics, State: &state,
-			Token: cfg.Admin.Token, KeepBodies: cfg.Queue.KeepBodies, Log: log.Named("admin")}),
+			Token: token, MetricsPublic: cfg.Admin.MetricsPublic, KeepBodies: cfg.Queue.KeepBodies, Log: log.Named("admin")}),
 			ReadHeaderTimeout: 10 * time.Second}
 		go adminSrv.Serve(adminLn)
 	}

@@ -73,7 +73,11 @@ func openSource(cfg Config, mode access) (source, error) {
 	if cfg.Admin.Listen == "" {
 		return nil, fmt.Errorf("the server holds the journal and admin.listen is empty, so it cannot be asked")
 	}
-	return &adminSource{base: "http://" + cfg.Admin.Listen, token: cfg.Admin.Token, client: &http.Client{Timeout: 5 * time.Minute}}, nil
+	token, err := adminToken(cfg, false)
+	if err != nil {
+		return nil, err
+	}
+	return &adminSource{base: "http://" + cfg.Admin.Listen, token: token, client: &http.Client{Timeout: 5 * time.Minute}}, nil
 }
 
 // emptySource stands for a data_dir without a journal yet.
@@ -190,7 +194,7 @@ func (a *adminSource) do(method, path string) (*http.Response, error) {
 	}
 	if resp.StatusCode == http.StatusUnauthorized {
 		resp.Body.Close()
-		return nil, errors.New("the admin API refused the request: admin.token in the config does not match the server's")
+		return nil, errors.New("the admin API refused the request: the token (admin.token, else <data_dir>/admin-token) does not match the server's")
 	}
 	return resp, nil
 }

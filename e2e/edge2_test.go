@@ -233,7 +233,9 @@ func TestAdminSafeByDefault(t *testing.T) {
 		t.Fatalf("mta queue against the running server: exit %d %s %s", code, out, errs)
 	}
 	s.stop()
-	s.rewrite(func(cfg string) string { return strings.Replace(cfg, "[admin]\n", "[admin]\nmetrics_public = false\n", 1) })
+	s.rewrite(func(cfg string) string {
+		return strings.Replace(cfg, "[admin]\n", "[admin]\nmetrics_public = false\n", 1)
+	})
 	s.start()
 	for _, p := range []string{"/metrics", "/healthz", "/readyz"} {
 		if got := status("GET", p, false); got != 401 {

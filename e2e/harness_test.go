@@ -8,6 +8,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -56,14 +57,22 @@ func init() {
 	os.Setenv("PATH", os.Getenv("PATH")+":/usr/sbin:/sbin")
 }
 
+// freePort returns a free loopback port below the kernel's ephemeral range
+// (32768 and up here): a server restarted on it cannot find it taken by the
+// source port of some client connection in the meantime.
 func freePort(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for i := 0; i < 1000; i++ {
+		addr := fmt.Sprintf("127.0.0.1:%d", 20000+rand.IntN(12000))
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			continue
+		}
+		ln.Close()
+		return addr
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	t.Fatal("no free port between 20000 and 32000")
+	return ""
 }
 
 // waitFor polls cond until it holds or the deadline passes.

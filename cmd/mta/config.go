@@ -2,18 +2,22 @@ package main
 
 import (
 	"bytes"
+	"crypto/tls"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/BurntSushi/toml"
 
 	"github.com/ledgermail/ledgermail/policy"
+	"github.com/ledgermail/ledgermail/smtpedge"
 )
 
 // Config is the whole TOML configuration (SPEC.md "Configuration"). Every
@@ -262,7 +266,7 @@ func Defaults() Config {
 		Relay: RelayConfig{Mode: "mx", MXPort: 25, TLS: "opportunistic", DNSServers: []string{},
 			ConnectTimeout: dur("20s"), CommandTimeout: dur("10s"), DataTimeout: dur("20s"), IdleTimeout: dur("30s"),
 			MaxConnectionsPerDomain: 20},
-		Queue:   QueueConfig{Retry: retry, MaxAge: dur("120h"), DelayWarning: dur("4h")},
+		Queue:   QueueConfig{Retry: retry, MaxAge: dur("120h"), DelayWarning: dur("4h"), KeepBodies: true},
 		Journal: JournalConfig{MinFree: ByteSize{Bytes: 256 << 20}},
 		Policies: PoliciesConfig{AddDateHeader: true, AddMessageIDHeader: true, AddReceivedHeader: true, Split: "domain", Forward: []ForwardRule{}, DKIM: []DKIMKey{},
 			SpamAction: "tag", SpamTimeout: dur("10s")},
@@ -439,9 +443,39 @@ func (c *Config) Validate() error {
 	return nil
 }
 
+// checkHostPort checks host:port with a numeric port from 1 to 65535
+// (an empty host is allowed: a listener on every address).
 func checkHostPort(a string) error {
-	if _, _, err := net.SplitHostPort(a); err != nil {
+	_, port, err := net.SplitHostPort(a)
+	if err != nil {
 		return fmt.Errorf("%q is not host:port", a)
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("%q: the port must be a number from 1 to 65535", a)
+	}
+	return nil
+}
+
+// CheckFiles checks what Validate cannot from the values alone: that the
+// files the config names exist and load (certificate and key, DKIM keys,
+// the users file and its mode). serve and check-config both run it, so
+// check-config fails on what serve would; it binds no port.
+func (c *Config) CheckFiles() error {
+	if c.TLS.Cert != "" {
+		if _, err := tls.LoadX509KeyPair(c.TLS.Cert, c.TLS.Key); err != nil {
+			return configErrorf("tls.cert and tls.key: %v", unwrapPathErr(err))
+		}
+	}
+	if _, err := c.DKIMKeys(); err != nil {
+		return err
+	}
+	if _, err := smtpedge.ReadUsers(c.UsersFile()); err != nil {
+		var me *smtpedge.ModeError
+		if errors.As(err, &me) {
+			return err
+		}
+		return configErrorf("auth.users_file: %v", err)
 	}
 	return nil
 }

@@ -90,6 +90,9 @@ func newCheckConfigCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if err := cfg.CheckFiles(); err != nil {
+				return err
+			}
 			fmt.Fprintln(cmd.OutOrStdout(), "# configuration is valid; effective values:")
 			return tomlEncode(cmd.OutOrStdout(), cfg)
 		},

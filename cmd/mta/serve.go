@@ -39,6 +39,9 @@ func newServeCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if err := cfg.CheckFiles(); err != nil {
+				return err
+			}
 			if f.daemon {
 				if f.pidfile == "" {
 					return usageError{fmt.Errorf("--daemon needs --pidfile")}

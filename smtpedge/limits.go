@@ -142,9 +142,13 @@ func (l *gateListener) Accept() (net.Conn, error) {
 			<-l.s.conns
 			continue
 		}
-		sc := &slotConn{Conn: c}
+		sc := &slotConn{Conn: c, s: l.s, implicitTLS: l.implicit}
 		sc.release = func() { l.s.tracker.remove(c); <-l.s.conns }
-		l.s.tracker.add(sc)
+		sc.tr = l.s.tracker.add(sc)
+		l.s.armWatchdog(sc)
+		if l.implicit {
+			l.s.armHandshake(sc)
+		}
 		return sc, nil
 	}
 }
@@ -183,13 +187,28 @@ func (l *gateListener) refuse(c net.Conn, line string) {
 // to do by a deadline.
 type slotConn struct {
 	net.Conn
+	s            *Server
+	tr           *tracked
 	once         sync.Once
 	release      func()
 	closeOnWrite atomic.Bool
+	closed       atomic.Bool
+
+	// Timeouts (timeouts.go).
+	implicitTLS   bool
+	lastReply     atomic.Int64 // unix nanos of the last write
+	watchdog      atomic.Pointer[time.Timer]
+	session       atomic.Pointer[net.Conn] // go-smtp's conn (TLS once it is)
+	tlsStarted    atomic.Bool              // STARTTLS answered 220
+	handshake     atomic.Pointer[time.Timer]
+	handshakeDone atomic.Bool
 }
 
 func (c *slotConn) Write(b []byte) (int, error) {
 	n, err := c.Conn.Write(b)
+	if c.s != nil {
+		c.s.noteWrite(c, b)
+	}
 	if c.closeOnWrite.Load() {
 		c.Close()
 	}
@@ -199,6 +218,17 @@ func (c *slotConn) Write(b []byte) (int, error) {
 func (c *slotConn) hangUp() { c.closeOnWrite.Store(true) }
 
 func (c *slotConn) Close() error {
-	c.once.Do(c.release)
+	c.once.Do(func() {
+		c.closed.Store(true)
+		if t := c.watchdog.Load(); t != nil {
+			t.Stop()
+		}
+		if t := c.handshake.Load(); t != nil {
+			t.Stop()
+		}
+		c.release()
+	})
 	return c.Conn.Close()
 }
+
+func zapClient(c *slotConn) zap.Field { return zap.String("client", c.RemoteAddr().String()) }

@@ -67,6 +67,9 @@ type Options struct {
 	ReadTimeout  time.Duration
 	DataTimeout  time.Duration
 	WriteTimeout time.Duration
+	// HandshakeTimeout bounds a TLS handshake (STARTTLS or implicit); 0
+	// means 10 s.
+	HandshakeTimeout time.Duration
 	Logger       *zap.Logger
 }
 
@@ -105,6 +108,10 @@ func New(o Options) (*Server, error) {
 	if o.DataTimeout == 0 {
 		o.DataTimeout = 10 * time.Minute
 	}
+	if o.HandshakeTimeout == 0 {
+		o.HandshakeTimeout = 10 * time.Second
+	}
+	o.TLS = handshakeConfig(o.TLS)
 	if o.WriteTimeout == 0 {
 		o.WriteTimeout = time.Minute
 	}
@@ -194,7 +201,10 @@ func (s *Server) newSMTP(name, addr string, implicit bool) *smtp.Server {
 	srv.Domain = s.o.Hostname
 	srv.MaxMessageBytes = s.o.MaxMessageBytes
 	srv.MaxLineLength = 2000
-	srv.ReadTimeout = s.o.ReadTimeout
+	// The watchdog (timeouts.go) ends idle sessions; go-smtp's own
+	// deadline, which would take a partial line for a command, is only a
+	// backstop.
+	srv.ReadTimeout = s.o.ReadTimeout + time.Minute
 	srv.WriteTimeout = s.o.WriteTimeout
 	srv.EnableSMTPUTF8 = true
 	// go-smtp answers AUTH before TLS with 523 on its own; the session
@@ -215,7 +225,7 @@ func (s *Server) Serve() {
 		// so that go-smtp sees a *tls.Conn on the implicit-TLS listener.
 		var ln net.Listener = &gateListener{Listener: s.lns[i], s: s, listener: s.names[i], implicit: s.tlsOn[i]}
 		if s.tlsOn[i] {
-			ln = tls.NewListener(ln, s.o.TLS)
+			ln = tlsSessions{tls.NewListener(ln, s.o.TLS)}
 		}
 		go func(srv *smtp.Server, ln net.Listener) {
 			defer s.wg.Done()

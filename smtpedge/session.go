@@ -71,7 +71,12 @@ func (b *backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
 		log.Info("EHLO refused", zap.String("helo", t.Helo), zap.Error(err))
 		return nil, err
 	}
-	return &session{s: b.s, c: c, t: t, tr: b.s.tracker.get(addr), log: log}, nil
+	tr := b.s.tracker.get(addr)
+	if tr != nil {
+		conn := c.Conn() // TLS once it is: replies on a timeout go there
+		tr.conn.session.Store(&conn)
+	}
+	return &session{s: b.s, c: c, t: t, tr: tr, log: log}, nil
 }
 
 // session is one SMTP session; go-smtp calls it from one goroutine.
@@ -212,6 +217,14 @@ func (s *session) Data(r io.Reader) error {
 		var se *smtp.SMTPError
 		if errors.As(err, &se) {
 			return se
+		}
+		// The rest of the stream cannot be trusted to be in step either:
+		// whatever the client sends after this is not a command.
+		s.hangUp()
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			s.log.Info("message refused: data_timeout", zap.Duration("data_timeout", s.s.o.DataTimeout))
+			return s.reject(&smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: s.s.o.Hostname + " Error: timeout exceeded"})
 		}
 		s.log.Info("message refused: read error", zap.Error(err))
 		return s.reject(errTempFailure)

@@ -69,6 +69,8 @@ type LimitsConfig struct {
 	MaxAuthFailuresPerIP int      `toml:"max_auth_failures_per_ip"`
 	CommandTimeout       Duration `toml:"command_timeout"`
 	DataTimeout          Duration `toml:"data_timeout"`
+	// TLSHandshakeTimeout bounds a TLS handshake (STARTTLS or implicit).
+	TLSHandshakeTimeout Duration `toml:"tls_handshake_timeout"`
 }
 
 type RelayConfig struct {
@@ -262,7 +264,7 @@ func Defaults() Config {
 		Submissions:   SubmissionsConfig{Listen: []string{"127.0.0.1:2465"}},
 		Auth:          AuthConfig{RequireSenderOwnership: true},
 		Limits: LimitsConfig{MaxMessageBytes: 26214400, MaxRecipients: 100, MaxConnections: 1000, MaxAuthFailuresPerIP: 10,
-			CommandTimeout: dur("5m"), DataTimeout: dur("10m")},
+			CommandTimeout: dur("5m"), DataTimeout: dur("10m"), TLSHandshakeTimeout: dur("10s")},
 		Relay: RelayConfig{Mode: "mx", MXPort: 25, TLS: "opportunistic", DNSServers: []string{},
 			ConnectTimeout: dur("20s"), CommandTimeout: dur("10s"), DataTimeout: dur("20s"), IdleTimeout: dur("30s"),
 			MaxConnectionsPerDomain: 20},
@@ -321,7 +323,7 @@ var hostnameRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$`)
 func (c *Config) Validate() error {
 	for key, d := range map[string]Duration{
 		"shutdown_grace": c.ShutdownGrace, "relay.connect_timeout": c.Relay.ConnectTimeout, "relay.command_timeout": c.Relay.CommandTimeout,
-		"policies.spamassassin_timeout": c.Policies.SpamTimeout, "relay.data_timeout": c.Relay.DataTimeout, "limits.command_timeout": c.Limits.CommandTimeout, "limits.data_timeout": c.Limits.DataTimeout, "relay.idle_timeout": c.Relay.IdleTimeout, "queue.max_age": c.Queue.MaxAge, "queue.delay_warning": c.Queue.DelayWarning,
+		"policies.spamassassin_timeout": c.Policies.SpamTimeout, "relay.data_timeout": c.Relay.DataTimeout, "limits.command_timeout": c.Limits.CommandTimeout, "limits.data_timeout": c.Limits.DataTimeout, "limits.tls_handshake_timeout": c.Limits.TLSHandshakeTimeout, "relay.idle_timeout": c.Relay.IdleTimeout, "queue.max_age": c.Queue.MaxAge, "queue.delay_warning": c.Queue.DelayWarning,
 	} {
 		if err := d.check(key); err != nil {
 			return err

@@ -242,7 +242,7 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 		AllowInsecureAuth: cfg.Auth.AllowInsecureAuth, RequireOwnership: cfg.Auth.RequireSenderOwnership,
 		MaxMessageBytes: cfg.Limits.MaxMessageBytes, MaxRecipients: cfg.Limits.MaxRecipients,
 		MaxConnections: cfg.Limits.MaxConnections, MaxAuthFailures: cfg.Limits.MaxAuthFailuresPerIP,
-		ReadTimeout: cfg.Limits.CommandTimeout.Duration, DataTimeout: cfg.Limits.DataTimeout.Duration, Logger: log.Named("smtp"),
+		ReadTimeout: cfg.Limits.CommandTimeout.Duration, DataTimeout: cfg.Limits.DataTimeout.Duration, HandshakeTimeout: cfg.Limits.TLSHandshakeTimeout.Duration, Logger: log.Named("smtp"),
 		Scan: spamScanner(cfg.Policies, log.Named("spamd")),
 	})
 	if err != nil {

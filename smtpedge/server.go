@@ -70,7 +70,7 @@ type Options struct {
 	// HandshakeTimeout bounds a TLS handshake (STARTTLS or implicit); 0
 	// means 10 s.
 	HandshakeTimeout time.Duration
-	Logger       *zap.Logger
+	Logger           *zap.Logger
 }
 
 // Server runs the submission listeners.

@@ -93,7 +93,7 @@ func start(t *testing.T, smarthost string, maxAge time.Duration) *harness {
 func (h *harness) submit(t *testing.T, id string, rcpts ...string) {
 	t.Helper()
 	_, err := h.j.Append(journal.Write{
-		Bodies: []journal.Body{{Key: id, Data: []byte("Subject: t\r\n\r\nbody\r\n")}},
+		Bodies: []journal.Body{{Key: id, Data: []byte("From: s@src.test\r\nSubject: t\r\n\r\nbody\r\n")}},
 		Events: []events.Event{{Envelope: id, Payload: events.Received{Sender: "s@src.test", Recipients: rcpts, BodyKey: id}}},
 	})
 	if err != nil {

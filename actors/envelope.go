@@ -2,6 +2,7 @@ package actors
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -104,9 +105,8 @@ func (a *envelope) start(c actor.Context) {
 // applyPolicies journals PoliciesApplied and Split in one write, then hands
 // the children to the supervisor.
 func (a *envelope) applyPolicies(c actor.Context) {
-	body, err := a.o.Journal.Body(a.env.BodyKey)
-	if err != nil {
-		a.later(c, "read body", err)
+	body, ok := a.readBody(c)
+	if !ok {
 		return
 	}
 	if hops := policy.CountReceived(body); hops > policy.MaxHops {
@@ -148,6 +148,40 @@ func (a *envelope) applyPolicies(c actor.Context) {
 	c.Send(a.sup, children{ids: ids})
 }
 
+// bodySum is the SHA-256 the envelope's Received event recorded.
+func (a *envelope) bodySum() string {
+	if a.env.Received == nil {
+		return ""
+	}
+	return a.env.Received.BodySHA256
+}
+
+// readBody reads the stored body, checked against its SHA-256. A body that
+// fails the check is reported as corruption and the envelope deferred
+// (with the reason journaled) rather than relayed; any other read error
+// tries again later. ok is false when the step cannot go on.
+func (a *envelope) readBody(c actor.Context) ([]byte, bool) {
+	body, err := a.o.Journal.BodyChecked(a.env.BodyKey, a.bodySum())
+	var bce *journal.BodyCorruptError
+	switch {
+	case err == nil:
+		return body, true
+	case errors.As(err, &bce):
+		next := a.o.Now().Add(a.retryAfter(a.env.Attempts + 1))
+		a.log.Error("stored body is corrupt; envelope deferred", zap.String("body", a.env.BodyKey), zap.Error(err))
+		if _, jerr := a.o.Journal.Append(journal.Write{Events: []events.Event{{Envelope: a.id, Payload: events.Deferred{
+			Recipients: a.env.Pending, NextAttempt: next, Reason: "corrupt: " + err.Error()}}}}); jerr != nil {
+			a.later(c, "corrupt body deferral", jerr)
+			return nil, false
+		}
+		c.Send(a.sup, schedule{id: a.id, at: next})
+		return nil, false
+	default:
+		a.later(c, "read body", err)
+		return nil, false
+	}
+}
+
 // bounceAll bounces every recipient of a root envelope before any delivery
 // (a mail loop), with a DSN to the sender.
 func (a *envelope) bounceAll(c actor.Context, reason, status string) {
@@ -172,15 +206,14 @@ func (a *envelope) bounceAll(c actor.Context, reason, status string) {
 func (a *envelope) startAttempt(c actor.Context) {
 	attempt := a.env.Attempts + 1
 	rcpts := append([]string(nil), a.env.Pending...)
+	body, ok := a.readBody(c)
+	if !ok {
+		return
+	}
 	if _, err := a.o.Journal.Append(journal.Write{Events: []events.Event{
 		{Envelope: a.id, Payload: events.AttemptStarted{Attempt: attempt, Recipients: rcpts}},
 	}}); err != nil {
 		a.later(c, "attempt", err)
-		return
-	}
-	body, err := a.o.Journal.Body(a.env.BodyKey)
-	if err != nil {
-		a.later(c, "read body", err)
 		return
 	}
 	prepend := a.env.Prepend
@@ -314,7 +347,7 @@ func (a *envelope) queueNotice(w *journal.Write, d policy.DSN, now time.Time, id
 		return ""
 	}
 	var header []byte
-	if body, err := a.o.Journal.Body(a.env.BodyKey); err == nil {
+	if body, err := a.o.Journal.BodyChecked(a.env.BodyKey, a.bodySum()); err == nil {
 		header = append([]byte(a.env.Prepend), policy.HeaderBlock(body)...)
 	}
 	id := events.NewID()
@@ -322,7 +355,7 @@ func (a *envelope) queueNotice(w *journal.Write, d policy.DSN, now time.Time, id
 	msg := policy.BuildDSN(d)
 	w.Bodies = append(w.Bodies, journal.Body{Key: id, Data: msg})
 	w.Events = append(w.Events, events.Event{Envelope: id, Payload: events.Received{
-		Sender: "", Recipients: []string{a.env.Sender}, BodyKey: id, Size: int64(len(msg)), Listener: events.ListenerLocal, Parent: a.id,
+		Sender: "", Recipients: []string{a.env.Sender}, BodyKey: id, Size: int64(len(msg)), BodySHA256: journal.BodySum(msg), Listener: events.ListenerLocal, Parent: a.id,
 	}})
 	*ids = append(*ids, id)
 	return id

@@ -7,6 +7,7 @@
 //	GET  /queue[?consistent=1]          projections.Snapshot as JSON (List, or Snapshot)
 //	GET  /envelopes/{id}                {"envelope": state, "events": [replay objects]}
 //	GET  /journal?envelope=&since=      JournalLine per line (NDJSON)
+//	GET  /bodies/{key}/sha256           {"sha256": hex} of a stored body (404: none)
 //	POST /queue/retry?id=ID|all         journal RetryRequested and retry now
 //	POST /queue/delete?id=ID            journal Deleted
 //
@@ -20,6 +21,7 @@ import (
 	"bufio"
 	"crypto/subtle"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"sync/atomic"
@@ -106,6 +108,18 @@ func New(d Deps) http.Handler {
 			lines = append(lines, b)
 		}
 		writeJSON(w, map[string]any{"envelope": set[id], "events": lines})
+	})
+	mux.HandleFunc("GET /bodies/{key}/sha256", func(w http.ResponseWriter, r *http.Request) {
+		b, err := j.Body(r.PathValue("key"))
+		if errors.Is(err, journal.ErrNoBody) {
+			http.Error(w, "no such body", http.StatusNotFound)
+			return
+		}
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		writeJSON(w, map[string]string{"sha256": journal.BodySum(b)})
 	})
 	mux.HandleFunc("GET /journal", func(w http.ResponseWriter, r *http.Request) {
 		f, err := projections.ParseFilter(r.URL.Query().Get("envelope"), r.URL.Query().Get("since"))

@@ -64,17 +64,20 @@ type Payload interface {
 // Received records an accepted message: the envelope, where the body is
 // stored and how the client reached us. It is durable before the SMTP 250.
 type Received struct {
-	Sender       string   `json:"sender"`
-	Recipients   []string `json:"recipients"`
-	BodyKey      string   `json:"body_key"`
-	Size         int64    `json:"size"`
-	Listener     string   `json:"listener,omitempty"`
-	ClientAddr   string   `json:"client_addr,omitempty"`
-	ClientName   string   `json:"client_name,omitempty"` // reverse DNS, forward-confirmed
-	Helo         string   `json:"helo,omitempty"`
-	TLS          string   `json:"tls,omitempty"`
-	AuthUser     string   `json:"auth_user,omitempty"`
-	DeclaredSize int64    `json:"declared_size,omitempty"`
+	Sender     string   `json:"sender"`
+	Recipients []string `json:"recipients"`
+	BodyKey    string   `json:"body_key"`
+	// BodySHA256 is the hex SHA-256 of the stored body: every read checks
+	// it. Empty in events written before it existed (not checked).
+	BodySHA256   string `json:"body_sha256,omitempty"`
+	Size         int64  `json:"size"`
+	Listener     string `json:"listener,omitempty"`
+	ClientAddr   string `json:"client_addr,omitempty"`
+	ClientName   string `json:"client_name,omitempty"` // reverse DNS, forward-confirmed
+	Helo         string `json:"helo,omitempty"`
+	TLS          string `json:"tls,omitempty"`
+	AuthUser     string `json:"auth_user,omitempty"`
+	DeclaredSize int64  `json:"declared_size,omitempty"`
 	// ScanHeaders are the header fields the content scan (spamd) asked to
 	// add, CRLF-terminated; the policies prepend them.
 	ScanHeaders string `json:"scan_headers,omitempty"`

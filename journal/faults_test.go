@@ -321,3 +321,23 @@ func TestCorruptCommittedFileIsRefused(t *testing.T) {
 		j.Close()
 	}
 }
+
+// BodyChecked refuses a body that fails its recorded SHA-256.
+func TestBodyChecked(t *testing.T) {
+	j := openT(t, t.TempDir())
+	defer j.Close()
+	data := []byte("Subject: x\r\n\r\nbody\r\n")
+	if _, err := j.Append(Write{Bodies: []Body{{Key: "K", Data: data}}, Events: []events.Event{delivered("K", "r")}}); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := j.BodyChecked("K", BodySum(data)); err != nil || string(b) != string(data) {
+		t.Fatalf("good body: %v", err)
+	}
+	var bce *BodyCorruptError
+	if _, err := j.BodyChecked("K", BodySum([]byte("other"))); !errors.As(err, &bce) || bce.Key != "K" {
+		t.Fatalf("mismatch: %v", err)
+	}
+	if _, err := j.BodyChecked("K", ""); err != nil {
+		t.Fatalf("unchecked read: %v", err)
+	}
+}

@@ -2,6 +2,8 @@ package journal
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"sort"
@@ -21,6 +23,37 @@ func recoverRead(err *error) {
 	if r := recover(); r != nil {
 		*err = fmt.Errorf("journal: storage is corrupt: %v", r)
 	}
+}
+
+// BodyCorruptError reports a stored body that fails the SHA-256 its
+// Received event recorded.
+type BodyCorruptError struct {
+	Key       string
+	Want, Got string
+}
+
+func (e *BodyCorruptError) Error() string {
+	return fmt.Sprintf("journal: stored body %s is corrupt (SHA-256 %s, its Received event says %s)", e.Key, e.Got, e.Want)
+}
+
+// BodySum is the hex SHA-256 that Received events record for a body.
+func BodySum(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+// BodyChecked returns the body under key after checking it against sum
+// (the Received event's BodySHA256; "" checks nothing): a mismatch is a
+// *BodyCorruptError.
+func (j *Journal) BodyChecked(key, sum string) ([]byte, error) {
+	b, err := j.Body(key)
+	if err != nil || sum == "" {
+		return b, err
+	}
+	if got := BodySum(b); got != sum {
+		return nil, &BodyCorruptError{Key: key, Want: sum, Got: got}
+	}
+	return b, nil
 }
 
 // Body returns the stored body under key.

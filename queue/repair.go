@@ -72,7 +72,7 @@ func AccountForLost(dir, hostname string, rep journal.SalvageReport) ([]string, 
 				Arrived: e.Arrived, Now: now, Recipients: rcpts})
 			wr.Bodies = append(wr.Bodies, journal.Body{Key: dsnID, Data: msg})
 			wr.Events = append(wr.Events, events.Event{Envelope: dsnID, Payload: events.Received{
-				Recipients: []string{e.Sender}, BodyKey: dsnID, Size: int64(len(msg)), Listener: events.ListenerLocal, Parent: e.ID}})
+				Recipients: []string{e.Sender}, BodyKey: dsnID, Size: int64(len(msg)), BodySHA256: journal.BodySum(msg), Listener: events.ListenerLocal, Parent: e.ID}})
 		}
 		wr.Events = append([]events.Event{{Envelope: e.ID, Payload: events.Lost{Recipients: e.Pending, Reason: reason, DSN: dsnID}}}, wr.Events...)
 		if _, err := j.Append(wr); err != nil {

@@ -252,7 +252,7 @@ func (s *session) Data(r io.Reader) error {
 	id := events.NewID()
 	rcv := events.Received{
 		ScanHeaders: scanHeaders,
-		Sender:      s.t.From, Recipients: append([]string(nil), s.t.Rcpts...), BodyKey: id, Size: int64(len(body)),
+		Sender:      s.t.From, Recipients: append([]string(nil), s.t.Rcpts...), BodyKey: id, Size: int64(len(body)), BodySHA256: journal.BodySum(body),
 		Listener: s.t.Listener, ClientAddr: s.t.ClientAddr, ClientName: s.t.RDNS, Helo: s.c.Hostname(), DeclaredSize: declared,
 	}
 	if st, ok := s.tlsState(); ok {

@@ -76,9 +76,24 @@ func verifyJournal(cmd *cobra.Command, src source) error {
 	v := queue.NewVerifier(refp)
 	bad := 0
 	bar := newProgress("verifying", src.Total())
+	bodies := 0
 	err = src.Scan(projections.Filter{}, func(e events.Event) error {
 		bar.add()
 		v.Add(e)
+		// Every retained body must still match its Received event's SHA-256.
+		if rcv, ok := e.Payload.(events.Received); ok && rcv.BodySHA256 != "" {
+			sum, present, err := src.BodySum(rcv.BodyKey)
+			if err != nil {
+				return err
+			}
+			if present {
+				bodies++
+				if sum != rcv.BodySHA256 {
+					bad++
+					fmt.Fprintf(out, "corrupt body %s of envelope %s (Received at sequence %d): SHA-256 %s, recorded %s\n", rcv.BodyKey, e.Envelope, e.Seq, sum, rcv.BodySHA256)
+				}
+			}
+		}
 		return nil
 	}, func(seq uint64, reason string) error {
 		bad++
@@ -101,8 +116,8 @@ func verifyJournal(cmd *cobra.Command, src source) error {
 	if haveRef {
 		compared = "compared with " + what
 	}
-	fmt.Fprintf(out, "%d records read, %d corrupt, %d live envelopes rebuilt (%s), %s, %d mismatches\n",
-		v.Events, bad, len(rebuilt.Envelopes), src.Describe(), compared, len(mismatch))
+	fmt.Fprintf(out, "%d records read, %d bodies checked, %d corrupt, %d live envelopes rebuilt (%s), %s, %d mismatches\n",
+		v.Events, bodies, bad, len(rebuilt.Envelopes), src.Describe(), compared, len(mismatch))
 	if bad > 0 || len(mismatch) > 0 {
 		return fmt.Errorf("journal verification failed")
 	}

@@ -34,6 +34,9 @@ type source interface {
 	// live projection online), for `replay --verify` to compare with; ok is
 	// false when there is none.
 	Reference() (ref projections.Snapshot, what string, ok bool, err error)
+	// BodySum returns the SHA-256 of the stored body under key; present is
+	// false when there is none (dropped after delivery, or lost).
+	BodySum(key string) (sum string, present bool, err error)
 	// Total is the number of events in the journal, or 0 when unknown.
 	Total() uint64
 	Close() error
@@ -92,6 +95,7 @@ func (e emptySource) Scan(projections.Filter, func(events.Event) error, func(uin
 func (e emptySource) Queue() (projections.Snapshot, error) {
 	return projections.NewQueue().Snapshot(), nil
 }
+func (e emptySource) BodySum(string) (string, bool, error) { return "", false, nil }
 func (e emptySource) Reference() (projections.Snapshot, string, bool, error) {
 	return projections.Snapshot{}, "", false, nil
 }
@@ -132,6 +136,17 @@ func (o *offlineSource) Queue() (projections.Snapshot, error) {
 		return projections.Snapshot{}, err
 	}
 	return q.Snapshot(), nil
+}
+
+func (o *offlineSource) BodySum(key string) (string, bool, error) {
+	b, err := o.j.Body(key)
+	if errors.Is(err, journal.ErrNoBody) {
+		return "", false, nil
+	}
+	if err != nil {
+		return "", false, err
+	}
+	return journal.BodySum(b), true, nil
 }
 
 func (o *offlineSource) Reference() (projections.Snapshot, string, bool, error) {
@@ -273,6 +288,25 @@ func (a *adminSource) queue(path string) (projections.Snapshot, error) {
 		return s, fmt.Errorf("admin API: %w", err)
 	}
 	return s, nil
+}
+
+func (a *adminSource) BodySum(key string) (string, bool, error) {
+	resp, err := a.do("GET", "/bodies/"+url.PathEscape(key)+"/sha256")
+	if err != nil {
+		return "", false, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusNotFound {
+		return "", false, nil
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", false, fmt.Errorf("admin API: %s", resp.Status)
+	}
+	var out struct{ SHA256 string }
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+		return "", false, fmt.Errorf("admin API: %w", err)
+	}
+	return out.SHA256, true, nil
 }
 
 func (a *adminSource) Reference() (projections.Snapshot, string, bool, error) {

@@ -7,6 +7,8 @@
 //	GET  /queue[?consistent=1]          projections.Snapshot as JSON (List, or Snapshot)
 //	GET  /envelopes/{id}                {"envelope": state, "events": [replay objects]}
 //	GET  /journal?envelope=&since=      JournalLine per line (NDJSON)
+//	GET  /journal/head                  {"seq": n, "sha256": hex}: the chain's head
+//	GET  /journal/anchor?seq=&sha256=   200 when the journal extends that head, else 409
 //	GET  /bodies/{key}/sha256           {"sha256": hex} of a stored body (404: none)
 //	POST /queue/retry?id=ID|all         journal RetryRequested and retry now
 //	POST /queue/delete?id=ID            journal Deleted
@@ -24,6 +26,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -108,6 +111,22 @@ func New(d Deps) http.Handler {
 			lines = append(lines, b)
 		}
 		writeJSON(w, map[string]any{"envelope": set[id], "events": lines})
+	})
+	mux.HandleFunc("GET /journal/head", func(w http.ResponseWriter, _ *http.Request) {
+		seq, hash := j.Head()
+		writeJSON(w, map[string]any{"seq": seq, "sha256": hash})
+	})
+	mux.HandleFunc("GET /journal/anchor", func(w http.ResponseWriter, r *http.Request) {
+		seq, err := strconv.ParseUint(r.URL.Query().Get("seq"), 10, 64)
+		if err != nil {
+			http.Error(w, "seq must be a sequence number", http.StatusBadRequest)
+			return
+		}
+		if err := j.VerifyAnchor(seq, r.URL.Query().Get("sha256")); err != nil {
+			http.Error(w, err.Error(), http.StatusConflict)
+			return
+		}
+		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("GET /bodies/{key}/sha256", func(w http.ResponseWriter, r *http.Request) {
 		b, err := j.Body(r.PathValue("key"))

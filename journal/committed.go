@@ -2,11 +2,13 @@ package journal
 
 import (
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash/crc32"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 )
 
@@ -138,4 +140,49 @@ func (j *Journal) HasRoom(n int64) bool {
 		return true
 	}
 	return free-n >= j.opts.MinFree
+}
+
+// Head returns the journal's head: the last sequence number and the
+// SHA-256 link of its record, which every later record chains from. Kept
+// elsewhere (a log shipped off the machine), it lets VerifyAnchor prove
+// later that the journal still extends it.
+func (j *Journal) Head() (uint64, string) {
+	h := j.head.Load()
+	if h == nil {
+		return 0, ""
+	}
+	return h.seq, hex.EncodeToString(h.sha[:])
+}
+
+type headInfo struct {
+	seq uint64
+	sha [32]byte
+}
+
+// setHead publishes the head (the writer, after each commit; Open).
+func (j *Journal) setHead(seq uint64, l link) { j.head.Store(&headInfo{seq: seq, sha: l.sha}) }
+
+// ErrAnchor is wrapped by VerifyAnchor's error when the journal does not
+// extend the anchor.
+var ErrAnchor = errors.New("journal: does not extend the anchor")
+
+// VerifyAnchor checks that record seq still has the SHA-256 link hash (an
+// earlier Head). With the chain from there on verified by Scan or Verify,
+// that proves the journal extends that head: no record up to seq was
+// changed, removed or reordered, even with its checksums recomputed.
+func (j *Journal) VerifyAnchor(seq uint64, hash string) (err error) {
+	defer recoverRead(&err)
+	v, closer, err := j.db.Get(eventKey(seq))
+	if err != nil {
+		return fmt.Errorf("%w: record %d cannot be read: %v", ErrAnchor, seq, err)
+	}
+	defer closer.Close()
+	r, err := decodeRecord(seq, v)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrAnchor, err)
+	}
+	if got := hex.EncodeToString(r.link.sha[:]); !strings.EqualFold(got, hash) {
+		return fmt.Errorf("%w: record %d's link is %s, the anchor says %s", ErrAnchor, seq, got, hash)
+	}
+	return nil
 }

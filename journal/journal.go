@@ -6,10 +6,14 @@
 //   - Append returns only after its events and bodies are fsynced; on error
 //     nothing of that Write is visible to readers, now or after a restart.
 //   - Sequence numbers start at 1 and increase by one per event, without gaps.
-//   - Every record carries its sequence number, the checksum of the record
-//     before it (a chain) and a CRC-32C of itself. Readers verify all three
-//     and report a mismatch as a *CorruptError naming the sequence number;
-//     they never skip a record silently.
+//   - Every record carries its sequence number, the SHA-256 link of the
+//     record before it (a cryptographic chain; records of the older format 1
+//     carry a CRC-32C instead) and a CRC-32C of itself. Readers verify all
+//     three and report a mismatch as a *CorruptError naming the sequence
+//     number; they never skip a record silently. Head returns the chain's
+//     head; VerifyAnchor proves the journal still extends an earlier one.
+//   - Bodies are checked by BodyChecked against the SHA-256 that their
+//     Received event records.
 //   - Concurrent Appends are grouped by one writer goroutine into one Pebble
 //     batch and one fsync (group commit). No lock is held while an Append
 //     waits for room in the writer's bounded queue: a full queue makes
@@ -39,6 +43,7 @@ package journal
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -146,8 +151,9 @@ type Journal struct {
 	tailErr       error
 
 	// Owned by the writer goroutine after Open.
-	lastSeq uint64
-	lastSum uint32
+	lastSeq  uint64
+	lastLink link
+	head     atomic.Pointer[headInfo] // published copy of lastSeq/lastLink
 }
 
 type appendReq struct {
@@ -280,12 +286,14 @@ func (j *Journal) loadTail() (err error) {
 	v := it.Value()
 	rec, derr := decodeRecord(seq, v)
 	if derr != nil {
+		// Continue the chain from what the damaged record holds.
 		j.tailErr = derr
 		if len(v) >= 4 {
-			rec.sum = binary.BigEndian.Uint32(v[len(v)-4:])
+			rec.link = link{crc: binary.BigEndian.Uint32(v[len(v)-4:]), sha: sha256.Sum256(v[:len(v)-4])}
 		}
 	}
-	j.lastSeq, j.lastSum = seq, rec.sum
+	j.lastSeq, j.lastLink = seq, rec.link
+	j.setHead(seq, rec.link)
 	j.committedSeq.Store(seq)
 	return nil
 }

@@ -212,7 +212,7 @@ func TestChainBreakDetected(t *testing.T) {
 	}
 	// Replace record 2 with a self-consistent record whose chain is wrong.
 	payload, _ := events.Marshal(delivered("E", "forged"))
-	rec, _ := encodeRecord(2, 0xdeadbeef, payload)
+	rec, _ := encodeRecord(2, link{crc: 0xdeadbeef}, payload)
 	if err := j.db.Set(eventKey(2), rec, pebble.Sync); err != nil {
 		t.Fatal(err)
 	}

@@ -96,14 +96,14 @@ func (j *Journal) scan(from uint64, fn func(events.Event) error, report func(*Co
 		return err
 	}
 	// The chain needs the checksum of the record before the first one read.
-	var prevSum uint32
+	var prevLink link
 	havePrev := from == 1
 	if from > 1 {
 		if v, closer, err := j.db.Get(eventKey(from - 1)); err == nil {
 			r, derr := decodeRecord(from-1, v)
 			closer.Close()
 			if derr == nil {
-				prevSum, havePrev = r.sum, true
+				prevLink, havePrev = r.link, true
 			}
 		}
 	}
@@ -133,12 +133,12 @@ func (j *Journal) scan(from uint64, fn func(events.Event) error, report func(*Co
 			havePrev = false
 			continue
 		}
-		if havePrev && r.prev != prevSum {
-			if err := fail(&CorruptError{Seq: seq, Reason: fmt.Sprintf("chain broken (previous checksum %08x, record says %08x)", prevSum, r.prev)}); err != nil {
+		if havePrev && !r.follows(prevLink) {
+			if err := fail(chainBroken(seq, prevLink, r)); err != nil {
 				return err
 			}
 		}
-		prevSum, havePrev = r.sum, true
+		prevLink, havePrev = r.link, true
 		e, err := decodeEvent(r)
 		if err != nil {
 			if err := fail(err); err != nil {
@@ -186,6 +186,14 @@ func (j *Journal) storageError(after uint64, err error) error {
 	return se
 }
 
+// chainBroken reports a record that does not carry its predecessor's link:
+// the predecessor (or this record) was altered, or a record between them
+// replaced.
+func chainBroken(seq uint64, prev link, r record) *CorruptError {
+	return &CorruptError{Seq: seq, Reason: fmt.Sprintf("chain broken: record %d was altered or replaced (its link is %s, record %d says %s)",
+		seq-1, prev.String(r.format), seq, r.prevString())}
+}
+
 func (j *Journal) lostError() *CorruptError {
 	return &CorruptError{Seq: j.lost[0], Reason: fmt.Sprintf("missing: records %d to %d were committed (%s) but the journal ends at %d",
 		j.lost[0], j.lost[1], CommittedFile, j.lost[0]-1)}
@@ -208,7 +216,7 @@ func (j *Journal) Verify(seq uint64, report func(*CorruptError) error) (err erro
 		}
 		return ce
 	}
-	var prev uint32
+	var prev link
 	expect, havePrev := uint64(1), true
 	for ok := it.First(); ok; ok = it.Next() {
 		n, err := seqFromKey(it.Key())
@@ -232,12 +240,12 @@ func (j *Journal) Verify(seq uint64, report func(*CorruptError) error) (err erro
 			havePrev = false
 			continue
 		}
-		if havePrev && r.prev != prev {
-			if err := fail(&CorruptError{Seq: n, Reason: fmt.Sprintf("chain broken (previous checksum %08x, record says %08x)", prev, r.prev)}); err != nil {
+		if havePrev && !r.follows(prev) {
+			if err := fail(chainBroken(n, prev, r)); err != nil {
 				return err
 			}
 		}
-		prev, havePrev = r.sum, true
+		prev, havePrev = r.link, true
 	}
 	if err := it.Error(); err != nil {
 		return j.storageError(expect-1, err)

@@ -1,7 +1,9 @@
 package journal
 
 import (
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"fmt"
 	"hash/crc32"
 
@@ -15,11 +17,32 @@ const (
 	prefixBody  = "b/" // b/<key>                 -> body bytes
 )
 
-const recordFormat = 1
+// Record formats. Format 2 (written since the chain became cryptographic):
+//
+//	2 | seq(8) | SHA-256 link of the previous record (32) | payload | crc32c(4)
+//
+// Format 1 (older journals, still read): 1 | seq(8) | crc32c of the
+// previous record (4) | payload | crc32c(4). The trailing CRC covers
+// everything before it (a torn or flipped record); the chain is what proves
+// order and content: a record's SHA-256 link is the SHA-256 of everything
+// before its CRC, and the next record carries it. A format-2 record after a
+// format-1 one carries that one's SHA-256 link too.
+const (
+	recordFormat1 = 1
+	recordFormat  = 2
+)
 
-// Record layout: format(1) | seq(8) | prev checksum(4) | payload | crc32c(4)
-// where the trailing CRC covers everything before it.
-const recordOverhead = 1 + 8 + 4 + 4
+const (
+	recordOverhead1 = 1 + 8 + 4 + 4
+	recordOverhead  = 1 + 8 + 32 + 4
+)
+
+// link is what the record after this one must carry: the CRC (for a
+// format-1 successor) and the SHA-256 (format 2) of this record.
+type link struct {
+	crc uint32
+	sha [32]byte
+}
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
@@ -34,10 +57,35 @@ func (e *CorruptError) Error() string {
 }
 
 type record struct {
-	seq  uint64
-	prev uint32
-	sum  uint32
-	data []byte
+	seq     uint64
+	format  byte
+	prevCRC uint32   // format 1
+	prevSHA [32]byte // format 2
+	link    link     // of this record
+	data    []byte
+}
+
+// follows reports whether r carries prev's link.
+func (r record) follows(prev link) bool {
+	if r.format == recordFormat1 {
+		return r.prevCRC == prev.crc
+	}
+	return r.prevSHA == prev.sha
+}
+
+// prevString shows what r says of its predecessor.
+func (r record) prevString() string {
+	if r.format == recordFormat1 {
+		return fmt.Sprintf("%08x", r.prevCRC)
+	}
+	return hex.EncodeToString(r.prevSHA[:8])
+}
+
+func (l link) String(format byte) string {
+	if format == recordFormat1 {
+		return fmt.Sprintf("%08x", l.crc)
+	}
+	return hex.EncodeToString(l.sha[:8])
 }
 
 func eventKey(seq uint64) []byte {
@@ -76,20 +124,20 @@ func prefixEnd(p string) []byte {
 	return nil
 }
 
-func encodeRecord(seq uint64, prev uint32, payload []byte) ([]byte, uint32) {
+func encodeRecord(seq uint64, prev link, payload []byte) ([]byte, link) {
 	b := make([]byte, 0, recordOverhead+len(payload))
 	b = append(b, recordFormat)
 	b = binary.BigEndian.AppendUint64(b, seq)
-	b = binary.BigEndian.AppendUint32(b, prev)
+	b = append(b, prev.sha[:]...)
 	b = append(b, payload...)
-	sum := crc32.Checksum(b, castagnoli)
-	return binary.BigEndian.AppendUint32(b, sum), sum
+	l := link{crc: crc32.Checksum(b, castagnoli), sha: sha256.Sum256(b)}
+	return binary.BigEndian.AppendUint32(b, l.crc), l
 }
 
 // decodeRecord verifies a record's own checksum and sequence number (the
 // chain is checked by the reader, which knows the previous record).
 func decodeRecord(keySeq uint64, b []byte) (record, error) {
-	if len(b) < recordOverhead {
+	if len(b) < recordOverhead1 {
 		return record{}, &CorruptError{Seq: keySeq, Reason: fmt.Sprintf("record too short (%d bytes)", len(b))}
 	}
 	body, tail := b[:len(b)-4], b[len(b)-4:]
@@ -97,14 +145,24 @@ func decodeRecord(keySeq uint64, b []byte) (record, error) {
 	if got := crc32.Checksum(body, castagnoli); got != want {
 		return record{}, &CorruptError{Seq: keySeq, Reason: fmt.Sprintf("checksum mismatch (stored %08x, computed %08x)", want, got)}
 	}
-	if body[0] != recordFormat {
+	r := record{format: body[0], link: link{crc: want, sha: sha256.Sum256(body)}}
+	switch r.format {
+	case recordFormat1:
+		r.prevCRC, r.data = binary.BigEndian.Uint32(body[9:13]), body[13:]
+	case recordFormat:
+		if len(b) < recordOverhead {
+			return record{}, &CorruptError{Seq: keySeq, Reason: fmt.Sprintf("record too short (%d bytes)", len(b))}
+		}
+		copy(r.prevSHA[:], body[9:41])
+		r.data = body[41:]
+	default:
 		return record{}, &CorruptError{Seq: keySeq, Reason: fmt.Sprintf("unknown record format %d", body[0])}
 	}
-	seq := binary.BigEndian.Uint64(body[1:9])
-	if seq != keySeq {
-		return record{}, &CorruptError{Seq: keySeq, Reason: fmt.Sprintf("record says sequence %d", seq)}
+	r.seq = binary.BigEndian.Uint64(body[1:9])
+	if r.seq != keySeq {
+		return record{}, &CorruptError{Seq: keySeq, Reason: fmt.Sprintf("record says sequence %d", r.seq)}
 	}
-	return record{seq: seq, prev: binary.BigEndian.Uint32(body[9:13]), sum: want, data: body[13:]}, nil
+	return r, nil
 }
 
 func decodeEvent(r record) (events.Event, error) {

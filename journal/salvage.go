@@ -64,7 +64,7 @@ func Salvage(src, dst string, progress func(seq, total uint64)) (SalvageReport, 
 		batch = db.NewBatch()
 		return nil
 	}
-	var prev uint32
+	var prev link
 	for seq := uint64(1); seq <= end; seq++ {
 		if progress != nil && seq%10000 == 0 {
 			progress(seq, end)

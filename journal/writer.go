@@ -73,7 +73,7 @@ func (j *Journal) commit(group []*appendReq) {
 	now := start.UTC()
 	batch := j.db.NewBatch()
 	defer batch.Close()
-	seq, sum := j.lastSeq, j.lastSum
+	seq, sum := j.lastSeq, j.lastLink
 	var ok []*appendReq
 	var all []events.Event
 	results := make(map[*appendReq][]events.Event, len(group))
@@ -151,7 +151,8 @@ func (j *Journal) commit(group []*appendReq) {
 		j.failAll(ok, j.Err())
 		return
 	}
-	j.lastSeq, j.lastSum = seq, sum
+	j.lastSeq, j.lastLink = seq, sum
+	j.setHead(seq, sum)
 	j.committedSeq.Store(seq)
 	if err := j.writeCommitted(seq); err != nil && j.opts.Logger != nil {
 		j.opts.Logger.Warn("could not record the committed sequence number", zap.Error(err))

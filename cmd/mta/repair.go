@@ -40,7 +40,27 @@ its sender a DSN saying so. A sound journal is left alone.`,
 		},
 	}
 	repair.Flags().StringVarP(&path, "config", "c", "", "config file (TOML); default: embedded defaults")
-	c.AddCommand(repair)
+	var headPath string
+	head := &cobra.Command{
+		Use:   "head [-c FILE]",
+		Short: "print the journal's head (SEQ:SHA256) to keep elsewhere; `replay --verify --anchor` proves the journal still extends it",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return withSource(headPath, readOnly, func(src source) error {
+				seq, hash, err := src.Head()
+				if err != nil {
+					return err
+				}
+				if seq == 0 {
+					return fmt.Errorf("the journal is empty: no head yet")
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%d:%s\n", seq, hash)
+				return nil
+			})
+		},
+	}
+	head.Flags().StringVarP(&headPath, "config", "c", "", "config file (TOML); default: embedded defaults")
+	c.AddCommand(repair, head)
 	return c
 }
 

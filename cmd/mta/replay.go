@@ -3,6 +3,8 @@ package main
 import (
 	"bufio"
 	"fmt"
+	"strconv"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -14,6 +16,7 @@ import (
 func newReplayCmd() *cobra.Command {
 	var path, envelope, since string
 	var asJSON, verify bool
+	var anchor string
 	c := &cobra.Command{
 		Use:   "replay [-c FILE] [--envelope ID] [--since RFC3339] [--json] [--verify]",
 		Short: "print the journal in order, for auditing; --verify checks every record and the rebuilt state",
@@ -29,7 +32,7 @@ func newReplayCmd() *cobra.Command {
 			}
 			return withSource(path, mode, func(src source) error {
 				if verify {
-					return verifyJournal(cmd, src)
+					return verifyJournal(cmd, src, anchor)
 				}
 				out := bufio.NewWriter(cmd.OutOrStdout())
 				defer out.Flush()
@@ -54,6 +57,7 @@ func newReplayCmd() *cobra.Command {
 	c.Flags().StringVar(&envelope, "envelope", "", "only this envelope and the envelopes split from it")
 	c.Flags().StringVar(&since, "since", "", "only events at or after this RFC 3339 time")
 	c.Flags().BoolVar(&asJSON, "json", false, "one JSON object per event per line")
+	c.Flags().StringVar(&anchor, "anchor", "", "with --verify: SEQ:SHA256, a head printed earlier by `mta journal head`; fail unless the journal still extends it")
 	c.Flags().BoolVar(&verify, "verify", false, "check every record's checksum and chain, rebuild the state and compare with the live projection; exit 1 on any mismatch")
 	return c
 }
@@ -62,8 +66,18 @@ func newReplayCmd() *cobra.Command {
 // the queue from scratch and compares it, at the same sequence number,
 // with a record kept independently of this fold: the queue snapshot the
 // server saved (offline) or the server's live projection (online).
-func verifyJournal(cmd *cobra.Command, src source) error {
+func verifyJournal(cmd *cobra.Command, src source, anchor string) error {
 	out := cmd.OutOrStdout()
+	var anchorSeq uint64
+	var anchorHash string
+	if anchor != "" {
+		s, h, ok := strings.Cut(anchor, ":")
+		n, err := strconv.ParseUint(s, 10, 64)
+		if !ok || err != nil || n == 0 || len(h) != 64 {
+			return usageError{fmt.Errorf("--anchor must be SEQ:SHA256 as `mta journal head` prints it")}
+		}
+		anchorSeq, anchorHash = n, h
+	}
 	ref, what, haveRef, err := src.Reference()
 	if err != nil {
 		fmt.Fprintf(out, "the reference state cannot be read: %v\n", err)
@@ -118,7 +132,16 @@ func verifyJournal(cmd *cobra.Command, src source) error {
 	}
 	fmt.Fprintf(out, "%d records read, %d bodies checked, %d corrupt, %d live envelopes rebuilt (%s), %s, %d mismatches\n",
 		v.Events, bodies, bad, len(rebuilt.Envelopes), src.Describe(), compared, len(mismatch))
-	if bad > 0 || len(mismatch) > 0 {
+	anchorFailed := false
+	if anchorSeq != 0 {
+		if err := src.Anchor(anchorSeq, anchorHash); err != nil {
+			anchorFailed = true
+			fmt.Fprintf(out, "anchor %d:%s: %v\n", anchorSeq, anchorHash, err)
+		} else {
+			fmt.Fprintf(out, "the journal extends anchor %d:%s\n", anchorSeq, anchorHash)
+		}
+	}
+	if bad > 0 || len(mismatch) > 0 || anchorFailed {
 		return fmt.Errorf("journal verification failed")
 	}
 	return nil

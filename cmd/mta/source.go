@@ -37,6 +37,10 @@ type source interface {
 	// BodySum returns the SHA-256 of the stored body under key; present is
 	// false when there is none (dropped after delivery, or lost).
 	BodySum(key string) (sum string, present bool, err error)
+	// Head returns the journal's head (sequence number, SHA-256 link).
+	Head() (uint64, string, error)
+	// Anchor checks that the journal still extends an earlier head.
+	Anchor(seq uint64, hash string) error
 	// Total is the number of events in the journal, or 0 when unknown.
 	Total() uint64
 	Close() error
@@ -96,6 +100,10 @@ func (e emptySource) Queue() (projections.Snapshot, error) {
 	return projections.NewQueue().Snapshot(), nil
 }
 func (e emptySource) BodySum(string) (string, bool, error) { return "", false, nil }
+func (e emptySource) Head() (uint64, string, error)        { return 0, "", nil }
+func (e emptySource) Anchor(seq uint64, _ string) error {
+	return fmt.Errorf("journal: does not extend the anchor: there is no journal yet (the anchor names record %d)", seq)
+}
 func (e emptySource) Reference() (projections.Snapshot, string, bool, error) {
 	return projections.Snapshot{}, "", false, nil
 }
@@ -137,6 +145,13 @@ func (o *offlineSource) Queue() (projections.Snapshot, error) {
 	}
 	return q.Snapshot(), nil
 }
+
+func (o *offlineSource) Head() (uint64, string, error) {
+	seq, hash := o.j.Head()
+	return seq, hash, nil
+}
+
+func (o *offlineSource) Anchor(seq uint64, hash string) error { return o.j.VerifyAnchor(seq, hash) }
 
 func (o *offlineSource) BodySum(key string) (string, bool, error) {
 	b, err := o.j.Body(key)
@@ -288,6 +303,35 @@ func (a *adminSource) queue(path string) (projections.Snapshot, error) {
 		return s, fmt.Errorf("admin API: %w", err)
 	}
 	return s, nil
+}
+
+func (a *adminSource) Head() (uint64, string, error) {
+	resp, err := a.do("GET", "/journal/head")
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	var h struct {
+		Seq    uint64
+		SHA256 string
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&h); err != nil {
+		return 0, "", fmt.Errorf("admin API: %w", err)
+	}
+	return h.Seq, h.SHA256, nil
+}
+
+func (a *adminSource) Anchor(seq uint64, hash string) error {
+	resp, err := a.do("GET", fmt.Sprintf("/journal/anchor?seq=%d&sha256=%s", seq, url.QueryEscape(hash)))
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		return errors.New(strings.TrimSpace(string(b)))
+	}
+	return nil
 }
 
 func (a *adminSource) BodySum(key string) (string, bool, error) {

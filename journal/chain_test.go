@@ -1,0 +1,143 @@
+package journal
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"hash/crc32"
+	"strings"
+	"testing"
+
+	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/ledgermail/ledgermail/events"
+)
+
+// rawRecord returns record seq's stored bytes.
+func rawRecord(t *testing.T, j *Journal, seq uint64) []byte {
+	t.Helper()
+	v, closer, err := j.db.Get(eventKey(seq))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closer.Close()
+	return append([]byte(nil), v...)
+}
+
+// editWithCRC changes one payload byte of a stored record and recomputes
+// its CRC: what an attacker who knows the format does, and what a CRC
+// chain alone cannot tell from the original.
+func editWithCRC(b []byte) []byte {
+	body := bytes.Replace(b[:len(b)-4], []byte(`["r"]`), []byte(`["s"]`), 1)
+	return binary.BigEndian.AppendUint32(body, crc32.Checksum(body, castagnoli))
+}
+
+func scanErrors(j *Journal) []*CorruptError {
+	var out []*CorruptError
+	j.ScanTolerant(1, func(events.Event) error { return nil }, func(ce *CorruptError) error {
+		out = append(out, ce)
+		return nil
+	})
+	return out
+}
+
+func TestCryptographicChain(t *testing.T) {
+	j := openT(t, t.TempDir())
+	defer j.Close()
+	appendN(t, j, 6)
+	seq, head := j.Head()
+	if seq != 6 || len(head) != 64 {
+		t.Fatalf("head %d:%s", seq, head)
+	}
+	if err := j.VerifyAnchor(seq, head); err != nil {
+		t.Fatal(err)
+	}
+	appendN(t, j, 2)
+	if err := j.VerifyAnchor(seq, head); err != nil {
+		t.Fatalf("the journal grew and no longer extends its head: %v", err)
+	}
+	orig := map[uint64][]byte{}
+	for s := uint64(1); s <= 8; s++ {
+		orig[s] = rawRecord(t, j, s)
+	}
+	restore := func() {
+		for s, v := range orig {
+			j.db.Set(eventKey(s), v, pebble.Sync)
+		}
+	}
+
+	// An edited record with its CRC recomputed breaks the SHA-256 chain.
+	j.db.Set(eventKey(3), editWithCRC(orig[3]), pebble.Sync)
+	errs := scanErrors(j)
+	if len(errs) != 1 || errs[0].Seq != 4 || !strings.Contains(errs[0].Reason, "record 3 was altered") {
+		t.Fatalf("edited record 3: %v", errs)
+	}
+	restore()
+
+	// A re-chained forgery (every later link recomputed) passes the chain
+	// but not the anchor.
+	prev := func() link { r, _ := decodeRecord(2, orig[2]); return r.link }()
+	for s := uint64(3); s <= 8; s++ {
+		r, _ := decodeRecord(s, orig[s])
+		payload := r.data
+		if s == 3 {
+			payload = bytes.Replace(payload, []byte(`["r"]`), []byte(`["s"]`), 1)
+		}
+		var rec []byte
+		rec, prev = encodeRecord(s, prev, payload)
+		j.db.Set(eventKey(s), rec, pebble.Sync)
+	}
+	if errs := scanErrors(j); len(errs) != 0 {
+		t.Fatalf("a consistent forgery: %v", errs)
+	}
+	if err := j.VerifyAnchor(seq, head); !errors.Is(err, ErrAnchor) {
+		t.Fatalf("anchor after a re-chained forgery: %v", err)
+	}
+	restore()
+
+	// A deleted record and a reordered pair are reported with their numbers.
+	j.db.Delete(eventKey(5), pebble.Sync)
+	if errs := scanErrors(j); len(errs) == 0 || errs[0].Seq != 5 {
+		t.Fatalf("deleted record 5: %v", errs)
+	}
+	restore()
+	j.db.Set(eventKey(4), orig[5], pebble.Sync)
+	j.db.Set(eventKey(5), orig[4], pebble.Sync)
+	if errs := scanErrors(j); len(errs) < 2 || errs[0].Seq != 4 || errs[1].Seq != 5 {
+		t.Fatalf("reordered 4 and 5: %v", errs)
+	}
+	restore()
+	if errs := scanErrors(j); len(errs) != 0 {
+		t.Fatalf("restored: %v", errs)
+	}
+}
+
+// Older journals (format 1, CRC chain) are still read, and new records
+// chain onto them with SHA-256.
+func TestFormat1RecordsStillRead(t *testing.T) {
+	j := openT(t, t.TempDir())
+	payload, _ := events.Marshal(events.Event{Envelope: "E", Version: events.CurrentVersion, Payload: events.Delivered{Recipients: []string{"r"}}})
+	var prevCRC uint32
+	b := j.db.NewBatch()
+	for s := uint64(1); s <= 3; s++ {
+		rec := []byte{recordFormat1}
+		rec = binary.BigEndian.AppendUint64(rec, s)
+		rec = binary.BigEndian.AppendUint32(rec, prevCRC)
+		rec = append(rec, payload...)
+		prevCRC = crc32.Checksum(rec, castagnoli)
+		rec = binary.BigEndian.AppendUint32(rec, prevCRC)
+		b.Set(eventKey(s), rec, nil)
+	}
+	b.Commit(pebble.Sync)
+	dir := j.Dir()
+	j.Close()
+	j = openT(t, dir)
+	defer j.Close()
+	appendN(t, j, 2)
+	if got := len(collect(t, j, 1)); got != 5 {
+		t.Fatalf("read %d records", got)
+	}
+	if err := j.Verify(5, nil); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -82,7 +82,7 @@ func TestReplyTableOnBothListeners(t *testing.T) {
 			"AUTH-AGAIN 503 5.5.1 Already authenticated",
 			"MAIL-NOTOWNED 553 5.7.1 <mallory@example.test> Sender address not owned by user",
 			"MAIL-SIZE-LIE 552 5.3.4",
-			"MAIL-BADSYNTAX 501 5.1.3 Bad address syntax",
+			"MAIL-BADSYNTAX 501 5.1.7 Bad sender address syntax",
 			"MAIL-NULL-AUTH 250",
 			"RCPT1 250", "RCPT2 250",
 			"RCPT3 452 4.5.3 Too many recipients",

@@ -188,7 +188,7 @@ func TestReplyTable(t *testing.T) {
 		"BADAUTH 535 5.7.8 Authentication credentials invalid",
 		"MAIL-NOTOWNED 553 b'5.7.1 <mallory@example.test> Sender address not owned by user'",
 		"MAIL-OK 250",
-		"RCPT-BAD 501 b'5.1.3 Bad address syntax'",
+		"RCPT-BAD 501 b'5.1.3 Bad recipient address syntax'",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("missing %q in:\n%s", want, out)

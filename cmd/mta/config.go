@@ -347,12 +347,12 @@ func (c *Config) Validate() error {
 		return configErrorf("policies.postmaster %q is not an address like postmaster@example.com", c.Policies.Postmaster)
 	}
 	for _, a := range c.Submission.Listen {
-		if err := checkHostPort(a); err != nil {
+		if err := checkListen(a); err != nil {
 			return configErrorf("submission.listen: %v", err)
 		}
 	}
 	for _, a := range c.Submissions.Listen {
-		if err := checkHostPort(a); err != nil {
+		if err := checkListen(a); err != nil {
 			return configErrorf("submissions.listen: %v", err)
 		}
 	}
@@ -428,7 +428,7 @@ func (c *Config) Validate() error {
 		}
 	}
 	if c.Admin.Listen != "" {
-		if err := checkHostPort(c.Admin.Listen); err != nil {
+		if err := checkListen(c.Admin.Listen); err != nil {
 			return configErrorf("admin.listen: %v", err)
 		}
 	}
@@ -445,16 +445,21 @@ func (c *Config) Validate() error {
 	return nil
 }
 
-// checkHostPort checks host:port with a numeric port from 1 to 65535
-// (an empty host is allowed: a listener on every address).
-func checkHostPort(a string) error {
+// checkHostPort checks a peer's host:port: a numeric port from 1 to 65535.
+func checkHostPort(a string) error { return checkAddr(a, 1) }
+
+// checkListen checks a listener's host:port: port 0 lets the system
+// choose; an empty host listens on every address.
+func checkListen(a string) error { return checkAddr(a, 0) }
+
+func checkAddr(a string, minPort int) error {
 	_, port, err := net.SplitHostPort(a)
 	if err != nil {
 		return fmt.Errorf("%q is not host:port", a)
 	}
 	n, err := strconv.Atoi(port)
-	if err != nil || n < 1 || n > 65535 {
-		return fmt.Errorf("%q: the port must be a number from 1 to 65535", a)
+	if err != nil || n < minPort || n > 65535 {
+		return fmt.Errorf("%q: the port must be a number from %d to 65535", a, minPort)
 	}
 	return nil
 }

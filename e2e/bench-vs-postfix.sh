@@ -50,7 +50,10 @@ mkdir -p "$W/pf/conf" "$W/pf/spool" "$W/pf/data"
 chown postfix "$W/pf/data"
 [ -f /etc/postfix/main.cf ] || : > /etc/postfix/main.cf   # postfix refuses to run without one
 cp /etc/postfix/master.cf "$W/pf/conf/"
-sed -i "s/^smtp      inet .*smtpd$/$PF inet n - n - - smtpd/" "$W/pf/conf/master.cf"
+# Write our listener rather than edit Debian's: with "No configuration" its
+# smtp inet line may be commented out, and an edit would find nothing.
+sed -i '/^#\?smtp[[:space:]]\+inet[[:space:]]/d' "$W/pf/conf/master.cf"
+echo "$PF inet n - n - - smtpd" >> "$W/pf/conf/master.cf"
 grep -q '^postlog' "$W/pf/conf/master.cf" || echo "postlog   unix-dgram n  -       n       -       1       postlogd" >> "$W/pf/conf/master.cf"
 cat > "$W/pf/conf/main.cf" <<CF
 compatibility_level = 3.6

@@ -1,8 +1,6 @@
 package e2e
 
 import (
-	"bufio"
-	"net"
 	"net/http"
 	"os"
 	"strconv"
@@ -90,18 +88,9 @@ func TestAuthTimingDoesNotNameUsers(t *testing.T) {
 // routed to policies.postmaster.
 func TestAddressesAndPostmaster(t *testing.T) {
 	sk := startSink(t, freePort(t))
-	s := newServer(t, serverOpts{smarthost: sk.addr})
-	s.rewrite(func(cfg string) string {
-		return strings.Replace(cfg, "[submissions]", "trusted_networks = [\"127.0.0.0/8\"]\n[submissions]", 1)
-	})
+	s := newServer(t, serverOpts{smarthost: sk.addr, trusted: true})
 	s.start()
-	c, err := net.Dial("tcp", s.sub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	r := bufio.NewReader(c)
-	smtpReply(c, r)
+	c, r := dialSMTP(t, s.sub)
 	cmd := func(line string) string {
 		c.Write([]byte(line + "\r\n"))
 		return smtpReply(c, r)
@@ -144,10 +133,7 @@ func TestAddressesAndPostmaster(t *testing.T) {
 // line that is not a header starts it, and the separator is inserted.
 func TestMissingHeaderSeparator(t *testing.T) {
 	sk := startSink(t, freePort(t))
-	s := newServer(t, serverOpts{smarthost: sk.addr})
-	s.rewrite(func(cfg string) string {
-		return strings.Replace(cfg, "[submissions]", "trusted_networks = [\"127.0.0.0/8\"]\n[submissions]", 1)
-	})
+	s := newServer(t, serverOpts{smarthost: sk.addr, trusted: true})
 	s.start()
 	host, port := splitHostPort(t, s.sub)
 	python(t, `

@@ -4,6 +4,7 @@
 package e2e
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -149,6 +150,7 @@ type serverOpts struct {
 	dir       string // base directory; default t.TempDir()
 	retry     string // TOML list body, e.g. `"1s"`
 	queue     string // more keys of the [queue] section
+	trusted   bool   // loopback may submit without TLS or AUTH (trusted_networks)
 	extra     string
 }
 
@@ -169,6 +171,7 @@ func newServer(t *testing.T, o serverOpts) *server {
 data_dir = %q
 [submission]
 listen = [%q]
+trusted_networks = [%s]
 [submissions]
 listen = [%q]
 [relay]
@@ -179,7 +182,7 @@ retry = [%s]
 [admin]
 listen = %q
 %s
-`, filepath.Join(dir, "data"), s.sub, s.subs, o.relay, o.retry, o.queue, s.admin, o.extra)
+`, filepath.Join(dir, "data"), s.sub, trustedList(o.trusted), s.subs, o.relay, o.retry, o.queue, s.admin, o.extra)
 	s.config = filepath.Join(dir, "mta.toml")
 	if err := os.WriteFile(s.config, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
@@ -198,6 +201,26 @@ listen = %q
 		}
 	})
 	return s
+}
+
+func trustedList(on bool) string {
+	if on {
+		return `"127.0.0.0/8"`
+	}
+	return ""
+}
+
+// dialSMTP connects to addr and reads the banner.
+func dialSMTP(t *testing.T, addr string) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	r := bufio.NewReader(c)
+	smtpReply(c, r)
+	return c, r
 }
 
 // mta runs a CLI subcommand with the server's config.
@@ -251,20 +274,7 @@ func (s *server) start() {
 // startArgs starts `mta serve` with extra flags and waits until it serves.
 func (s *server) startArgs(extra ...string) {
 	s.t.Helper()
-	s.logFile = filepath.Join(s.dir, fmt.Sprintf("serve-%d.log", time.Now().UnixNano()))
-	s.logFiles = append(s.logFiles, s.logFile)
-	f, err := os.Create(s.logFile)
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	s.cmd = exec.Command(mtaBin, append([]string{"serve", "-c", s.config}, extra...)...)
-	s.cmd.Stdout, s.cmd.Stderr = f, f
-	if err := s.cmd.Start(); err != nil {
-		s.t.Fatal(err)
-	}
-	f.Close()
-	s.waitDone = make(chan error, 1)
-	go func(c *exec.Cmd, ch chan error) { ch <- c.Wait() }(s.cmd, s.waitDone)
+	s.startNoWait(extra...)
 	waitFor(s.t, "mta serve to listen", 30*time.Second, func() bool {
 		select {
 		case err := <-s.waitDone:
@@ -280,6 +290,26 @@ func (s *server) startArgs(extra ...string) {
 		// 401: serving, with [admin] metrics_public = false.
 		return (resp.StatusCode == 200 || resp.StatusCode == 401) && canConnect(s.sub)
 	})
+}
+
+// startNoWait starts `mta serve` with extra flags without waiting for it
+// to listen.
+func (s *server) startNoWait(extra ...string) {
+	s.t.Helper()
+	s.logFile = filepath.Join(s.dir, fmt.Sprintf("serve-%d.log", time.Now().UnixNano()))
+	s.logFiles = append(s.logFiles, s.logFile)
+	f, err := os.Create(s.logFile)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer f.Close()
+	s.cmd = exec.Command(mtaBin, append([]string{"serve", "-c", s.config}, extra...)...)
+	s.cmd.Stdout, s.cmd.Stderr = f, f
+	if err := s.cmd.Start(); err != nil {
+		s.t.Fatal(err)
+	}
+	s.waitDone = make(chan error, 1)
+	go func(c *exec.Cmd, ch chan error) { ch <- c.Wait() }(s.cmd, s.waitDone)
 }
 
 // kill sends SIGKILL (a crash) and waits for the process to be gone.

@@ -78,18 +78,9 @@ func TestDribblingClientIsCutAtTheTimeout(t *testing.T) {
 // After a DATA timeout the rest of what the client sends is not read as
 // commands: 421 4.4.2 and the connection closes.
 func TestDataTimeoutClosesTheSession(t *testing.T) {
-	s := newServer(t, serverOpts{smarthost: freePort(t), extra: "[limits]\ndata_timeout = \"1s\"\n"})
-	s.rewrite(func(cfg string) string {
-		return strings.Replace(cfg, "[submissions]", "trusted_networks = [\"127.0.0.0/8\"]\n[submissions]", 1)
-	})
+	s := newServer(t, serverOpts{smarthost: freePort(t), trusted: true, extra: "[limits]\ndata_timeout = \"1s\"\n"})
 	s.start()
-	c, err := net.Dial("tcp", s.sub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	r := bufio.NewReader(c)
-	smtpReply(c, r)
+	c, r := dialSMTP(t, s.sub)
 	for _, cmd := range []string{"EHLO x.test", "MAIL FROM:<a@x.test>", "RCPT TO:<b@y.test>", "DATA"} {
 		c.Write([]byte(cmd + "\r\n"))
 		smtpReply(c, r)

@@ -177,15 +177,20 @@ func TestCorruptJournalRefusesToStart(t *testing.T) {
 // before the write).
 func corruptRecord(t *testing.T, dir string, seq uint64) {
 	t.Helper()
+	corruptKey(t, dir, binary.BigEndian.AppendUint64([]byte("e/"), seq))
+}
+
+// corruptKey flips one bit in the middle of a stored value.
+func corruptKey(t *testing.T, dir string, key []byte) {
+	t.Helper()
 	db, err := pebble.Open(dir, &pebble.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	key := binary.BigEndian.AppendUint64([]byte("e/"), seq)
 	v, closer, err := db.Get(key)
 	if err != nil {
-		t.Fatalf("read record %d: %v", seq, err)
+		t.Fatalf("read %q: %v", key, err)
 	}
 	bad := bytes.Clone(v)
 	closer.Close()

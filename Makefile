@@ -5,7 +5,7 @@ BIN      ?= bin/mta
 VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -X main.version=$(VERSION)
 
-.PHONY: crashtest build run test test-unit test-e2e bench bench-postfix lint deps fmt fuzz fuzz-brief
+.PHONY: profile crashtest build run test test-unit test-e2e bench bench-postfix lint deps fmt fuzz fuzz-brief
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/mta
@@ -51,6 +51,10 @@ bench:
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./journal/
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./projections/
 	$(GO) test -run '^$$' -bench AcceptLatency -benchtime 3x ./queue/
+
+# CPU and allocation profiles under the benchmark load ([admin] pprof).
+profile: deps
+	bash e2e/profile.sh
 
 # ledgermail against a private Postfix instance, same load, same sink (root).
 bench-postfix: deps

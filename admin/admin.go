@@ -7,6 +7,7 @@
 //	GET  /queue[?consistent=1]          projections.Snapshot as JSON (List, or Snapshot)
 //	GET  /envelopes/{id}                {"envelope": state, "events": [replay objects]}
 //	GET  /journal?envelope=&since=      JournalLine per line (NDJSON)
+//	GET  /debug/pprof/...               Go's profiler, with Deps.Pprof ([admin] pprof)
 //	GET  /journal/head                  {"seq": n, "sha256": hex}: the chain's head
 //	GET  /journal/anchor?seq=&sha256=   200 when the journal extends that head, else 409
 //	GET  /bodies/{key}/sha256           {"sha256": hex} of a stored body (404: none)
@@ -26,6 +27,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/http/pprof"
 	"strconv"
 	"sync/atomic"
 
@@ -60,6 +62,8 @@ type Deps struct {
 	Token   string // required as a bearer token ("" leaves the API open: tests only)
 	// MetricsPublic leaves /metrics, /healthz and /readyz open.
 	MetricsPublic bool
+	// Pprof serves net/http/pprof under /debug/pprof/.
+	Pprof bool
 	// KeepBodies is queue.keep_bodies; false drops a deleted envelope's body.
 	KeepBodies bool
 	Log        *zap.Logger
@@ -112,6 +116,13 @@ func New(d Deps) http.Handler {
 		}
 		writeJSON(w, map[string]any{"envelope": set[id], "events": lines})
 	})
+	if d.Pprof {
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	}
 	mux.HandleFunc("GET /journal/head", func(w http.ResponseWriter, _ *http.Request) {
 		seq, hash := j.Head()
 		writeJSON(w, map[string]any{"seq": seq, "sha256": hash})

@@ -217,6 +217,9 @@ type AdminConfig struct {
 	// MetricsPublic leaves /metrics, /healthz and /readyz open without the
 	// token (a Prometheus scraper needs no secret).
 	MetricsPublic bool `toml:"metrics_public"`
+	// Pprof serves Go's profiler at /debug/pprof/ on the admin listener
+	// (behind the token, like every admin request).
+	Pprof bool `toml:"pprof"`
 }
 
 type LogConfig struct {

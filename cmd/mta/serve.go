@@ -252,7 +252,7 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 	var state admin.State
 	if adminLn != nil {
 		adminSrv = &http.Server{Handler: admin.New(admin.Deps{Journal: j, Queue: q, Actors: sys, Metrics: metrics, State: &state,
-			Token: token, MetricsPublic: cfg.Admin.MetricsPublic, KeepBodies: cfg.Queue.KeepBodies, Log: log.Named("admin")}),
+			Token: token, MetricsPublic: cfg.Admin.MetricsPublic, Pprof: cfg.Admin.Pprof, KeepBodies: cfg.Queue.KeepBodies, Log: log.Named("admin")}),
 			ReadHeaderTimeout: 10 * time.Second}
 		go adminSrv.Serve(adminLn)
 	}

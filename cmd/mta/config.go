@@ -37,6 +37,7 @@ type Config struct {
 	Relay         RelayConfig       `toml:"relay"`
 	Queue         QueueConfig       `toml:"queue"`
 	Journal       JournalConfig     `toml:"journal"`
+	Sendmail      SendmailConfig    `toml:"sendmail"`
 	Policies      PoliciesConfig    `toml:"policies"`
 	Admin         AdminConfig       `toml:"admin"`
 	Log           LogConfig         `toml:"log"`
@@ -99,6 +100,13 @@ type QueueConfig struct {
 	// KeepBodies keeps message bodies after delivery, so that replay can
 	// show what was relayed; false deletes them as Postfix does.
 	KeepBodies bool `toml:"keep_bodies"`
+}
+
+// SendmailConfig is the [sendmail] section.
+type SendmailConfig struct {
+	// Group may write into the maildrop directory (mode 1730, like
+	// Postfix's postdrop group); empty: only the server's user may.
+	Group string `toml:"group"`
 }
 
 // JournalConfig is the [journal] section.

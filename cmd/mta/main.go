@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -23,9 +24,18 @@ type usageError struct{ error }
 
 func main() {
 	root := newRoot()
+	// Invoked through a symlink named sendmail: the sendmail(8) interface.
+	if filepath.Base(os.Args[0]) == "sendmail" {
+		root.SetArgs(append([]string{"sendmail"}, os.Args[1:]...))
+	}
 	err := root.Execute()
 	if err == nil {
 		return
+	}
+	var xe exitError
+	if errors.As(err, &xe) {
+		fmt.Fprintln(os.Stderr, xe.Error())
+		os.Exit(xe.code)
 	}
 	fmt.Fprintln(os.Stderr, "mta: "+err.Error())
 	var ce *ConfigError
@@ -49,7 +59,7 @@ func newRoot() *cobra.Command {
 		Version:       version,
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(newServeCmd(), newQueueCmd(), newReplayCmd(), newUsersCmd(), newCheckConfigCmd(), newVersionCmd(), newDKIMCmd(), newJournalCmd())
+	root.AddCommand(newServeCmd(), newQueueCmd(), newReplayCmd(), newUsersCmd(), newCheckConfigCmd(), newVersionCmd(), newDKIMCmd(), newJournalCmd(), newSendmailCmd())
 	return root
 }
 

@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"os/user"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -20,6 +22,7 @@ import (
 	"github.com/ledgermail/ledgermail/actors"
 	"github.com/ledgermail/ledgermail/admin"
 	"github.com/ledgermail/ledgermail/journal"
+	"github.com/ledgermail/ledgermail/maildrop"
 	"github.com/ledgermail/ledgermail/mxrelay"
 	"github.com/ledgermail/ledgermail/policy"
 	"github.com/ledgermail/ledgermail/projections"
@@ -166,8 +169,14 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 	if err != nil {
 		return err
 	}
+	if err := prepareMaildrop(cfg); err != nil {
+		return err
+	}
 	if acct != nil {
 		if err := acct.handOver(cfg.DataDir); err != nil {
+			return err
+		}
+		if err := maildropGroup(cfg); err != nil {
 			return err
 		}
 		if f.pidfile != "" {
@@ -235,6 +244,10 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 	defer close(snapDone)
 	// Every 10 minutes, when 50,000 events have come since the last one.
 	go queue.RunSnapshots(j, q, log, 10*time.Minute, 50000, snapDone)
+	// sendmail's maildrop: what cron dropped while the server was down is
+	// queued now, and new files within a second.
+	drop := &maildrop.Ingester{Dir: cfg.MaildropDir(), Journal: j, Accepted: sys.Enqueue, Log: log.Named("maildrop"), MaxBytes: cfg.Limits.MaxMessageBytes}
+	go drop.Run(time.Second, snapDone)
 
 	edge, err := smtpedge.New(smtpedge.Options{
 		Hostname: cfg.Hostname, Postmaster: cfg.Policies.Postmaster, Listeners: lns,
@@ -378,4 +391,36 @@ func unwrapPathErr(err error) error {
 
 func tomlEncode(w interface{ Write([]byte) (int, error) }, v any) error {
 	return toml.NewEncoder(w).Encode(v)
+}
+
+// prepareMaildrop creates <data_dir>/maildrop (mode 0700; 3730 with a
+// [sendmail] group, set once the data directory is handed over).
+func prepareMaildrop(cfg Config) error {
+	if err := os.MkdirAll(cfg.MaildropDir(), 0o700); err != nil {
+		return fmt.Errorf("cannot create the maildrop %s: %w", cfg.MaildropDir(), unwrapPathErr(err))
+	}
+	if cfg.Sendmail.Group == "" {
+		return nil
+	}
+	return maildropGroup(cfg)
+}
+
+// maildropGroup gives the maildrop to [sendmail] group: members may drop
+// files (write, search) but not list the directory; setgid makes each file
+// the group's (readable by the server, mode 0640), and the sticky bit keeps
+// senders from removing each other's.
+func maildropGroup(cfg Config) error {
+	if cfg.Sendmail.Group == "" {
+		return nil
+	}
+	g, err := user.LookupGroup(cfg.Sendmail.Group)
+	if err != nil {
+		return configErrorf("sendmail.group: %v", err)
+	}
+	gid, _ := strconv.Atoi(g.Gid)
+	dir := cfg.MaildropDir()
+	if err := os.Chown(dir, -1, gid); err != nil {
+		return fmt.Errorf("maildrop %s: %w", dir, unwrapPathErr(err))
+	}
+	return os.Chmod(dir, 0o3730)
 }

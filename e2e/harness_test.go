@@ -137,6 +137,7 @@ type server struct {
 	sub      string // STARTTLS listener
 	subs     string // implicit TLS listener
 	admin    string
+	http     string // the HTTP submission edge
 	cmd      *exec.Cmd
 	log      *bytes.Buffer
 	logFile  string
@@ -160,7 +161,7 @@ func newServer(t *testing.T, o serverOpts) *server {
 	if dir == "" {
 		dir = t.TempDir()
 	}
-	s := &server{t: t, dir: dir, sub: freePort(t), subs: freePort(t), admin: freePort(t)}
+	s := &server{t: t, dir: dir, sub: freePort(t), subs: freePort(t), admin: freePort(t), http: freePort(t)}
 	if o.retry == "" {
 		o.retry = `"1s"`
 	}
@@ -179,10 +180,12 @@ listen = [%q]
 [queue]
 retry = [%s]
 %s
+[http]
+listen = %q
 [admin]
 listen = %q
 %s
-`, filepath.Join(dir, "data"), s.sub, trustedList(o.trusted), s.subs, o.relay, o.retry, o.queue, s.admin, o.extra)
+`, filepath.Join(dir, "data"), s.sub, trustedList(o.trusted), s.subs, o.relay, o.retry, o.queue, s.http, s.admin, o.extra)
 	s.config = filepath.Join(dir, "mta.toml")
 	if err := os.WriteFile(s.config, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)

@@ -113,7 +113,7 @@ func TestBadConfigAndDataDir(t *testing.T) {
 		})
 	}
 	// A data dir that cannot be written: a clear error, exit 1, no panic.
-	p := write("ro.toml", "data_dir = \"/proc/ledgermail-cannot-exist\"\n[submission]\nlisten=[\"127.0.0.1:0\"]\n[submissions]\nlisten=[]\n[admin]\nlisten=\"\"\n")
+	p := write("ro.toml", "data_dir = \"/proc/ledgermail-cannot-exist\"\n[submission]\nlisten=[\"127.0.0.1:0\"]\n[submissions]\nlisten=[]\n[http]\nlisten=\"\"\n[admin]\nlisten=\"\"\n")
 	_, errs, code := run(t, "serve", "-c", p)
 	if code != 1 || !strings.Contains(errs, "/proc/ledgermail-cannot-exist") || strings.Contains(errs, "panic") {
 		t.Errorf("unwritable data dir: exit %d, %q", code, errs)

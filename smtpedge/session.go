@@ -16,8 +16,6 @@ import (
 	"github.com/emersion/go-smtp"
 	"go.uber.org/zap"
 
-	"github.com/ledgermail/ledgermail/events"
-	"github.com/ledgermail/ledgermail/journal"
 )
 
 // Replies of SPEC.md's table.
@@ -229,49 +227,14 @@ func (s *session) Data(r io.Reader) error {
 		s.log.Info("message refused: read error", zap.Error(err))
 		return s.reject(errTempFailure)
 	}
-	body := SeparateHeader(NormalizeLineEndings(raw))
-	declared := s.t.Size
-	s.t.Size, s.t.Header = int64(len(body)), policyHeader(body)
-	if err := runValidators(s.s.validators, StageData, s.t); err != nil {
-		s.log.Info("message refused by a validator", zap.Error(err))
+	tlsInfo := ""
+	if st, ok := s.tlsState(); ok {
+		tlsInfo = tls.VersionName(st.Version) + " " + tls.CipherSuiteName(st.CipherSuite)
+	}
+	id, err := s.s.Accept(s.t, raw, Origin{Helo: s.c.Hostname(), TLS: tlsInfo}, s.log)
+	if err != nil {
 		return s.reject(err)
 	}
-	var scanHeaders string
-	if s.s.o.Scan != nil {
-		h, reject := s.s.o.Scan(body)
-		if reject {
-			s.log.Info("message rejected as spam", zap.String("from", s.t.From))
-			return s.reject(errSpam)
-		}
-		scanHeaders = h
-	}
-	if !s.s.o.Journal.HasRoom(int64(len(body))) {
-		s.log.Warn("message refused: it would not fit above min_free", zap.Int("size", len(body)))
-		return s.reject(errNoStorage)
-	}
-	id := events.NewID()
-	rcv := events.Received{
-		ScanHeaders: scanHeaders,
-		Sender:      s.t.From, Recipients: append([]string(nil), s.t.Rcpts...), BodyKey: id, Size: int64(len(body)), BodySHA256: journal.BodySum(body),
-		Listener: s.t.Listener, ClientAddr: s.t.ClientAddr, ClientName: s.t.RDNS, Helo: s.c.Hostname(), DeclaredSize: declared,
-	}
-	if st, ok := s.tlsState(); ok {
-		rcv.TLS = tls.VersionName(st.Version) + " " + tls.CipherSuiteName(st.CipherSuite)
-	}
-	if s.t.Identity != nil {
-		rcv.AuthUser = s.t.Identity.Name
-	}
-	_, err = s.s.o.Journal.Append(journal.Write{
-		Bodies: []journal.Body{{Key: id, Data: body}},
-		Events: []events.Event{{Envelope: id, Payload: rcv}},
-	})
-	if err != nil {
-		s.log.Error("journal append failed; message refused", zap.String("envelope", id), zap.Error(err))
-		return s.reject(errJournal)
-	}
-	s.log.Info("message accepted", zap.String("envelope", id), zap.String("from", s.t.From),
-		zap.Strings("to", rcv.Recipients), zap.Int("size", len(body)), zap.String("tls", rcv.TLS))
-	s.s.o.Accepted(id)
 	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "Ok: queued as " + id}
 }
 

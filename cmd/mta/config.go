@@ -38,6 +38,7 @@ type Config struct {
 	Queue         QueueConfig       `toml:"queue"`
 	Journal       JournalConfig     `toml:"journal"`
 	Sendmail      SendmailConfig    `toml:"sendmail"`
+	HTTP          HTTPConfig        `toml:"http"`
 	Policies      PoliciesConfig    `toml:"policies"`
 	Admin         AdminConfig       `toml:"admin"`
 	Log           LogConfig         `toml:"log"`
@@ -100,6 +101,13 @@ type QueueConfig struct {
 	// KeepBodies keeps message bodies after delivery, so that replay can
 	// show what was relayed; false deletes them as Postfix does.
 	KeepBodies bool `toml:"keep_bodies"`
+}
+
+// HTTPConfig is the [http] section: the HTTP submission edge.
+type HTTPConfig struct {
+	Listen string `toml:"listen"` // "" turns it off
+	// TLS serves it with the [tls] certificate; required beyond loopback.
+	TLS bool `toml:"tls"`
 }
 
 // SendmailConfig is the [sendmail] section.
@@ -284,6 +292,7 @@ func Defaults() Config {
 		Policies: PoliciesConfig{AddDateHeader: true, AddMessageIDHeader: true, AddReceivedHeader: true, Split: "domain", Forward: []ForwardRule{}, DKIM: []DKIMKey{},
 			SpamAction: "tag", SpamTimeout: dur("10s")},
 		Admin: AdminConfig{Listen: "127.0.0.1:8025", MetricsPublic: true},
+		HTTP:  HTTPConfig{Listen: "127.0.0.1:2580"},
 		Log:   LogConfig{Format: "console", Level: "info"},
 	}
 }
@@ -436,6 +445,15 @@ func (c *Config) Validate() error {
 	for i, k := range c.Policies.DKIM {
 		if k.Domain == "" || k.Selector == "" || k.KeyFile == "" {
 			return configErrorf("policies.dkim[%d]: domain, selector and key_file are all required", i)
+		}
+	}
+	if c.HTTP.Listen != "" {
+		if err := checkListen(c.HTTP.Listen); err != nil {
+			return configErrorf("http.listen: %v", err)
+		}
+		host, _, _ := net.SplitHostPort(c.HTTP.Listen)
+		if ip := net.ParseIP(host); !c.HTTP.TLS && (ip == nil || !ip.IsLoopback()) && host != "localhost" {
+			return configErrorf("http.listen %q is beyond loopback: set http.tls = true (credentials travel in every request)", c.HTTP.Listen)
 		}
 	}
 	if c.Admin.Listen != "" {

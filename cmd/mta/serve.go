@@ -21,6 +21,7 @@ import (
 
 	"github.com/ledgermail/ledgermail/actors"
 	"github.com/ledgermail/ledgermail/admin"
+	"github.com/ledgermail/ledgermail/httpedge"
 	"github.com/ledgermail/ledgermail/journal"
 	"github.com/ledgermail/ledgermail/maildrop"
 	"github.com/ledgermail/ledgermail/mxrelay"
@@ -149,6 +150,13 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 		}
 		defer adminLn.Close()
 	}
+	var httpLn net.Listener
+	if cfg.HTTP.Listen != "" {
+		if httpLn, err = net.Listen("tcp", cfg.HTTP.Listen); err != nil {
+			return fmt.Errorf("http listener: %w", err)
+		}
+		defer httpLn.Close()
+	}
 	// Certificates may be readable by root only: load them before the drop.
 	certPath, keyPath, generated := cfg.CertFiles()
 	if generated {
@@ -269,6 +277,17 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 			ReadHeaderTimeout: 10 * time.Second}
 		go adminSrv.Serve(adminLn)
 	}
+	var httpSrv *http.Server
+	if httpLn != nil {
+		httpSrv = &http.Server{Handler: httpedge.Handler(httpedge.Options{Edge: edge, MaxMessageBytes: cfg.Limits.MaxMessageBytes,
+			Listener: "http/" + httpLn.Addr().String(), Logger: log.Named("http")}), ReadHeaderTimeout: 10 * time.Second}
+		if cfg.HTTP.TLS {
+			httpSrv.TLSConfig = certs.TLSConfig()
+			go httpSrv.ServeTLS(httpLn, "", "")
+		} else {
+			go httpSrv.Serve(httpLn)
+		}
+	}
 	edge.Serve()
 	if f.pidfile != "" {
 		if err := os.WriteFile(f.pidfile, []byte(fmt.Sprintf("%d\n", os.Getpid())), 0o644); err != nil {
@@ -331,6 +350,9 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 	wg.Wait()
 	if adminSrv != nil {
 		adminSrv.Shutdown(ctx)
+	}
+	if httpSrv != nil {
+		httpSrv.Shutdown(ctx)
 	}
 	log.Info("stopped")
 	return nil

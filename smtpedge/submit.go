@@ -1,0 +1,76 @@
+package smtpedge
+
+import (
+	"errors"
+	"net/netip"
+
+	"github.com/emersion/go-smtp"
+	"go.uber.org/zap"
+)
+
+// Submission is one message handed in by another edge (the HTTP API): the
+// same credentials, rules and journal path as an SMTP session.
+type Submission struct {
+	ClientAddr         string // ip:port
+	Listener           string // e.g. "http/127.0.0.1:2580"
+	Username, Password string
+	From               string
+	Rcpts              []string
+	Body               []byte
+	TLS                string // the connection's TLS, if any
+}
+
+// Submit authenticates and validates a Submission exactly as an SMTP
+// session would (the AUTH-failure throttle, the Auth, Mail, Rcpt and Data
+// validators, the size limit, min_free) and accepts it (Accept). It returns
+// the envelope ID, or the *smtp.SMTPError an SMTP client would have got.
+func (s *Server) Submit(sub Submission) (string, error) {
+	t := &Transaction{ClientAddr: sub.ClientAddr, Listener: sub.Listener, TLS: sub.TLS != ""}
+	if ap, err := netip.ParseAddrPort(sub.ClientAddr); err == nil {
+		t.ClientIP = ap.Addr().Unmap()
+	}
+	log := s.o.Logger.With(zap.String("client", sub.ClientAddr), zap.String("listener", sub.Listener))
+	if s.throttle.blocked(t.ClientIP) {
+		return "", errTooManyAuthFailures
+	}
+	id, err := s.o.Auth.Authenticate(sub.Username, sub.Password)
+	if errors.Is(err, ErrBadCredentials) {
+		log.Info("auth failed", zap.String("user", sub.Username))
+		if s.throttle.fail(t.ClientIP) {
+			return "", errTooManyAuthFailures
+		}
+		return "", errBadCredentials
+	}
+	if err != nil {
+		log.Error("authenticator error", zap.String("user", sub.Username), zap.Error(err))
+		return "", errAuthTemp
+	}
+	t.Identity = &id
+	log = log.With(zap.String("user", id.Name))
+	if err := runValidators(s.validators, StageAuth, t); err != nil {
+		return "", err
+	}
+	t.From, t.Size = sub.From, int64(len(sub.Body))
+	if err := runValidators(s.validators, StageMail, t); err != nil {
+		log.Info("sender refused", zap.String("from", sub.From), zap.Error(err))
+		return "", err
+	}
+	if s.o.MaxMessageBytes > 0 && t.Size > s.o.MaxMessageBytes {
+		return "", errTooBig
+	}
+	if !s.o.Journal.HasRoom(t.Size) {
+		return "", errNoStorage
+	}
+	if len(sub.Rcpts) == 0 {
+		return "", &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "No valid recipients"}
+	}
+	for _, r := range sub.Rcpts {
+		t.Rcpt = r
+		if err := runValidators(s.validators, StageRcpt, t); err != nil {
+			log.Info("recipient refused", zap.String("to", r), zap.Error(err))
+			return "", err
+		}
+		t.Rcpts = append(t.Rcpts, r)
+	}
+	return s.Accept(t, sub.Body, Origin{TLS: sub.TLS}, log)
+}

@@ -15,7 +15,6 @@ import (
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 	"go.uber.org/zap"
-
 )
 
 // Replies of SPEC.md's table.

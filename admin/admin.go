@@ -64,6 +64,8 @@ type Deps struct {
 	MetricsPublic bool
 	// Pprof serves net/http/pprof under /debug/pprof/.
 	Pprof bool
+	// Health, if set, adds detail lines to /healthz (webhook lag).
+	Health func() []string
 	// KeepBodies is queue.keep_bodies; false drops a deleted envelope's body.
 	KeepBodies bool
 	Log        *zap.Logger
@@ -73,7 +75,14 @@ type Deps struct {
 func New(d Deps) http.Handler {
 	j, q, sys, log := d.Journal, d.Queue, d.Actors, d.Log
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "ok")
+		if d.Health != nil {
+			for _, l := range d.Health() {
+				fmt.Fprintln(w, l)
+			}
+		}
+	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !d.State.Ready.Load() {
 			http.Error(w, "not ready", http.StatusServiceUnavailable)

@@ -107,3 +107,6 @@ func payloadJSON(p Payload) ([]byte, error) {
 	}
 	return json.Marshal(p)
 }
+
+// Known reports whether t is an event type this version decodes.
+func Known(t Type) bool { _, ok := decoders[t]; return ok }

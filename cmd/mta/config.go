@@ -16,6 +16,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"github.com/ledgermail/ledgermail/events"
 	"github.com/ledgermail/ledgermail/policy"
 	"github.com/ledgermail/ledgermail/smtpedge"
 )
@@ -39,6 +40,7 @@ type Config struct {
 	Journal       JournalConfig     `toml:"journal"`
 	Sendmail      SendmailConfig    `toml:"sendmail"`
 	HTTP          HTTPConfig        `toml:"http"`
+	Webhooks      []WebhookConfig   `toml:"webhooks"`
 	Policies      PoliciesConfig    `toml:"policies"`
 	Admin         AdminConfig       `toml:"admin"`
 	Log           LogConfig         `toml:"log"`
@@ -101,6 +103,13 @@ type QueueConfig struct {
 	// KeepBodies keeps message bodies after delivery, so that replay can
 	// show what was relayed; false deletes them as Postfix does.
 	KeepBodies bool `toml:"keep_bodies"`
+}
+
+// WebhookConfig is one [[webhooks]] entry.
+type WebhookConfig struct {
+	URL    string   `toml:"url"`
+	Events []string `toml:"events"` // default: Delivered, Bounced, Deferred, Expired
+	Secret string   `toml:"secret"`
 }
 
 // HTTPConfig is the [http] section: the HTTP submission edge.
@@ -292,8 +301,8 @@ func Defaults() Config {
 		Policies: PoliciesConfig{AddDateHeader: true, AddMessageIDHeader: true, AddReceivedHeader: true, Split: "domain", Forward: []ForwardRule{}, DKIM: []DKIMKey{},
 			SpamAction: "tag", SpamTimeout: dur("10s")},
 		Admin: AdminConfig{Listen: "127.0.0.1:8025", MetricsPublic: true},
-		HTTP:  HTTPConfig{Listen: "127.0.0.1:2580"},
-		Log:   LogConfig{Format: "console", Level: "info"},
+		HTTP:  HTTPConfig{Listen: "127.0.0.1:2580"}, Webhooks: []WebhookConfig{},
+		Log: LogConfig{Format: "console", Level: "info"},
 	}
 }
 
@@ -445,6 +454,23 @@ func (c *Config) Validate() error {
 	for i, k := range c.Policies.DKIM {
 		if k.Domain == "" || k.Selector == "" || k.KeyFile == "" {
 			return configErrorf("policies.dkim[%d]: domain, selector and key_file are all required", i)
+		}
+	}
+	for i := range c.Webhooks {
+		w := &c.Webhooks[i]
+		if !strings.HasPrefix(w.URL, "http://") && !strings.HasPrefix(w.URL, "https://") {
+			return configErrorf("webhooks[%d].url %q must be an http:// or https:// URL", i, w.URL)
+		}
+		if w.Secret == "" {
+			return configErrorf("webhooks[%d].secret must be set (it signs every request)", i)
+		}
+		if len(w.Events) == 0 {
+			w.Events = []string{"Delivered", "Bounced", "Deferred", "Expired"}
+		}
+		for _, e := range w.Events {
+			if !events.Known(events.Type(e)) {
+				return configErrorf("webhooks[%d].events: %q is not an event type (Delivered, Bounced, Deferred, Expired, ...)", i, e)
+			}
 		}
 	}
 	if c.HTTP.Listen != "" {

@@ -1,9 +1,12 @@
 package main
 
 import (
+	"path/filepath"
+
 	"context"
 	"errors"
 	"fmt"
+	"github.com/prometheus/client_golang/prometheus"
 	"net"
 	"net/http"
 	"os"
@@ -21,6 +24,7 @@ import (
 
 	"github.com/ledgermail/ledgermail/actors"
 	"github.com/ledgermail/ledgermail/admin"
+	"github.com/ledgermail/ledgermail/events"
 	"github.com/ledgermail/ledgermail/httpedge"
 	"github.com/ledgermail/ledgermail/journal"
 	"github.com/ledgermail/ledgermail/maildrop"
@@ -29,6 +33,7 @@ import (
 	"github.com/ledgermail/ledgermail/projections"
 	"github.com/ledgermail/ledgermail/queue"
 	"github.com/ledgermail/ledgermail/smtpedge"
+	"github.com/ledgermail/ledgermail/webhooks"
 )
 
 func newServeCmd() *cobra.Command {
@@ -269,11 +274,15 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 	if err != nil {
 		return err
 	}
+	hooks, err := startWebhooks(cfg, j, metrics, log, snapDone)
+	if err != nil {
+		return err
+	}
 	var adminSrv *http.Server
 	var state admin.State
 	if adminLn != nil {
 		adminSrv = &http.Server{Handler: admin.New(admin.Deps{Journal: j, Queue: q, Actors: sys, Metrics: metrics, State: &state,
-			Token: token, MetricsPublic: cfg.Admin.MetricsPublic, Pprof: cfg.Admin.Pprof, KeepBodies: cfg.Queue.KeepBodies, Log: log.Named("admin")}),
+			Token: token, MetricsPublic: cfg.Admin.MetricsPublic, Pprof: cfg.Admin.Pprof, Health: hooksHealth(hooks), KeepBodies: cfg.Queue.KeepBodies, Log: log.Named("admin")}),
 			ReadHeaderTimeout: 10 * time.Second}
 		go adminSrv.Serve(adminLn)
 	}
@@ -445,4 +454,43 @@ func maildropGroup(cfg Config) error {
 		return fmt.Errorf("maildrop %s: %w", dir, unwrapPathErr(err))
 	}
 	return os.Chmod(dir, 0o3730)
+}
+
+// startWebhooks starts a journal-tailing projection per [[webhooks]] entry
+// (their cursors in <data_dir>/webhooks), stopped when done closes, with
+// their lag as a metric.
+func startWebhooks(cfg Config, j *journal.Journal, m *projections.Metrics, log *zap.Logger, done <-chan struct{}) ([]*webhooks.Hook, error) {
+	if len(cfg.Webhooks) == 0 {
+		return nil, nil
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { <-done; cancel() }()
+	dir := filepath.Join(cfg.DataDir, "webhooks")
+	var hooks []*webhooks.Hook
+	for _, w := range cfg.Webhooks {
+		var types []events.Type
+		for _, e := range w.Events {
+			types = append(types, events.Type(e))
+		}
+		h, err := webhooks.Start(ctx, webhooks.Config{URL: w.URL, Events: types, Secret: w.Secret}, j, dir, log.Named("webhooks"))
+		if err != nil {
+			cancel()
+			return nil, err
+		}
+		m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ledgermail_webhook_lag_events",
+			Help: "Journal events a webhook has not dealt with yet.", ConstLabels: prometheus.Labels{"url": w.URL}},
+			func() float64 { return float64(h.Lag()) }))
+		hooks = append(hooks, h)
+	}
+	return hooks, nil
+}
+
+func hooksHealth(hooks []*webhooks.Hook) func() []string {
+	return func() []string {
+		var out []string
+		for _, h := range hooks {
+			out = append(out, fmt.Sprintf("webhook %s lag %d events", h.URL(), h.Lag()))
+		}
+		return out
+	}
 }

@@ -80,4 +80,10 @@ func TestSendmailMaildrop(t *testing.T) {
 	if code, _ := sendmailPipe(t, mtaBin, "Subject: x\n\ny\n", "sendmail", "-c", s.config, "not an address"); code != 67 {
 		t.Errorf("bad recipient: exit %d, want 67", code)
 	}
+	// The maildrop cannot be written: 75 (EX_TEMPFAIL), the caller retries.
+	bad := filepath.Join(s.dir, "bad.toml")
+	os.WriteFile(bad, []byte("data_dir = \"/proc/ledgermail-no-such-dir\"\n"), 0o644)
+	if code, out := sendmailPipe(t, mtaBin, "Subject: x\n\ny\n", "sendmail", "-c", bad, "bob@dest.test"); code != 75 {
+		t.Errorf("unwritable maildrop: exit %d (%s), want 75", code, out)
+	}
 }

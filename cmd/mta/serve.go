@@ -306,7 +306,7 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 	}
 	state.Ready.Store(true)
 	log.Info("ledgermail started", zap.String("version", version), zap.String("hostname", cfg.Hostname),
-		zap.Strings("listen", edge.Addrs()), zap.String("admin", cfg.Admin.Listen), zap.String("data_dir", cfg.DataDir),
+		zap.Strings("listen", edge.Addrs()), zap.String("http", cfg.HTTP.Listen), zap.String("admin", cfg.Admin.Listen), zap.String("data_dir", cfg.DataDir),
 		zap.String("relay", cfg.Relay.Mode), zap.Uint64("journal_seq", j.LastSeq()), zap.Int("pid", os.Getpid()))
 	ready.ready()
 

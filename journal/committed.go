@@ -100,19 +100,6 @@ func (j *Journal) writeCommitted(seq uint64) error {
 	return nil
 }
 
-// ResetCommitted records the journal's current end as its committed end
-// (after `mta journal repair` accounted for what was lost).
-func (j *Journal) ResetCommitted() error {
-	if err := j.writeCommitted(j.LastSeq()); err != nil {
-		return err
-	}
-	j.lost = [2]uint64{}
-	if j.marker != nil {
-		return j.marker.Sync()
-	}
-	return nil
-}
-
 // FreeBytes returns the space available to this process on the journal's
 // filesystem.
 func FreeBytes(dir string) (int64, error) {

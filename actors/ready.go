@@ -1,5 +1,11 @@
 package actors
 
+import (
+	"time"
+
+	"golang.org/x/time/rate"
+)
+
 // readyQueues holds the envelopes that are due, one FIFO per destination
 // (Postfix's per-destination queues), and hands them out round robin,
 // skipping destinations that have no free connection. Envelopes that do
@@ -12,10 +18,53 @@ type readyQueues struct {
 	inflight map[string]int // envelope actors running per destination
 	limit    int            // per destination; the "" lane has none
 	n        int            // envelopes waiting, all lanes
+	// Per-destination shaping: a connection limit and a rate budget.
+	shape    func(key string) Shaping
+	limiters map[string]*rate.Limiter
+	wait     time.Duration // after next found nothing: when a budget refills (0: none)
+}
+
+// Shaping is a destination's traffic shaping ([[relay.destinations]]).
+type Shaping struct {
+	MaxConnections int        // 0: MaxConnectionsPerDomain
+	Rate           rate.Limit // messages per second; 0: unlimited
 }
 
 func newReadyQueues(limit int) *readyQueues {
-	return &readyQueues{byKey: map[string][]string{}, inflight: map[string]int{}, limit: limit}
+	return &readyQueues{byKey: map[string][]string{}, inflight: map[string]int{}, limit: limit,
+		shape: func(string) Shaping { return Shaping{} }, limiters: map[string]*rate.Limiter{}}
+}
+
+// allowed reports whether key may start one more delivery now: a free
+// connection, and a token of its rate budget (taken). When the budget is
+// what stops it, r.wait learns how long until it refills.
+func (r *readyQueues) allowed(key string) bool {
+	s := r.shape(key)
+	limit := r.limit
+	if s.MaxConnections > 0 {
+		limit = s.MaxConnections
+	}
+	if r.inflight[key] >= limit {
+		return false
+	}
+	if s.Rate <= 0 {
+		return true
+	}
+	lim := r.limiters[key]
+	if lim == nil {
+		lim = rate.NewLimiter(s.Rate, 1)
+		r.limiters[key] = lim
+	}
+	if lim.Allow() {
+		return true
+	}
+	res := lim.Reserve()
+	d := res.Delay()
+	res.Cancel()
+	if r.wait == 0 || d < r.wait {
+		r.wait = d
+	}
+	return false
 }
 
 func (r *readyQueues) push(key, id string) {
@@ -32,12 +81,13 @@ func (r *readyQueues) len() int { return r.n }
 // next returns the next envelope whose destination has a free connection,
 // taking destinations in turn; ok is false when none can start now.
 func (r *readyQueues) next() (key, id string, ok bool) {
+	r.wait = 0
 	for tried := 0; tried < len(r.ring); tried++ {
 		if r.cursor >= len(r.ring) {
 			r.cursor = 0
 		}
 		key = r.ring[r.cursor]
-		if key != "" && r.inflight[key] >= r.limit {
+		if key != "" && !r.allowed(key) {
 			r.cursor++
 			continue
 		}

@@ -39,3 +39,35 @@ func TestReadyQueuesRoundRobinAndLimit(t *testing.T) {
 		t.Fatal("a destination at its limit was handed out")
 	}
 }
+
+// A destination's own max_connections overrides the default, and its rate
+// budget holds it back (saying when to come back) without blocking others.
+func TestReadyQueuesShaping(t *testing.T) {
+	r := newReadyQueues(20)
+	r.shape = func(key string) Shaping {
+		if key == "slow.test" {
+			return Shaping{MaxConnections: 1, Rate: 1}
+		}
+		return Shaping{}
+	}
+	for i := 0; i < 3; i++ {
+		r.push("slow.test", fmt.Sprintf("s%d", i))
+		r.push("fast.test", fmt.Sprintf("f%d", i))
+	}
+	var got []string
+	for {
+		key, id, ok := r.next()
+		if !ok {
+			break
+		}
+		r.started(key)
+		got = append(got, id)
+	}
+	if fmt.Sprint(got) != "[s0 f0 f1 f2]" {
+		t.Fatalf("order %v", got)
+	}
+	r.done("slow.test") // a connection is free, but the budget is spent
+	if _, _, ok := r.next(); ok || r.wait <= 0 {
+		t.Fatalf("over its rate budget: ok %v, wait %s", ok, r.wait)
+	}
+}

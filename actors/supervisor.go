@@ -28,6 +28,8 @@ type (
 	tick     struct{}
 	// countDestinations asks how many delivery actors are alive (tests).
 	countDestinations struct{}
+	// budget: a destination's rate budget has refilled.
+	budget struct{}
 	// drain stops the supervisor from starting anything new; done is closed
 	// once no envelope actor runs.
 	drain struct{ done chan struct{} }
@@ -43,6 +45,8 @@ type supervisor struct {
 	active map[string]string     // envelope actors running -> their destination lane
 	again  map[string]bool       // became due while its actor was still running
 	timer  *time.Timer
+	// budgetTimer wakes fill when a rate-limited destination may go on.
+	budgetTimer *time.Timer
 	// drained is set by drain (shutdown): nothing new starts, and it is
 	// closed when the last running envelope actor finishes.
 	drained chan struct{}
@@ -51,8 +55,12 @@ type supervisor struct {
 }
 
 func newSupervisor(o Options, ctx context.Context) *supervisor {
-	return &supervisor{o: o, ctx: ctx, ready: newReadyQueues(o.MaxConnectionsPerDomain), active: map[string]string{},
+	sup := &supervisor{o: o, ctx: ctx, ready: newReadyQueues(o.MaxConnectionsPerDomain), active: map[string]string{},
 		again: map[string]bool{}, dests: map[string]*actor.PID{}, routed: map[string]int{}}
+	if o.Shaping != nil {
+		sup.ready.shape = o.Shaping
+	}
+	return sup
 }
 
 func (s *supervisor) Receive(c actor.Context) {
@@ -65,6 +73,9 @@ func (s *supervisor) Receive(c actor.Context) {
 	case *actor.Stopping:
 		if s.timer != nil {
 			s.timer.Stop()
+		}
+		if s.budgetTimer != nil {
+			s.budgetTimer.Stop()
 		}
 	case enqueue:
 		s.makeReady(c, m.id)
@@ -88,6 +99,9 @@ func (s *supervisor) Receive(c actor.Context) {
 		}
 		s.fill(c)
 		s.checkDrained()
+	case budget:
+		s.budgetTimer = nil
+		s.fill(c)
 	case drain:
 		if s.drained == nil {
 			s.drained = m.done
@@ -183,6 +197,10 @@ func (s *supervisor) fill(c actor.Context) {
 	for s.drained == nil && len(s.active) < s.o.MaxActive {
 		key, id, ok := s.ready.next()
 		if !ok {
+			if w := s.ready.wait; w > 0 && s.budgetTimer == nil {
+				self, send := s.self, s.send
+				s.budgetTimer = time.AfterFunc(w, func() { send(self, budget{}) })
+			}
 			return
 		}
 		if _, running := s.active[id]; running {

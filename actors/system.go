@@ -67,6 +67,10 @@ type Options struct {
 	// MaxConnectionsPerDomain bounds concurrent deliveries to one
 	// destination domain; 0 means 20.
 	MaxConnectionsPerDomain int
+	// Shaping, if set, gives a destination domain its own connection limit
+	// and rate budget ([[relay.destinations]]); envelopes over budget wait
+	// in their destination's queue (held), never journaled as Deferred.
+	Shaping func(domain string) Shaping
 	// IdleTimeout is how long an outbound connection is kept for reuse.
 	IdleTimeout time.Duration
 	// DropBodies deletes a stored body once no live envelope needs it

@@ -84,3 +84,40 @@ data_timeout = "60s"`})
 		t.Fatalf("the slow destination took %d messages already: not slow enough to test anything", n)
 	}
 }
+
+// [[relay.destinations]] rate = "10/s": 100 messages take at least 9 s to
+// reach the sink, and none is deferred for it (they are held in their
+// destination's queue); another domain is not held back.
+func TestDestinationRateLimit(t *testing.T) {
+	sk := startSink(t, freePort(t))
+	s := newServer(t, serverOpts{smarthost: sk.addr, trusted: true, relay: `mode = "static"
+smarthost = "` + sk.addr + `"
+[[relay.destinations]]
+domain = "slow.test"
+rate = "10/s"`})
+	s.addUser("alice", "secret", "alice@example.test")
+	s.start()
+	start := time.Now()
+	bulk(t, s, "slow.test", 100)
+	s.submit(t, "alice@example.test", "fast@other.test")
+	waitFor(t, "the other domain's message", 30*time.Second, func() bool {
+		for _, m := range sk.messages(t) {
+			if strings.Contains(m, "<fast@other.test>") {
+				return true
+			}
+		}
+		return false
+	})
+	if d := time.Since(start); d > 8*time.Second {
+		t.Errorf("another domain's message waited %s behind the rate-limited one", d)
+	}
+	waitFor(t, "100 messages at the sink", 60*time.Second, func() bool { return len(sk.messages(t)) == 101 })
+	if d := time.Since(start); d < 9*time.Second {
+		t.Fatalf("100 messages at 10/s arrived in %s", d)
+	}
+	for _, l := range s.replay() {
+		if l["type"] == "Deferred" {
+			t.Fatalf("a held message was journaled as Deferred: %v", l)
+		}
+	}
+}

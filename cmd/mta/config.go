@@ -92,6 +92,36 @@ type RelayConfig struct {
 	DataTimeout             Duration `toml:"data_timeout"`
 	IdleTimeout             Duration `toml:"idle_timeout"`
 	MaxConnectionsPerDomain int      `toml:"max_connections_per_domain"`
+	// Destinations shape the traffic to one domain ("*": the default).
+	Destinations []DestinationConfig `toml:"destinations"`
+}
+
+// DestinationConfig is one [[relay.destinations]] entry.
+type DestinationConfig struct {
+	Domain         string `toml:"domain"`
+	MaxConnections int    `toml:"max_connections"` // overrides max_connections_per_domain
+	Rate           string `toml:"rate"`            // "100/m": messages per period (s, m, h)
+}
+
+// parseRate reads "100/m" into messages per second.
+func parseRate(s string) (float64, bool) {
+	n, unit, ok := strings.Cut(strings.TrimSpace(s), "/")
+	if !ok {
+		return 0, false
+	}
+	v, err := strconv.ParseFloat(strings.TrimSpace(n), 64)
+	if err != nil || v <= 0 {
+		return 0, false
+	}
+	switch strings.TrimSpace(unit) {
+	case "s":
+		return v, true
+	case "m":
+		return v / 60, true
+	case "h":
+		return v / 3600, true
+	}
+	return 0, false
 }
 
 type QueueConfig struct {
@@ -293,7 +323,7 @@ func Defaults() Config {
 		Auth:          AuthConfig{RequireSenderOwnership: true},
 		Limits: LimitsConfig{MaxMessageBytes: 26214400, MaxRecipients: 100, MaxConnections: 1000, MaxAuthFailuresPerIP: 10,
 			CommandTimeout: dur("5m"), DataTimeout: dur("10m"), TLSHandshakeTimeout: dur("10s")},
-		Relay: RelayConfig{Mode: "mx", MXPort: 25, TLS: "opportunistic", DNSServers: []string{},
+		Relay: RelayConfig{Mode: "mx", MXPort: 25, TLS: "opportunistic", DNSServers: []string{}, Destinations: []DestinationConfig{},
 			ConnectTimeout: dur("20s"), CommandTimeout: dur("10s"), DataTimeout: dur("20s"), IdleTimeout: dur("30s"),
 			MaxConnectionsPerDomain: 20},
 		Queue:   QueueConfig{Retry: retry, MaxAge: dur("120h"), DelayWarning: dur("4h"), KeepBodies: true},
@@ -408,6 +438,17 @@ func (c *Config) Validate() error {
 		}
 	default:
 		return configErrorf("relay.mode %q must be \"mx\" or \"static\"", c.Relay.Mode)
+	}
+	for i, d := range c.Relay.Destinations {
+		if d.Domain == "" {
+			return configErrorf("relay.destinations[%d].domain is required (\"*\" for the default)", i)
+		}
+		if d.MaxConnections < 0 {
+			return configErrorf("relay.destinations[%d].max_connections must not be negative", i)
+		}
+		if _, ok := parseRate(d.Rate); d.Rate != "" && !ok {
+			return configErrorf("relay.destinations[%d].rate %q is not like \"100/m\" (per s, m or h)", i, d.Rate)
+		}
 	}
 	for _, a := range c.Relay.DNSServers {
 		if err := checkHostPort(a); err != nil {

@@ -1,6 +1,9 @@
 package main
 
 import (
+	"strings"
+
+	"golang.org/x/time/rate"
 	"path/filepath"
 
 	"context"
@@ -241,7 +244,7 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 		Policies: policy.Options{AddDate: cfg.Policies.AddDateHeader, AddMessageID: cfg.Policies.AddMessageIDHeader,
 			AddReceived: cfg.Policies.AddReceivedHeader, ReceivedAuthUser: cfg.Policies.ReceivedAuthUser, Split: cfg.Policies.Split, Forward: forward, DKIM: dkimKeys},
 		Retry: durations(cfg.Queue.Retry), MaxAge: cfg.Queue.MaxAge.Duration, DelayWarning: cfg.Queue.DelayWarning.Duration, Logger: log.Named("queue"),
-		MaxConnectionsPerDomain: cfg.Relay.MaxConnectionsPerDomain, IdleTimeout: cfg.Relay.IdleTimeout.Duration,
+		MaxConnectionsPerDomain: cfg.Relay.MaxConnectionsPerDomain, Shaping: shaping(cfg.Relay.Destinations), IdleTimeout: cfg.Relay.IdleTimeout.Duration,
 		DropBodies: !cfg.Queue.KeepBodies,
 	})
 	if err != nil {
@@ -492,5 +495,24 @@ func hooksHealth(hooks []*webhooks.Hook) func() []string {
 			out = append(out, fmt.Sprintf("webhook %s lag %d events", h.URL(), h.Lag()))
 		}
 		return out
+	}
+}
+
+// shaping turns [[relay.destinations]] into the scheduler's per-domain
+// limits: the domain's own entry, else "*", else none.
+func shaping(dests []DestinationConfig) func(string) actors.Shaping {
+	if len(dests) == 0 {
+		return nil
+	}
+	by := map[string]actors.Shaping{}
+	for _, d := range dests {
+		r, _ := parseRate(d.Rate)
+		by[strings.ToLower(d.Domain)] = actors.Shaping{MaxConnections: d.MaxConnections, Rate: rate.Limit(r)}
+	}
+	return func(domain string) actors.Shaping {
+		if s, ok := by[domain]; ok {
+			return s
+		}
+		return by["*"]
 	}
 }

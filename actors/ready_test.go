@@ -14,15 +14,7 @@ func TestReadyQueuesRoundRobinAndLimit(t *testing.T) {
 	}
 	r.push("fast.test", "f0")
 	r.push("", "root")
-	var got []string
-	for {
-		key, id, ok := r.next()
-		if !ok {
-			break
-		}
-		r.started(key)
-		got = append(got, id)
-	}
+	got := startAll(r)
 	if fmt.Sprint(got) != "[s0 f0 root s1]" {
 		t.Fatalf("order %v, want [s0 f0 root s1]", got)
 	}
@@ -54,20 +46,25 @@ func TestReadyQueuesShaping(t *testing.T) {
 		r.push("slow.test", fmt.Sprintf("s%d", i))
 		r.push("fast.test", fmt.Sprintf("f%d", i))
 	}
-	var got []string
-	for {
-		key, id, ok := r.next()
-		if !ok {
-			break
-		}
-		r.started(key)
-		got = append(got, id)
-	}
+	got := startAll(r)
 	if fmt.Sprint(got) != "[s0 f0 f1 f2]" {
 		t.Fatalf("order %v", got)
 	}
 	r.done("slow.test") // a connection is free, but the budget is spent
 	if _, _, ok := r.next(); ok || r.wait <= 0 {
 		t.Fatalf("over its rate budget: ok %v, wait %s", ok, r.wait)
+	}
+}
+
+// startAll takes every envelope the queues hand out now, starting each.
+func startAll(r *readyQueues) []string {
+	var got []string
+	for {
+		key, id, ok := r.next()
+		if !ok {
+			return got
+		}
+		r.started(key)
+		got = append(got, id)
 	}
 }

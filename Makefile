@@ -17,7 +17,7 @@ run: build
 # Installs the Debian packages the tests drive (swaks, smtp-sink from postfix,
 # openssl, dnsmasq, spamd) when they are missing, then runs every test with -race.
 test: deps lint
-	$(GO) test -race -count=1 -timeout 12m ./...
+	$(GO) test -race -count=1 -timeout 20m ./...
 	$(MAKE) fuzz-brief
 
 # A few seconds of coverage-guided fuzzing of the SMTP session (go-smtp's

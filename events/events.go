@@ -18,7 +18,8 @@ import (
 // Type names an event type. The string is what the journal stores.
 type Type string
 
-// The lifecycle of an envelope, in order. See SPEC.md "Envelope lifecycle".
+// The lifecycle of an envelope, in order (package lifecycle says which may
+// follow which).
 const (
 	TypeReceived        Type = "Received"
 	TypePoliciesApplied Type = "PoliciesApplied"

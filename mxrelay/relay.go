@@ -26,7 +26,7 @@ const (
 	TLSNone          TLSMode = "none"          // never
 )
 
-// Options configure a Relay. Zero durations take the SPEC defaults.
+// Options configure a Relay. Zero durations take the defaults of docs/CONFIG.md.
 type Options struct {
 	// Mode is "mx" (each recipient domain's MX hosts) or "static".
 	Mode string

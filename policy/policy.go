@@ -20,7 +20,7 @@ import (
 	"github.com/ledgermail/ledgermail/events"
 )
 
-// Options select the policies (SPEC [policies]). They run in this order:
+// Options select the policies ([policies], docs/POLICIES.md). They run in this order:
 // Received, Date, Message-ID, the spam scan's headers, Forward, DKIM (last,
 // so that it signs what is relayed).
 type Options struct {

@@ -5,8 +5,8 @@
 // The contract: a message is answered "250 2.0.0 Ok: queued as ID" only
 // after its Received event and its body are durable in the journal; when the
 // journal cannot take it the client gets "451 4.3.0" and nothing of the
-// message is kept. Every refusal is an *smtp.SMTPError with the reply of
-// SPEC.md; no internal error text reaches a client.
+// message is kept. Every refusal is an *smtp.SMTPError with the reply that
+// docs/SMTP.md lists; no internal error text reaches a client.
 package smtpedge
 
 import (
@@ -208,7 +208,7 @@ func (s *Server) newSMTP(name, addr string, implicit bool) *smtp.Server {
 	srv.WriteTimeout = s.o.WriteTimeout
 	srv.EnableSMTPUTF8 = true
 	// go-smtp answers AUTH before TLS with 523 on its own; the session
-	// enforces TLS itself to give SPEC's 538 and to hide AUTH until TLS.
+	// enforces TLS itself to give 538 (docs/SMTP.md) and to hide AUTH until TLS.
 	srv.AllowInsecureAuth = true
 	if !implicit {
 		srv.TLSConfig = s.o.TLS

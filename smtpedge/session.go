@@ -17,7 +17,7 @@ import (
 	"go.uber.org/zap"
 )
 
-// Replies of SPEC.md's table.
+// The replies, as docs/SMTP.md tabulates them.
 var (
 	errEncryptionRequired  = &smtp.SMTPError{Code: 538, EnhancedCode: smtp.EnhancedCode{5, 7, 11}, Message: "Encryption required for requested authentication mechanism"}
 	errBadCredentials      = &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8}, Message: "Authentication credentials invalid"}

@@ -21,7 +21,7 @@ import (
 	"github.com/ledgermail/ledgermail/smtpedge"
 )
 
-// Config is the whole TOML configuration (SPEC.md "Configuration"). Every
+// Config is the whole TOML configuration (docs/CONFIG.md). Every
 // key is optional; Defaults() holds the embedded defaults.
 type Config struct {
 	Hostname string `toml:"hostname"`
@@ -308,7 +308,7 @@ func (d Duration) check(key string) error {
 
 func (d Duration) MarshalText() ([]byte, error) { return []byte(d.Duration.String()), nil }
 
-// Defaults returns the embedded defaults of SPEC.md.
+// Defaults returns the embedded defaults (docs/CONFIG.md, checked by a test).
 func Defaults() Config {
 	dur := func(s string) Duration { v, _ := time.ParseDuration(s); return Duration{Duration: v} }
 	var retry []Duration

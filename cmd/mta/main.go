@@ -84,7 +84,7 @@ func newVersionCmd() *cobra.Command {
 			return nil
 		},
 	}
-	// Every subcommand takes -c (SPEC); the version does not depend on it.
+	// Every subcommand takes -c (docs/CLI.md); the version does not depend on it.
 	c.Flags().StringVarP(&path, "config", "c", "", "config file (accepted for uniformity; unused)")
 	return c
 }

@@ -102,7 +102,7 @@ func operator(w io.Writer, path, action, id string) error {
 	})
 }
 
-// queueJSON is SPEC's `mta queue --json` object.
+// queueJSON is the `mta queue --json` object (docs/CLI.md).
 type queueJSON struct {
 	Counts    map[projections.State]int `json:"counts"`
 	Envelopes []envelopeJSON            `json:"envelopes"`

@@ -76,7 +76,7 @@ func TestCryptographicChain(t *testing.T) {
 
 	// A re-chained forgery (every later link recomputed) passes the chain
 	// but not the anchor.
-	prev := func() link { r, _ := decodeRecord(2, orig[2]); return r.link }()
+	prev := func() link { r, _ := decodeRecord(2, orig[2]); return r.linkOf() }()
 	for s := uint64(3); s <= 8; s++ {
 		r, _ := decodeRecord(s, orig[s])
 		payload := r.data

@@ -168,7 +168,8 @@ func (j *Journal) VerifyAnchor(seq uint64, hash string) (err error) {
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrAnchor, err)
 	}
-	if got := hex.EncodeToString(r.link.sha[:]); !strings.EqualFold(got, hash) {
+	l := r.linkOf()
+	if got := hex.EncodeToString(l.sha[:]); !strings.EqualFold(got, hash) {
 		return fmt.Errorf("%w: record %d's link is %s, the anchor says %s", ErrAnchor, seq, got, hash)
 	}
 	return nil

@@ -285,15 +285,16 @@ func (j *Journal) loadTail() (err error) {
 	}
 	v := it.Value()
 	rec, derr := decodeRecord(seq, v)
+	tail := rec.linkOf()
 	if derr != nil {
 		// Continue the chain from what the damaged record holds.
 		j.tailErr = derr
 		if len(v) >= 4 {
-			rec.link = link{crc: binary.BigEndian.Uint32(v[len(v)-4:]), sha: sha256.Sum256(v[:len(v)-4])}
+			tail = link{crc: binary.BigEndian.Uint32(v[len(v)-4:]), sha: sha256.Sum256(v[:len(v)-4])}
 		}
 	}
-	j.lastSeq, j.lastLink = seq, rec.link
-	j.setHead(seq, rec.link)
+	j.lastSeq, j.lastLink = seq, tail
+	j.setHead(seq, tail)
 	j.committedSeq.Store(seq)
 	return nil
 }

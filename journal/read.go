@@ -103,7 +103,7 @@ func (j *Journal) scan(from uint64, fn func(events.Event) error, report func(*Co
 			r, derr := decodeRecord(from-1, v)
 			closer.Close()
 			if derr == nil {
-				prevLink, havePrev = r.link, true
+				prevLink, havePrev = r.linkOf(), true
 			}
 		}
 	}
@@ -138,7 +138,7 @@ func (j *Journal) scan(from uint64, fn func(events.Event) error, report func(*Co
 				return err
 			}
 		}
-		prevLink, havePrev = r.link, true
+		prevLink, havePrev = r.linkOf(), true
 		e, err := decodeEvent(r)
 		if err != nil {
 			if err := fail(err); err != nil {
@@ -245,7 +245,7 @@ func (j *Journal) Verify(seq uint64, report func(*CorruptError) error) (err erro
 				return err
 			}
 		}
-		prev, havePrev = r.link, true
+		prev, havePrev = r.linkOf(), true
 	}
 	if err := it.Error(); err != nil {
 		return j.storageError(expect-1, err)

@@ -61,9 +61,14 @@ type record struct {
 	format  byte
 	prevCRC uint32   // format 1
 	prevSHA [32]byte // format 2
-	link    link     // of this record
+	crc     uint32   // of this record
+	body    []byte   // everything before the CRC: what its SHA-256 link covers
 	data    []byte
 }
+
+// linkOf is the link the next record must carry. The SHA-256 is computed
+// here, only by the readers that check the chain, not by every point read.
+func (r record) linkOf() link { return link{crc: r.crc, sha: sha256.Sum256(r.body)} }
 
 // follows reports whether r carries prev's link.
 func (r record) follows(prev link) bool {
@@ -145,7 +150,7 @@ func decodeRecord(keySeq uint64, b []byte) (record, error) {
 	if got := crc32.Checksum(body, castagnoli); got != want {
 		return record{}, &CorruptError{Seq: keySeq, Reason: fmt.Sprintf("checksum mismatch (stored %08x, computed %08x)", want, got)}
 	}
-	r := record{format: body[0], link: link{crc: want, sha: sha256.Sum256(body)}}
+	r := record{format: body[0], crc: want, body: body}
 	switch r.format {
 	case recordFormat1:
 		r.prevCRC, r.data = binary.BigEndian.Uint32(body[9:13]), body[13:]

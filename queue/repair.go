@@ -58,7 +58,8 @@ func AccountForLost(dir, hostname string, rep journal.SalvageReport) ([]string, 
 	}
 	now := time.Now().UTC()
 	for _, e := range victims {
-		reason := "lost to storage damage: " + why(e)
+		cause := why(e)
+		reason := "lost to storage damage: " + cause
 		wr := journal.Write{}
 		var dsnID string
 		if e.Sender != "" && len(e.Pending) > 0 {
@@ -66,7 +67,7 @@ func AccountForLost(dir, hostname string, rep journal.SalvageReport) ([]string, 
 			var rcpts []policy.DSNRecipient
 			for _, r := range e.Pending {
 				rcpts = append(rcpts, policy.DSNRecipient{Recipient: r, Status: "5.3.0",
-					Diagnostic: fmt.Sprintf("554 5.3.0 the message was lost to storage damage at %s (%s)", hostname, why(e))})
+					Diagnostic: fmt.Sprintf("554 5.3.0 the message was lost to storage damage at %s (%s)", hostname, cause)})
 			}
 			msg := policy.BuildDSN(policy.DSN{ID: dsnID, Hostname: hostname, Envelope: e.ID, Sender: e.Sender,
 				Arrived: e.Arrived, Now: now, Recipients: rcpts})
@@ -78,7 +79,7 @@ func AccountForLost(dir, hostname string, rep journal.SalvageReport) ([]string, 
 		if _, err := j.Append(wr); err != nil {
 			return lines, err
 		}
-		line := fmt.Sprintf("envelope %s lost (%s)", e.ID, why(e))
+		line := fmt.Sprintf("envelope %s lost (%s)", e.ID, cause)
 		if dsnID != "" {
 			line += fmt.Sprintf("; DSN %s to <%s>", dsnID, e.Sender)
 		}

@@ -116,19 +116,16 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 		return nil, s.reject(errTooManyAuthFailures)
 	}
 	check := func(username, password string) error {
-		id, err := s.s.o.Auth.Authenticate(username, password)
-		if errors.Is(err, ErrBadCredentials) {
-			s.log.Info("auth failed", zap.String("user", username), zap.String("mechanism", mech))
-			if s.s.throttle.fail(s.t.ClientIP) {
-				s.log.Warn("too many auth failures; disconnecting", zap.String("ip", s.t.ClientIP.String()))
-				s.hangUp()
-				return s.reject(errTooManyAuthFailures)
-			}
-			return s.reject(errBadCredentials)
-		}
-		if err != nil {
-			s.log.Error("authenticator error", zap.String("user", username), zap.Error(err))
-			return errAuthTemp
+		id, err := s.s.checkPassword(s.t.ClientIP, username, password, s.log.With(zap.String("mechanism", mech)))
+		switch err {
+		case nil:
+		case errTooManyAuthFailures:
+			s.hangUp()
+			return s.reject(err)
+		case errBadCredentials:
+			return s.reject(err)
+		default:
+			return err
 		}
 		s.t.Identity = &id
 		if err := runValidators(s.s.validators, StageAuth, s.t); err != nil {

@@ -20,6 +20,27 @@ type Submission struct {
 	TLS                string // the connection's TLS, if any
 }
 
+// checkPassword authenticates a user for every edge: a wrong name or
+// password counts against ip in the AUTH-failure throttle and is
+// errBadCredentials, or errTooManyAuthFailures once ip reached the limit;
+// an authenticator failure is errAuthTemp.
+func (s *Server) checkPassword(ip netip.Addr, user, password string, log *zap.Logger) (Identity, error) {
+	id, err := s.o.Auth.Authenticate(user, password)
+	if errors.Is(err, ErrBadCredentials) {
+		log.Info("auth failed", zap.String("user", user))
+		if s.throttle.fail(ip) {
+			log.Warn("too many auth failures", zap.String("ip", ip.String()))
+			return Identity{}, errTooManyAuthFailures
+		}
+		return Identity{}, errBadCredentials
+	}
+	if err != nil {
+		log.Error("authenticator error", zap.String("user", user), zap.Error(err))
+		return Identity{}, errAuthTemp
+	}
+	return id, nil
+}
+
 // Submit authenticates and validates a Submission exactly as an SMTP
 // session would (the AUTH-failure throttle, the Auth, Mail, Rcpt and Data
 // validators, the size limit, min_free) and accepts it (Accept). It returns
@@ -33,17 +54,9 @@ func (s *Server) Submit(sub Submission) (string, error) {
 	if s.throttle.blocked(t.ClientIP) {
 		return "", errTooManyAuthFailures
 	}
-	id, err := s.o.Auth.Authenticate(sub.Username, sub.Password)
-	if errors.Is(err, ErrBadCredentials) {
-		log.Info("auth failed", zap.String("user", sub.Username))
-		if s.throttle.fail(t.ClientIP) {
-			return "", errTooManyAuthFailures
-		}
-		return "", errBadCredentials
-	}
+	id, err := s.checkPassword(t.ClientIP, sub.Username, sub.Password, log)
 	if err != nil {
-		log.Error("authenticator error", zap.String("user", sub.Username), zap.Error(err))
-		return "", errAuthTemp
+		return "", err
 	}
 	t.Identity = &id
 	log = log.With(zap.String("user", id.Name))

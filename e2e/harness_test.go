@@ -334,14 +334,16 @@ func (s *server) stop() {
 	s.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case err := <-s.waitDone:
+		s.cmd = nil // its exit is consumed: the cleanup must not wait for it again
 		if err != nil {
 			b, _ := os.ReadFile(s.logFile)
 			s.t.Fatalf("mta serve exited with %v after SIGTERM:\n%s", err, b)
 		}
 	case <-time.After(40 * time.Second):
-		s.t.Fatal("mta serve did not stop within 40s of SIGTERM")
+		s.kill()
+		b, _ := os.ReadFile(s.logFile)
+		s.t.Fatalf("mta serve did not stop within 40s of SIGTERM:\n%s", b)
 	}
-	s.cmd = nil
 }
 
 type queueJSON struct {

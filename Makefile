@@ -5,7 +5,7 @@ BIN      ?= bin/mta
 VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -X main.version=$(VERSION)
 
-.PHONY: profile crashtest build run test test-unit test-e2e bench bench-postfix lint deps fmt fuzz fuzz-brief
+.PHONY: profile crashtest build run test test-unit test-e2e bench bench-postfix bench-large lint deps fmt fuzz fuzz-brief
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/mta
@@ -27,6 +27,7 @@ FUZZTIME ?= 5s
 fuzz-brief:
 	$(GO) test -run '^$$' -fuzz '^FuzzSession$$' -fuzztime $(FUZZTIME) ./smtpedge/
 	$(GO) test -run '^$$' -fuzz '^FuzzNormalizeLineEndings$$' -fuzztime $(FUZZTIME) ./smtpedge/
+	$(GO) test -run '^$$' -fuzz '^FuzzSpool$$' -fuzztime $(FUZZTIME) ./smtpedge/
 
 fuzz:
 	$(MAKE) fuzz-brief FUZZTIME=2m
@@ -59,6 +60,10 @@ profile: deps
 # ledgermail against a private Postfix instance, same load, same sink (root).
 bench-postfix: deps
 	bash e2e/bench-vs-postfix.sh
+
+# Peak memory with 100 sessions each sending a 10 MiB message at once.
+bench-large: deps
+	bash e2e/bench-large.sh
 
 lint:
 	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }

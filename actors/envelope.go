@@ -1,7 +1,6 @@
 package actors
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -29,6 +28,8 @@ type envelope struct {
 	sup *actor.PID
 	log *zap.Logger
 	env *projections.Envelope
+	// body is open while an attempt runs (the relay streams it).
+	body *journal.BodyReader
 }
 
 // attemptDone carries a relay result back into the actor.
@@ -60,11 +61,22 @@ func (a *envelope) Receive(c actor.Context) {
 		a.finishAttempt(c, m)
 		a.stop(c)
 	case *actor.Stopped:
+		a.closeBody()
 		c.Send(a.sup, finished{id: a.id})
 	}
 }
 
 func (a *envelope) stop(c actor.Context) { c.Stop(c.Self()) }
+
+func (a *envelope) closeBody() {
+	if a.body != nil {
+		a.body.Close()
+		a.body = nil
+	}
+}
+
+// maxHeader bounds how much of a body is read as its header block.
+const maxHeader = 1 << 20
 
 // later reports a failure to journal: the envelope is tried again later.
 func (a *envelope) later(c actor.Context, what string, err error) {
@@ -109,12 +121,18 @@ func (a *envelope) applyPolicies(c actor.Context) {
 	if !ok {
 		return
 	}
-	if hops := policy.CountReceived(body); hops > policy.MaxHops {
+	defer body.Close()
+	header, err := body.Header(maxHeader)
+	if err != nil {
+		a.later(c, "read body", err)
+		return
+	}
+	if hops := policy.CountReceived(header); hops > policy.MaxHops {
 		a.bounceAll(c, fmt.Sprintf("554 5.4.6 too many Received: headers (%d): mail forwarding loop", hops), "5.4.6")
 		return
 	}
 	pa, err := policy.Apply(a.o.Policies, policy.Input{
-		ID: a.id, Hostname: a.o.Hostname, Received: *a.env.Received, Arrived: a.env.Arrived, Body: body,
+		ID: a.id, Hostname: a.o.Hostname, Received: *a.env.Received, Arrived: a.env.Arrived, Header: header, Body: body.Reader,
 	})
 	if err != nil {
 		// A policy that cannot run defers the envelope with the reason
@@ -156,12 +174,13 @@ func (a *envelope) bodySum() string {
 	return a.env.Received.BodySHA256
 }
 
-// readBody reads the stored body, checked against its SHA-256. A body that
+// readBody opens the stored body, checked against its SHA-256. A body that
 // fails the check is reported as corruption and the envelope deferred
 // (with the reason journaled) rather than relayed; any other read error
-// tries again later. ok is false when the step cannot go on.
-func (a *envelope) readBody(c actor.Context) ([]byte, bool) {
-	body, err := a.o.Journal.BodyChecked(a.env.BodyKey, a.bodySum())
+// tries again later. ok is false when the step cannot go on. The caller
+// closes the body.
+func (a *envelope) readBody(c actor.Context) (*journal.BodyReader, bool) {
+	body, err := a.o.Journal.OpenBody(a.env.BodyKey, a.bodySum())
 	var bce *journal.BodyCorruptError
 	switch {
 	case err == nil:
@@ -210,6 +229,7 @@ func (a *envelope) startAttempt(c actor.Context) {
 	if !ok {
 		return
 	}
+	a.body = body // closed when the actor stops
 	if _, err := a.o.Journal.Append(journal.Write{Events: []events.Event{
 		{Envelope: a.id, Payload: events.AttemptStarted{Attempt: attempt, Recipients: rcpts}},
 	}}); err != nil {
@@ -219,8 +239,8 @@ func (a *envelope) startAttempt(c actor.Context) {
 	prepend := a.env.Prepend
 	msg := mxrelay.Message{
 		Envelope: a.id, From: a.env.Sender, Recipients: rcpts,
-		Body: func() io.Reader { return io.MultiReader(strings.NewReader(prepend), bytes.NewReader(body)) },
-		Size: int64(len(prepend) + len(body)),
+		Body: func() io.Reader { return io.MultiReader(strings.NewReader(prepend), body.Reader()) },
+		Size: int64(len(prepend)) + body.Size(),
 	}
 	// The destination's delivery actor runs it and answers attemptDone.
 	c.Send(a.sup, route{key: destinationKey(rcpts), req: deliverReq{attempt: attempt, msg: msg, replyTo: c.Self()}})
@@ -347,8 +367,11 @@ func (a *envelope) queueNotice(w *journal.Write, d policy.DSN, now time.Time, id
 		return ""
 	}
 	var header []byte
-	if body, err := a.o.Journal.BodyChecked(a.env.BodyKey, a.bodySum()); err == nil {
-		header = append([]byte(a.env.Prepend), policy.HeaderBlock(body)...)
+	if body, err := a.o.Journal.OpenBody(a.env.BodyKey, a.bodySum()); err == nil {
+		if h, err := body.Header(maxHeader); err == nil {
+			header = append([]byte(a.env.Prepend), policy.HeaderBlock(h)...)
+		}
+		body.Close()
 	}
 	id := events.NewID()
 	d.ID, d.Hostname, d.Envelope, d.Sender, d.Arrived, d.Now, d.Header = id, a.o.Hostname, a.id, a.env.Sender, a.env.Arrived, now, header

@@ -149,16 +149,21 @@ func New(d Deps) http.Handler {
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("GET /bodies/{key}/sha256", func(w http.ResponseWriter, r *http.Request) {
-		b, err := j.Body(r.PathValue("key"))
+		sum, err := j.BodySHA256(r.PathValue("key"))
+		var bce *journal.BodyCorruptError
 		if errors.Is(err, journal.ErrNoBody) {
 			http.Error(w, "no such body", http.StatusNotFound)
+			return
+		}
+		if errors.As(err, &bce) && bce.Truncated != "" {
+			writeJSON(w, map[string]string{"sha256": "truncated: " + bce.Truncated})
 			return
 		}
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusInternalServerError)
 			return
 		}
-		writeJSON(w, map[string]string{"sha256": journal.BodySum(b)})
+		writeJSON(w, map[string]string{"sha256": sum})
 	})
 	mux.HandleFunc("GET /journal", func(w http.ResponseWriter, r *http.Request) {
 		f, err := projections.ParseFilter(r.URL.Query().Get("envelope"), r.URL.Query().Get("since"))

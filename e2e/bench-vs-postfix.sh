@@ -7,43 +7,13 @@
 # and the test tools (`make deps`). Run by `make bench-postfix`.
 set -euo pipefail
 COUNT=${COUNT:-5000} SESSIONS=${SESSIONS:-20} SIZE=${SIZE:-4096} ROUNDS=${ROUNDS:-2}
-export PATH="$PATH:/usr/sbin:/usr/local/go/bin"
 [ "$(id -u)" = 0 ] || { echo "bench-vs-postfix: needs root to run Postfix"; exit 1; }
-cd "$(dirname "$0")/.."
-W=$(mktemp -d /tmp/ledgermail-bench-XXXXXX)
-chmod 755 "$W"
+source "$(dirname "$0")/benchlib.sh"
 SINK=127.0.0.1:23525 LM=127.0.0.1:23587 PF=127.0.0.1:24587 ADMIN=127.0.0.1:28025
-cleanup() {
-  postfix -c "$W/pf/conf" stop >/dev/null 2>&1 || true
-  [ -n "${MTA_PID:-}" ] && kill "$MTA_PID" 2>/dev/null || true
-  [ -n "${SINK_PID:-}" ] && kill "$SINK_PID" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$W"
-}
-trap cleanup EXIT
-
-go build -o "$W/mta" ./cmd/mta
-smtp-sink -u nobody -c "$SINK" 1000 >/dev/null 2>&1 & SINK_PID=$!
-
-# ledgermail: trusted loopback clients (smtp-source does no AUTH), static
-# relay to the sink, defaults otherwise (fsync on every commit).
-cat > "$W/mta.toml" <<TOML
-hostname = "lm.test"
-data_dir = "$W/lm"
-[submission]
-listen = ["$LM"]
-trusted_networks = ["127.0.0.0/8"]
-[submissions]
-listen = []
-[relay]
-mode = "static"
-smarthost = "$SINK"
-[admin]
-listen = "$ADMIN"
-[log]
-level = "warn"
-TOML
-"$W/mta" serve -c "$W/mta.toml" 2>"$W/mta.log" & MTA_PID=$!
+bench_init bench
+BENCH_CLEANUP_HOOK='postfix -c "$W/pf/conf" stop >/dev/null 2>&1 || true'
+bench_sink "$SINK"
+bench_mta "$LM" "$SINK" "$ADMIN"
 
 # Postfix: a private instance (its own config and queue directories).
 mkdir -p "$W/pf/conf" "$W/pf/spool" "$W/pf/data"
@@ -76,7 +46,6 @@ smtpd_relay_restrictions = permit_mynetworks, reject
 CF
 postfix -c "$W/pf/conf" start >/dev/null
 
-wait_port() { for _ in $(seq 1 100); do (echo >/dev/tcp/${1%:*}/${1##*:}) 2>/dev/null && return 0; sleep 0.1; done; echo "nothing on $1"; exit 1; }
 wait_port "$SINK"; wait_port "$LM"; wait_port "$PF"
 
 now() { date +%s.%N; }

@@ -9,6 +9,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -315,6 +316,12 @@ func (s *server) startNoWait(extra ...string) {
 	go func(c *exec.Cmd, ch chan error) { ch <- c.Wait() }(s.cmd, s.waitDone)
 }
 
+// logText returns what the running (or last) server has logged so far.
+func (s *server) logText() string {
+	b, _ := os.ReadFile(s.logFile)
+	return string(b)
+}
+
 // kill sends SIGKILL (a crash) and waits for the process to be gone.
 func (s *server) kill() {
 	if s.cmd == nil {
@@ -480,4 +487,13 @@ func (s *server) adminGet(method, path string) *http.Response {
 		s.t.Fatal(err)
 	}
 	return resp
+}
+
+// metrics returns the server's /metrics text.
+func (s *server) metrics() string {
+	s.t.Helper()
+	resp := s.adminGet("GET", "/metrics")
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
 }

@@ -19,7 +19,7 @@ func TestCorruptBodyIsDetected(t *testing.T) {
 	bad := s.submit(t, "alice@example.test", "bob@dest.test", "--header", "Subject: to be damaged")
 	s.submit(t, "alice@example.test", "carol@dest.test", "--header", "Subject: intact")
 	s.stop()
-	corruptKey(t, filepath.Join(s.dir, "data", "journal"), []byte("b/"+bad))
+	corruptBody(t, filepath.Join(s.dir, "data", "journal"), bad)
 
 	out, _, code := s.mta("", "replay", "--verify")
 	if code != 1 || !strings.Contains(out, "corrupt body "+bad) {

@@ -7,45 +7,15 @@
 # each. Run by `make profile` (the test tools: `make deps`).
 set -euo pipefail
 COUNT=${COUNT:-30000} SESSIONS=${SESSIONS:-20} SIZE=${SIZE:-4096} SECONDS_CPU=${SECONDS_CPU:-8}
-export PATH="$PATH:/usr/sbin:/usr/local/go/bin"
-cd "$(dirname "$0")/.."
-W=$(mktemp -d /tmp/ledgermail-profile-XXXXXX)
-chmod 755 "$W"
+source "$(dirname "$0")/benchlib.sh"
 SINK=127.0.0.1:23625 LM=127.0.0.1:23687 ADMIN=127.0.0.1:28125 TOKEN=profile-token
-cleanup() {
-  [ -n "${MTA_PID:-}" ] && kill "$MTA_PID" 2>/dev/null || true
-  [ -n "${SINK_PID:-}" ] && kill "$SINK_PID" 2>/dev/null || true
-  [ -n "${SRC_PID:-}" ] && kill "$SRC_PID" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$W"
-}
-trap cleanup EXIT
-
-go build -o "$W/mta" ./cmd/mta
-smtp-sink -u nobody -c "$SINK" 1000 >/dev/null 2>&1 & SINK_PID=$!
-cat > "$W/mta.toml" <<TOML
-hostname = "lm.test"
-data_dir = "$W/lm"
-[submission]
-listen = ["$LM"]
-trusted_networks = ["127.0.0.0/8"]
-[submissions]
-listen = []
-[relay]
-mode = "static"
-smarthost = "$SINK"
-[admin]
-listen = "$ADMIN"
-token = "$TOKEN"
-pprof = true
-[log]
-level = "warn"
-TOML
-"$W/mta" serve -c "$W/mta.toml" 2>"$W/mta.log" & MTA_PID=$!
+bench_init profile
+bench_sink "$SINK"
+bench_mta "$LM" "$SINK" "$ADMIN" "token = \"$TOKEN\"" "pprof = true"
 for _ in $(seq 1 100); do curl -sf "http://$ADMIN/healthz" >/dev/null && break; sleep 0.1; done
 
 mkdir -p profiles
-smtp-source -s "$SESSIONS" -l "$SIZE" -m "$COUNT" -f load@lm.test -t rcpt@dest.test "$LM" & SRC_PID=$!
+smtp-source -s "$SESSIONS" -l "$SIZE" -m "$COUNT" -f load@lm.test -t rcpt@dest.test "$LM" & SRC_PID=$!; BENCH_PIDS+=($SRC_PID)
 sleep 1
 curl -sf -H "Authorization: Bearer $TOKEN" "http://$ADMIN/debug/pprof/profile?seconds=$SECONDS_CPU" -o profiles/cpu.pprof
 curl -sf -H "Authorization: Bearer $TOKEN" "http://$ADMIN/debug/pprof/allocs" -o profiles/allocs.pprof

@@ -125,7 +125,7 @@ func TestDeleteDropsBodyWhenNotKept(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer db.Close()
-		_, closer, err := db.Get([]byte("b/" + key))
+		_, closer, err := db.Get([]byte("r/" + key))
 		if err == nil {
 			closer.Close()
 		}

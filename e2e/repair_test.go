@@ -40,7 +40,7 @@ func TestJournalRepair(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := db.Delete([]byte("b/"+bodyGone), pebble.Sync); err != nil {
+	if err := db.Delete([]byte("r/"+bodyGone), pebble.Sync); err != nil {
 		t.Fatal(err)
 	}
 	db.Close()

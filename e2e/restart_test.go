@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -196,6 +197,46 @@ func corruptKey(t *testing.T, dir string, key []byte) {
 	closer.Close()
 	bad[len(bad)/2] ^= 0x01
 	if err := db.Set(key, bad, pebble.Sync); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// bodyRef reads the journal's pointer to the body under key: its segment
+// file, offset and length.
+func bodyRef(t *testing.T, dir, key string) (path string, off, n int64) {
+	t.Helper()
+	db, err := pebble.Open(dir, &pebble.Options{Logger: quietLogger{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	v, closer, err := db.Get([]byte("r/" + key))
+	if err != nil {
+		t.Fatalf("body pointer of %s: %v", key, err)
+	}
+	defer closer.Close()
+	if len(v) != 24 {
+		t.Fatalf("body pointer of %s: %d bytes", key, len(v))
+	}
+	seg := binary.BigEndian.Uint64(v)
+	return filepath.Join(dir, "bodies", fmt.Sprintf("%012d.seg", seg)), int64(binary.BigEndian.Uint64(v[8:])), int64(binary.BigEndian.Uint64(v[16:]))
+}
+
+// corruptBody flips one byte in the middle of the stored body under key.
+func corruptBody(t *testing.T, dir, key string) {
+	t.Helper()
+	path, off, n := bodyRef(t, dir, key)
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, 1)
+	if _, err := f.ReadAt(b, off+n/2); err != nil {
+		t.Fatal(err)
+	}
+	b[0] ^= 0x01
+	if _, err := f.WriteAt(b, off+n/2); err != nil {
 		t.Fatal(err)
 	}
 }

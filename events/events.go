@@ -70,7 +70,12 @@ type Received struct {
 	BodyKey    string   `json:"body_key"`
 	// BodySHA256 is the hex SHA-256 of the stored body: every read checks
 	// it. Empty in events written before it existed (not checked).
-	BodySHA256   string `json:"body_sha256,omitempty"`
+	BodySHA256 string `json:"body_sha256,omitempty"`
+	// BodySegment and BodyOffset say where the journal stored the body
+	// (Size bytes at BodyOffset in body segment BodySegment); zero in
+	// events written before body segments existed.
+	BodySegment  uint64 `json:"body_segment,omitempty"`
+	BodyOffset   int64  `json:"body_offset,omitempty"`
 	Size         int64  `json:"size"`
 	Listener     string `json:"listener,omitempty"`
 	ClientAddr   string `json:"client_addr,omitempty"`

@@ -1,10 +1,16 @@
 // Package journal is ledgermail's one durable path: an append-only,
-// checksummed, hash-chained event log and a message-body store, both kept in
-// one Pebble database under the data directory.
+// checksummed, hash-chained event log, kept in a Pebble database under the
+// data directory, and the message bodies, kept beside it in append-only
+// segment files (bodies.go) that Pebble only points at.
 //
 // The contract:
-//   - Append returns only after its events and bodies are fsynced; on error
-//     nothing of that Write is visible to readers, now or after a restart.
+//   - Append returns only after its events and bodies are fsynced (the
+//     bodies first: no durable event ever points at a body that is not);
+//     on error nothing of that Write is visible to readers, now or after a
+//     restart. A body written to a segment by a Write that failed is
+//     garbage that nothing refers to.
+//   - A write or fsync error on the shared body segment fails the journal
+//     like one on the WAL (fail-stop, below).
 //   - Sequence numbers start at 1 and increase by one per event, without gaps.
 //   - Every record carries its sequence number, the SHA-256 link of the
 //     record before it (a cryptographic chain; records of the older format 1
@@ -12,8 +18,10 @@
 //     three and report a mismatch as a *CorruptError naming the sequence
 //     number; they never skip a record silently. Head returns the chain's
 //     head; VerifyAnchor proves the journal still extends an earlier one.
-//   - Bodies are checked by BodyChecked against the SHA-256 that their
-//     Received event records.
+//   - Bodies are checked by OpenBody (streaming) and BodyChecked against the
+//     SHA-256 that their Received event records; a segment that is shorter
+//     than a pointer into it is a *BodyCorruptError too. A segment file is
+//     deleted once no body refers to it (ReclaimSegments).
 //   - Concurrent Appends are grouped by one writer goroutine into one Pebble
 //     batch and one fsync (group commit). No lock is held while an Append
 //     waits for room in the writer's bounded queue: a full queue makes
@@ -48,7 +56,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"runtime"
 	"strconv"
 	"sync"
@@ -107,10 +114,15 @@ var ErrReadOnly = errors.New("journal: opened read-only")
 // (fail-stop): the cause is in the message and in Err.
 var ErrFailed = errors.New("journal: failed")
 
-// Body is a message body to store under Key (normally the envelope ID).
+// Body is a message body to store under Key (normally the envelope ID):
+// Data (appended to the shared body segment at commit) or File (a large
+// body already streamed into a segment of its own; Append makes it
+// durable first). A Received event in the same Write whose BodyKey is Key
+// gets the body's segment and offset filled in.
 type Body struct {
 	Key  string
 	Data []byte
+	File *BodyFile
 }
 
 // Write is one atomic unit of Append: all of it becomes durable, or none.
@@ -147,6 +159,7 @@ type Journal struct {
 	corruptPath   atomic.Pointer[string] // the last file Pebble found corrupt
 	corruptLogged sync.Map               // files already logged as corrupt
 	marker        *os.File               // COMMITTED; nil when read-only
+	bodies        *bodyStore
 	lost          [2]uint64
 	tailErr       error
 
@@ -157,7 +170,8 @@ type Journal struct {
 }
 
 type appendReq struct {
-	put    *putReq // a snapshot instead of a Write
+	put    *putReq      // a snapshot instead of a Write
+	run    func() error // work on the writer goroutine instead of a Write
 	w      Write
 	frames [][]byte // encoded payloads, one per event
 	done   chan appendRes
@@ -217,6 +231,10 @@ func Open(opts Options) (*Journal, error) {
 		return nil, fmt.Errorf("journal: open %s: %w", opts.Dir, err)
 	}
 	j.db = db
+	if j.bodies, err = openBodyStore(opts.Dir, opts.ReadOnly); err != nil {
+		db.Close()
+		return nil, err
+	}
 	if err := j.loadTail(); err != nil {
 		db.Close()
 		return nil, err
@@ -331,11 +349,44 @@ func (j *Journal) Append(w Write) ([]events.Event, error) {
 	if j.opts.ReadOnly {
 		return nil, ErrReadOnly
 	}
+	abort := func() {
+		for _, b := range w.Bodies {
+			if b.File != nil {
+				b.File.Abort()
+			}
+		}
+	}
 	if err := j.Err(); err != nil {
+		abort()
 		return nil, err
 	}
+	// Large bodies are made durable here, on the caller's goroutine (in
+	// parallel with other sessions), before the writer commits the events
+	// that point at them.
+	for _, b := range w.Bodies {
+		if b.File != nil {
+			if err := b.File.sync(j.opts.NoSync); err != nil {
+				abort()
+				return nil, err
+			}
+		}
+	}
 	res := j.send(&appendReq{w: w, done: make(chan appendRes, 1)})
+	if res.err != nil {
+		abort()
+	} else {
+		for _, b := range w.Bodies {
+			if b.File != nil {
+				b.File.committed()
+			}
+		}
+	}
 	return res.evs, res.err
+}
+
+// onWriter runs fn on the writer goroutine, between commits.
+func (j *Journal) onWriter(fn func() error) error {
+	return j.send(&appendReq{run: fn, done: make(chan appendRes, 1)}).err
 }
 
 // send hands req to the writer and waits for its answer.
@@ -435,15 +486,6 @@ func (j *Journal) fatal(msg string) {
 // TailError returns the verification error of the last record, if it was
 // corrupt when the journal was opened (readers report it too).
 func (j *Journal) TailError() error { return j.tailErr }
-
-// Checkpoint writes a consistent copy of the journal into dir (which must
-// not exist), for backups and for offline reading while the server runs.
-func (j *Journal) Checkpoint(dir string) error {
-	if err := j.db.Checkpoint(filepath.Clean(dir), pebble.WithFlushedWAL()); err != nil {
-		return fmt.Errorf("journal: checkpoint to %s: %w", dir, err)
-	}
-	return nil
-}
 
 type pebbleLogger struct {
 	l     *zap.Logger

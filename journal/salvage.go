@@ -55,8 +55,19 @@ func Salvage(src, dst string, progress func(seq, total uint64)) (SalvageReport, 
 	if err != nil {
 		return rep, fmt.Errorf("journal: salvage: create %s: %w", dst, err)
 	}
+	bodies, err := openBodyStore(dst, false)
+	if err != nil {
+		db.Close()
+		return rep, err
+	}
+	defer bodies.closeShared()
 	batch := db.NewBatch()
 	flush := func(opt *pebble.WriteOptions) error {
+		if opt == pebble.Sync {
+			if err := bodies.syncShared(); err != nil {
+				return err
+			}
+		}
 		if err := batch.Commit(opt); err != nil {
 			return fmt.Errorf("journal: salvage: write %s: %w", dst, err)
 		}
@@ -86,10 +97,9 @@ func Salvage(src, dst string, progress func(seq, total uint64)) (SalvageReport, 
 		} else {
 			rep.Records++
 			if rcv, ok := e.Payload.(events.Received); ok && rcv.BodyKey != "" {
-				body, err := old.Body(rcv.BodyKey)
+				err := copyBody(old, bodies, batch, rcv.BodyKey)
 				switch {
 				case err == nil:
-					batch.Set(bodyKey(rcv.BodyKey), body, nil)
 					rep.Bodies++
 				case errors.Is(err, ErrNoBody):
 					rep.MissingBodies[rcv.BodyKey] = "its body is missing"
@@ -171,4 +181,22 @@ func (j *Journal) indexOwners() map[uint64]string {
 		}
 	}()
 	return out
+}
+
+// copyBody copies the body under key from old into dst's segments (the
+// caller syncs them) and stages its pointer in b.
+func copyBody(old *Journal, dst *bodyStore, b *pebble.Batch, key string) error {
+	br, err := old.OpenBody(key, "")
+	if err != nil {
+		return err
+	}
+	defer br.Close()
+	ref, err := dst.appendSharedFrom(br.Reader())
+	if err != nil {
+		return err
+	}
+	if ref.Length != br.Size() {
+		return fmt.Errorf("read %d of its %d bytes", ref.Length, br.Size())
+	}
+	return stageRef(b, key, ref)
 }

@@ -3,6 +3,7 @@ package journal
 import (
 	"errors"
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -17,9 +18,9 @@ import (
 func (j *Journal) writer() {
 	defer close(j.stopped)
 	j.writerID.Store(goid())
+	defer j.bodies.closeShared()
 	for req := range j.reqs {
-		if req.put != nil {
-			req.done <- appendRes{err: j.put(req.put)}
+		if j.special(req) {
 			continue
 		}
 		group := []*appendReq{req}
@@ -30,10 +31,10 @@ func (j *Journal) writer() {
 				if !ok {
 					break drain
 				}
-				if r.put != nil {
+				if r.put != nil || r.run != nil {
 					j.commit(group)
 					group = group[:0]
-					r.done <- appendRes{err: j.put(r.put)}
+					j.special(r)
 					continue
 				}
 				group = append(group, r)
@@ -45,6 +46,25 @@ func (j *Journal) writer() {
 			j.commit(group)
 		}
 	}
+}
+
+// special answers a request that is not a Write; false for a Write.
+func (j *Journal) special(req *appendReq) bool {
+	switch {
+	case req.put != nil:
+		req.done <- appendRes{err: j.put(req.put)}
+	case req.run != nil:
+		req.done <- appendRes{err: j.run(req.run)}
+	default:
+		return false
+	}
+	return true
+}
+
+// run runs fn, turning a panic into an error.
+func (j *Journal) run(fn func() error) (err error) {
+	defer recoverRead(&err)
+	return fn()
 }
 
 // put writes one key outside the event log (a snapshot), synced.
@@ -76,6 +96,8 @@ func (j *Journal) commit(group []*appendReq) {
 	seq, sum := j.lastSeq, j.lastLink
 	var ok []*appendReq
 	var all []events.Event
+	var wroteShared bool
+	var dropped []uint64
 	results := make(map[*appendReq][]events.Event, len(group))
 	for _, req := range group {
 		frames := make([][]byte, len(req.w.Events))
@@ -100,20 +122,17 @@ func (j *Journal) commit(group []*appendReq) {
 			req.done <- appendRes{err: fmt.Errorf("journal: %w", encErr)}
 			continue
 		}
-		for _, b := range req.w.Bodies {
-			if err := batch.Set(bodyKey(b.Key), b.Data, nil); err != nil {
-				encErr = err
-				break
-			}
+		refs, err := j.stageBodies(batch, req.w, &wroteShared, &dropped)
+		if err != nil {
+			// A write to the body segment failed (a full disk): as for
+			// the WAL, fail-stop, for this group and every later one.
+			j.fail(fmt.Errorf("stage body: %w", err))
+			j.failAll(group, j.Err())
+			return
 		}
-		for _, k := range req.w.DropBodies {
-			if err := batch.Delete(bodyKey(k), nil); err != nil {
-				encErr = err
-				break
-			}
-		}
+		fillBodyRefs(evs, frames, refs, &encErr)
 		if encErr != nil {
-			req.done <- appendRes{err: fmt.Errorf("journal: stage body: %w", encErr)}
+			req.done <- appendRes{err: fmt.Errorf("journal: %w", encErr)}
 			continue
 		}
 		for i := range evs {
@@ -144,6 +163,15 @@ func (j *Journal) commit(group []*appendReq) {
 	if j.opts.NoSync {
 		opt = pebble.NoSync
 	}
+	if wroteShared && !j.opts.NoSync {
+		// The bodies are durable before the events that point at them.
+		if err := j.bodies.syncShared(); err != nil {
+			// After a failed fsync the file's state is unknown: fail-stop.
+			j.fail(err)
+			j.failAll(ok, j.Err())
+			return
+		}
+	}
 	if err := j.commitBatch(batch, opt); err != nil {
 		// Pebble may have applied the batch to its memtable without the
 		// WAL being durable, and fails on the next write: fail-stop.
@@ -171,6 +199,7 @@ func (j *Journal) commit(group []*appendReq) {
 			fn(all)
 		}
 	}
+	j.reclaimDropped(dropped)
 	for _, req := range ok {
 		req.done <- appendRes{evs: results[req]}
 	}
@@ -198,6 +227,86 @@ func (j *Journal) failAll(group []*appendReq, err error) {
 		select {
 		case req.done <- appendRes{err: err}:
 		default: // already answered (encoding error)
+		}
+	}
+}
+
+// stageBodies writes w's small bodies to the shared segment and stages
+// the pointers of all its bodies, and the deletion of those it drops, in
+// b. It returns where each body went, by key.
+func (j *Journal) stageBodies(b *pebble.Batch, w Write, wroteShared *bool, dropped *[]uint64) (map[string]BodyRef, error) {
+	var refs map[string]BodyRef
+	for _, body := range w.Bodies {
+		var ref BodyRef
+		if body.File != nil {
+			ref = BodyRef{Segment: body.File.seg, Length: body.File.n}
+		} else {
+			var err error
+			if ref, err = j.bodies.appendShared(body.Data); err != nil {
+				return nil, err
+			}
+			*wroteShared = true
+		}
+		if err := stageRef(b, body.Key, ref); err != nil {
+			return nil, err
+		}
+		if refs == nil {
+			refs = map[string]BodyRef{}
+		}
+		refs[body.Key] = ref
+	}
+	for _, k := range w.DropBodies {
+		seg, err := j.stageDrop(b, k)
+		if err != nil {
+			return nil, err
+		}
+		if seg != 0 {
+			*dropped = append(*dropped, seg)
+		}
+	}
+	return refs, nil
+}
+
+// fillBodyRefs records in each Received event whose body was stored in
+// this Write where it went, re-encoding its frame.
+func fillBodyRefs(evs []events.Event, frames [][]byte, refs map[string]BodyRef, encErr *error) {
+	if len(refs) == 0 {
+		return
+	}
+	for i, e := range evs {
+		rcv, ok := e.Payload.(events.Received)
+		if !ok {
+			continue
+		}
+		ref, ok := refs[rcv.BodyKey]
+		if !ok {
+			continue
+		}
+		rcv.BodySegment, rcv.BodyOffset = ref.Segment, ref.Offset
+		evs[i].Payload = rcv
+		b, err := events.Marshal(evs[i])
+		if err != nil {
+			*encErr = err
+			return
+		}
+		frames[i] = b
+	}
+}
+
+// reclaimDropped deletes the segments (other than the current shared one)
+// that the bodies just dropped were the last users of. Failing to is only
+// logged: ReclaimSegments finds them later.
+func (j *Journal) reclaimDropped(segs []uint64) {
+	for _, seg := range segs {
+		if j.bodies.cur != nil && seg == j.bodies.curSeg || j.bodies.busy(seg) {
+			continue
+		}
+		used, err := j.segmentUsed(seg)
+		if err != nil || used {
+			continue
+		}
+		if err := os.Remove(j.bodies.path(seg)); err != nil && !os.IsNotExist(err) && j.opts.Logger != nil {
+			j.opts.Logger.Warn("could not delete an unused body segment", zap.String("segment", segmentName(seg)), zap.Error(err))
 		}
 	}
 }

@@ -13,7 +13,6 @@ package maildrop
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -98,6 +97,9 @@ type Ingester struct {
 	// MaxBytes refuses larger messages (limits.max_message_bytes): the
 	// file is moved aside as <id>.refused.
 	MaxBytes int64
+	// Memory counts the bodies being read ([limits] body_memory, shared
+	// with the other edges); nil means a budget of its own.
+	Memory *smtpedge.BodyMemory
 }
 
 // Run ingests what is there, then every interval until done is closed.
@@ -137,36 +139,54 @@ func (in *Ingester) Once() int {
 }
 
 func (in *Ingester) ingest(name string) (string, error) {
-	data, err := os.ReadFile(name)
+	f, err := os.Open(name)
 	if err != nil {
 		return "", err
 	}
-	head, msg, ok := bytes.Cut(data, []byte("\n"))
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return "", err
+	}
+	r := bufio.NewReaderSize(f, 64<<10)
+	head, err := r.ReadSlice('\n')
 	var env Envelope
-	if !ok || json.Unmarshal(head, &env) != nil || env.ID == "" || len(env.Recipients) == 0 {
+	if err != nil || json.Unmarshal(head, &env) != nil || env.ID == "" || len(env.Recipients) == 0 {
 		in.Log.Error("maildrop file is not a message; moved aside", zap.String("file", name))
 		return "", os.Rename(name, strings.TrimSuffix(name, ".msg")+".bad")
 	}
+	size := st.Size() - int64(len(head))
 	log := in.Log.With(zap.String("envelope", env.ID))
 	if prior, err := in.Journal.EnvelopeEvents(env.ID, false); err == nil && len(prior) > 0 {
 		// Journaled before a crash kept the file: do not queue it twice.
 		return "", os.Remove(name)
 	}
-	if in.MaxBytes > 0 && int64(len(msg)) > in.MaxBytes {
-		log.Warn("maildrop message refused: too big", zap.Int("size", len(msg)), zap.Int64("max", in.MaxBytes))
+	if in.MaxBytes > 0 && size > in.MaxBytes {
+		log.Warn("maildrop message refused: too big", zap.Int64("size", size), zap.Int64("max", in.MaxBytes))
 		return "", os.Rename(name, strings.TrimSuffix(name, ".msg")+".refused")
 	}
-	body := smtpedge.SeparateHeader(smtpedge.NormalizeLineEndings(msg))
-	rcv := events.Received{Sender: env.Sender, Recipients: env.Recipients, BodyKey: env.ID, Size: int64(len(body)),
-		BodySHA256: journal.BodySum(body), Listener: Listener, AuthUser: env.User}
-	if _, err := in.Journal.Append(journal.Write{
-		Bodies: []journal.Body{{Key: env.ID, Data: body}},
+	sp := smtpedge.NewSpool(in.Journal, in.Memory)
+	if _, err := sp.ReadFrom(r); err != nil {
+		sp.Discard()
+		return "", err
+	}
+	if err := sp.Err(); err != nil {
+		// Out of body memory or storage: the file stays for the next pass.
+		sp.Discard()
+		return "", err
+	}
+	rcv := events.Received{Sender: env.Sender, Recipients: env.Recipients, BodyKey: env.ID, Size: sp.Size(),
+		BodySHA256: sp.Sum(), Listener: Listener, AuthUser: env.User}
+	_, err = in.Journal.Append(journal.Write{
+		Bodies: []journal.Body{sp.Body(env.ID)},
 		Events: []events.Event{{Envelope: env.ID, Payload: rcv}},
-	}); err != nil {
+	})
+	sp.Release()
+	if err != nil {
 		return "", err
 	}
 	log.Info("message accepted", zap.String("listener", Listener), zap.String("user", env.User), zap.String("from", env.Sender),
-		zap.Strings("to", env.Recipients), zap.Int("size", len(body)))
+		zap.Strings("to", env.Recipients), zap.Int64("size", rcv.Size))
 	if err := os.Remove(name); err != nil {
 		log.Warn("maildrop file journaled but not removed (it will not be queued twice)", zap.Error(err))
 	}

@@ -10,6 +10,7 @@ import (
 	"encoding/base64"
 	"encoding/pem"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 
@@ -61,7 +62,11 @@ func LoadDKIMKey(domain, selector, path string) (DKIMKey, error) {
 }
 
 // Sign returns the DKIM-Signature header field (CRLF-terminated) for msg.
-func (k DKIMKey) Sign(msg []byte) (string, error) {
+func (k DKIMKey) Sign(msg []byte) (string, error) { return k.SignReader(bytes.NewReader(msg)) }
+
+// SignReader is Sign reading the message from r, streaming: only the
+// header block is held in memory.
+func (k DKIMKey) SignReader(r io.Reader) (string, error) {
 	s, err := dkim.NewSigner(&dkim.SignOptions{
 		Domain: k.Domain, Selector: k.Selector, Signer: k.Signer,
 		HeaderCanonicalization: dkim.CanonicalizationRelaxed, BodyCanonicalization: dkim.CanonicalizationRelaxed,
@@ -70,7 +75,7 @@ func (k DKIMKey) Sign(msg []byte) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("dkim %s: %w", k.Domain, err)
 	}
-	if _, err := s.Write(msg); err != nil {
+	if _, err := io.Copy(s, r); err != nil {
 		return "", fmt.Errorf("dkim %s: %w", k.Domain, err)
 	}
 	if err := s.Close(); err != nil {

@@ -62,7 +62,7 @@ func TestPoliciesOnRealMessages(t *testing.T) {
 		}
 		for kind, key := range keys {
 			t.Run(filepath.Base(f)+"/"+kind, func(t *testing.T) {
-				in := Input{ID: "ID1", Hostname: "mta.test", Arrived: time.Now(), Body: body,
+				in := Input{ID: "ID1", Hostname: "mta.test", Arrived: time.Now(), Header: body, Body: readerOf(body),
 					Received: events.Received{Sender: "alice@Example.test", Recipients: []string{"bob@dest.test"}, Helo: "c.test", ClientAddr: "127.0.0.1:1"}}
 				pa, err := Apply(Options{AddDate: true, AddMessageID: true, AddReceived: true, DKIM: []DKIMKey{key}}, in)
 				if err != nil {
@@ -102,7 +102,7 @@ func TestNoDKIMKeyForOtherDomainsAndScanHeaders(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "k.pem")
 	os.WriteFile(path, pemBytes, 0o600)
 	k, _ := LoadDKIMKey("example.test", "s", path)
-	pa, err := Apply(Options{DKIM: []DKIMKey{k}}, Input{Body: []byte("Subject: x\r\n\r\ny\r\n"),
+	pa, err := Apply(Options{DKIM: []DKIMKey{k}}, Input{Header: []byte("Subject: x\r\n\r\ny\r\n"), Body: readerOf([]byte("Subject: x\r\n\r\ny\r\n")),
 		Received: events.Received{Sender: "bob@elsewhere.test", ScanHeaders: "X-Spam-Status: No, score=0.1\r\n"}})
 	if err != nil || strings.Contains(pa.Prepend, "DKIM") || pa.Prepend != "X-Spam-Status: No, score=0.1\r\n" {
 		t.Fatalf("%q %v", pa.Prepend, err)
@@ -123,7 +123,7 @@ func TestDKIMKeyFollowsHeaderFrom(t *testing.T) {
 	os.WriteFile(path, pemBytes, 0o600)
 	k, _ := LoadDKIMKey("corp.test", "s", path)
 	sign := func(envelope, from string) bool {
-		pa, err := Apply(Options{DKIM: []DKIMKey{k}}, Input{Body: []byte("From: " + from + "\r\nSubject: x\r\n\r\ny\r\n"),
+		pa, err := Apply(Options{DKIM: []DKIMKey{k}}, Input{Header: []byte("From: " + from + "\r\nSubject: x\r\n\r\ny\r\n"), Body: readerOf([]byte("From: " + from + "\r\nSubject: x\r\n\r\ny\r\n")),
 			Received: events.Received{Sender: envelope}})
 		if err != nil {
 			t.Fatal(err)

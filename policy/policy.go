@@ -12,6 +12,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"net"
 	"net/mail"
 	"strings"
@@ -42,8 +43,11 @@ type Input struct {
 	Hostname string
 	Received events.Received
 	Arrived  time.Time
-	// Body is the stored message (headers and body).
-	Body []byte
+	// Header is the stored message's header block (HeaderBlock).
+	Header []byte
+	// Body returns a reader of the whole stored message (header and
+	// body) from its start; DKIM reads it once, streaming.
+	Body func() io.Reader
 }
 
 // Apply runs the policies and returns the PoliciesApplied event's payload.
@@ -52,7 +56,7 @@ type Input struct {
 func Apply(o Options, in Input) (events.PoliciesApplied, error) {
 	var b strings.Builder
 	var applied []string
-	header := HeaderBlock(in.Body)
+	header := HeaderBlock(in.Header)
 	// A message made here (a DSN) did not come from a client: no trace field.
 	if o.AddReceived && in.Received.Listener != events.ListenerLocal {
 		b.WriteString(receivedHeader(in, o.ReceivedAuthUser))
@@ -77,9 +81,7 @@ func Apply(o Options, in Input) (events.PoliciesApplied, error) {
 	}
 	prepend := b.String()
 	if key, ok := dkimKeyFor(o.DKIM, fromAddress(header)); ok {
-		msg := make([]byte, 0, len(prepend)+len(in.Body))
-		msg = append(append(msg, prepend...), in.Body...)
-		sig, err := key.Sign(msg)
+		sig, err := key.SignReader(io.MultiReader(strings.NewReader(prepend), in.Body()))
 		if err != nil {
 			return events.PoliciesApplied{}, err
 		}

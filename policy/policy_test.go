@@ -1,7 +1,9 @@
 package policy
 
 import (
+	"bytes"
 	"fmt"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -13,7 +15,7 @@ func TestApplyHeaders(t *testing.T) {
 	in := Input{
 		ID: "ABC", Hostname: "mx.example.test", Arrived: time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC),
 		Received: events.Received{Helo: "client.test", ClientAddr: "127.0.0.1:5555", TLS: "TLS 1.3", AuthUser: "alice", Recipients: []string{"b@y.test"}},
-		Body:     []byte("Subject: hi\r\nX-Folded: a\r\n Date: not a field\r\n\r\nDate: in the body\r\n"),
+		Header:   []byte("Subject: hi\r\nX-Folded: a\r\n Date: not a field\r\n\r\nDate: in the body\r\n"), Body: readerOf([]byte("Subject: hi\r\nX-Folded: a\r\n Date: not a field\r\n\r\nDate: in the body\r\n")),
 	}
 	p, err := Apply(Options{AddDate: true, AddMessageID: true, AddReceived: true}, in)
 	if err != nil {
@@ -33,7 +35,8 @@ func TestApplyHeaders(t *testing.T) {
 	if !strings.HasPrefix(p.Prepend, "Received:") {
 		t.Error("Received is not first")
 	}
-	in.Body = []byte("date: Mon, 1 Jan 2026 00:00:00 +0000\nmessage-id: <x@y>\n\n")
+	in.Header = []byte("date: Mon, 1 Jan 2026 00:00:00 +0000\nmessage-id: <x@y>\n\n")
+	in.Body = readerOf(in.Header)
 	p, _ = Apply(Options{AddDate: true, AddMessageID: true}, in)
 	if p.Prepend != "" {
 		t.Errorf("added headers that exist: %q", p.Prepend)
@@ -96,3 +99,6 @@ func TestCountReceived(t *testing.T) {
 		t.Fatalf("CountReceived = %d, want 2", n)
 	}
 }
+
+// readerOf is Input.Body for a message held in memory.
+func readerOf(b []byte) func() io.Reader { return func() io.Reader { return bytes.NewReader(b) } }

@@ -53,8 +53,12 @@ type Options struct {
 	AllowInsecureAuth bool
 	RequireOwnership  bool
 	MaxMessageBytes   int64
-	MaxRecipients     int
-	MaxConnections    int
+	// BodyMemory caps the memory of all bodies being received at once
+	// ([limits] body_memory), shared with the other edges; nil means one
+	// of DefaultBodyMemory.
+	BodyMemory     *BodyMemory
+	MaxRecipients  int
+	MaxConnections int
 	// MaxAuthFailures per client IP within AuthFailureWindow, then 421
 	// and disconnect; 0 disables the throttle.
 	MaxAuthFailures   int
@@ -84,6 +88,7 @@ type Server struct {
 	tracker    *connTracker
 	throttle   *authThrottle
 	validators []Validator
+	budget     *BodyMemory
 	wg         sync.WaitGroup
 }
 
@@ -115,11 +120,14 @@ func New(o Options) (*Server, error) {
 	if o.WriteTimeout == 0 {
 		o.WriteTimeout = time.Minute
 	}
+	if o.BodyMemory == nil {
+		o.BodyMemory = NewBodyMemory(0)
+	}
 	if o.AuthFailureWindow == 0 {
 		o.AuthFailureWindow = 10 * time.Minute
 	}
 	s := &Server{o: o, conns: make(chan struct{}, o.MaxConnections), tracker: &connTracker{conns: map[string]*tracked{}},
-		throttle: newAuthThrottle(o.MaxAuthFailures, o.AuthFailureWindow), validators: o.Validators}
+		throttle: newAuthThrottle(o.MaxAuthFailures, o.AuthFailureWindow), validators: o.Validators, budget: o.BodyMemory}
 	if s.validators == nil {
 		s.validators = DefaultValidators(o.RequireOwnership, o.MaxRecipients)
 	}

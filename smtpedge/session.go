@@ -29,6 +29,7 @@ var (
 	errTempFailure         = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Temporary failure, try again later"}
 	errJournal             = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Temporary failure, try again later"}
 	errNoStorage           = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 3, 1}, Message: "Insufficient system storage"}
+	errNoMemoryReply       = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 3, 1}, Message: "Insufficient system resources, try again later"}
 	errSpam                = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "Message rejected as spam"}
 	errLineTooLong         = &smtp.SMTPError{Code: 500, EnhancedCode: smtp.EnhancedCode{5, 4, 0}, Message: "Line too long, closing connection"}
 	errTooManyAuthFailures = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Too many authentication failures"}
@@ -196,8 +197,9 @@ func (s *session) Data(r io.Reader) error {
 	// go-smtp reads the body without re-arming its per-line deadline: this
 	// one bounds the whole transfer.
 	s.c.Conn().SetReadDeadline(time.Now().Add(s.s.o.DataTimeout))
-	raw, err := io.ReadAll(r)
-	if err != nil {
+	sp := s.s.NewSpool()
+	if _, err := sp.ReadFrom(r); err != nil {
+		sp.Discard()
 		if errors.Is(err, smtp.ErrDataTooLarge) {
 			s.log.Info("message refused: too big", zap.Int64("max", s.s.o.MaxMessageBytes))
 			return s.reject(errTooBig)
@@ -227,7 +229,7 @@ func (s *session) Data(r io.Reader) error {
 	if st, ok := s.tlsState(); ok {
 		tlsInfo = tls.VersionName(st.Version) + " " + tls.CipherSuiteName(st.CipherSuite)
 	}
-	id, err := s.s.Accept(s.t, raw, Origin{Helo: s.c.Hostname(), TLS: tlsInfo}, s.log)
+	id, err := s.s.Accept(s.t, sp, Origin{Helo: s.c.Hostname(), TLS: tlsInfo}, s.log)
 	if err != nil {
 		return s.reject(err)
 	}
@@ -263,6 +265,8 @@ func reasonOf(err error) string {
 		return "journal_error"
 	case errNoStorage:
 		return "insufficient_storage"
+	case errNoMemoryReply:
+		return "body_memory"
 	case errSpam:
 		return "spam"
 	case errTempFailure:

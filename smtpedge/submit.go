@@ -1,6 +1,7 @@
 package smtpedge
 
 import (
+	"bytes"
 	"errors"
 	"net/netip"
 
@@ -85,5 +86,10 @@ func (s *Server) Submit(sub Submission) (string, error) {
 		}
 		t.Rcpts = append(t.Rcpts, r)
 	}
-	return s.Accept(t, sub.Body, Origin{TLS: sub.TLS}, log)
+	sp := s.NewSpool()
+	if _, err := sp.ReadFrom(bytes.NewReader(sub.Body)); err != nil {
+		sp.Discard()
+		return "", errTempFailure
+	}
+	return s.Accept(t, sp, Origin{TLS: sub.TLS}, log)
 }

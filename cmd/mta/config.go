@@ -75,6 +75,9 @@ type LimitsConfig struct {
 	DataTimeout          Duration `toml:"data_timeout"`
 	// TLSHandshakeTimeout bounds a TLS handshake (STARTTLS or implicit).
 	TLSHandshakeTimeout Duration `toml:"tls_handshake_timeout"`
+	// BodyMemory caps the memory of all message bodies being received at
+	// once; a session that would exceed it waits briefly, then gets 452.
+	BodyMemory ByteSize `toml:"body_memory"`
 }
 
 type RelayConfig struct {
@@ -322,7 +325,7 @@ func Defaults() Config {
 		Submissions:   SubmissionsConfig{Listen: []string{"127.0.0.1:2465"}},
 		Auth:          AuthConfig{RequireSenderOwnership: true},
 		Limits: LimitsConfig{MaxMessageBytes: 26214400, MaxRecipients: 100, MaxConnections: 1000, MaxAuthFailuresPerIP: 10,
-			CommandTimeout: dur("5m"), DataTimeout: dur("10m"), TLSHandshakeTimeout: dur("10s")},
+			CommandTimeout: dur("5m"), DataTimeout: dur("10m"), TLSHandshakeTimeout: dur("10s"), BodyMemory: ByteSize{Bytes: 256 << 20}},
 		Relay: RelayConfig{Mode: "mx", MXPort: 25, TLS: "opportunistic", DNSServers: []string{}, Destinations: []DestinationConfig{},
 			ConnectTimeout: dur("20s"), CommandTimeout: dur("10s"), DataTimeout: dur("20s"), IdleTimeout: dur("30s"),
 			MaxConnectionsPerDomain: 20},
@@ -390,6 +393,12 @@ func (c *Config) Validate() error {
 	}
 	if err := c.Journal.MinFree.check("journal.min_free"); err != nil {
 		return err
+	}
+	if err := c.Limits.BodyMemory.check("limits.body_memory"); err != nil {
+		return err
+	}
+	if c.Limits.BodyMemory.Bytes < 1<<20 {
+		return configErrorf("limits.body_memory must be at least 1MiB (one message being received needs up to that)")
 	}
 	for _, d := range c.Queue.Retry {
 		if err := d.check("queue.retry"); err != nil {
@@ -468,6 +477,12 @@ func (c *Config) Validate() error {
 	}
 	if err := c.Journal.MinFree.check("journal.min_free"); err != nil {
 		return err
+	}
+	if err := c.Limits.BodyMemory.check("limits.body_memory"); err != nil {
+		return err
+	}
+	if c.Limits.BodyMemory.Bytes < 1<<20 {
+		return configErrorf("limits.body_memory must be at least 1MiB (one message being received needs up to that)")
 	}
 	for _, d := range c.Queue.Retry {
 		if d.Duration <= 0 {

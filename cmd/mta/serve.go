@@ -260,12 +260,16 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 	go queue.RunSnapshots(j, q, log, 10*time.Minute, 50000, snapDone)
 	// sendmail's maildrop: what cron dropped while the server was down is
 	// queued now, and new files within a second.
-	drop := &maildrop.Ingester{Dir: cfg.MaildropDir(), Journal: j, Accepted: sys.Enqueue, Log: log.Named("maildrop"), MaxBytes: cfg.Limits.MaxMessageBytes}
+	bodyMemory := smtpedge.NewBodyMemory(cfg.Limits.BodyMemory.Bytes)
+	metrics.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ledgermail_body_memory_bytes",
+		Help: "Memory reserved by message bodies being received ([limits] body_memory caps it)."},
+		func() float64 { return float64(bodyMemory.Used()) }))
+	drop := &maildrop.Ingester{Dir: cfg.MaildropDir(), Journal: j, Accepted: sys.Enqueue, Log: log.Named("maildrop"), MaxBytes: cfg.Limits.MaxMessageBytes, Memory: bodyMemory}
 	go drop.Run(time.Second, snapDone)
 
 	edge, err := smtpedge.New(smtpedge.Options{
 		Hostname: cfg.Hostname, Postmaster: cfg.Policies.Postmaster, Listeners: lns,
-		TLS: certs.TLSConfig(), Auth: users, Journal: j, Accepted: sys.Enqueue, Rejected: metrics.Rejected, TrustedNetworks: trusted,
+		TLS: certs.TLSConfig(), Auth: users, Journal: j, Accepted: sys.Enqueue, Rejected: metrics.Rejected, TrustedNetworks: trusted, BodyMemory: bodyMemory,
 		AllowInsecureAuth: cfg.Auth.AllowInsecureAuth, RequireOwnership: cfg.Auth.RequireSenderOwnership,
 		MaxMessageBytes: cfg.Limits.MaxMessageBytes, MaxRecipients: cfg.Limits.MaxRecipients,
 		MaxConnections: cfg.Limits.MaxConnections, MaxAuthFailures: cfg.Limits.MaxAuthFailuresPerIP,

@@ -154,14 +154,19 @@ func (o *offlineSource) Head() (uint64, string, error) {
 func (o *offlineSource) Anchor(seq uint64, hash string) error { return o.j.VerifyAnchor(seq, hash) }
 
 func (o *offlineSource) BodySum(key string) (string, bool, error) {
-	b, err := o.j.Body(key)
+	sum, err := o.j.BodySHA256(key)
+	var bce *journal.BodyCorruptError
 	if errors.Is(err, journal.ErrNoBody) {
 		return "", false, nil
+	}
+	if errors.As(err, &bce) && bce.Truncated != "" {
+		// Reported as a mismatch, like any other damage to the body.
+		return "truncated: " + bce.Truncated, true, nil
 	}
 	if err != nil {
 		return "", false, err
 	}
-	return journal.BodySum(b), true, nil
+	return sum, true, nil
 }
 
 func (o *offlineSource) Reference() (projections.Snapshot, string, bool, error) {

@@ -1,0 +1,513 @@
+package journal
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/cockroachdb/pebble/v2"
+)
+
+// Bodies live outside the LSM, in append-only segment files under
+// <dir>/bodies/, named <number>.seg:
+//   - small bodies (Body.Data) are appended by the writer goroutine to the
+//     current shared segment, which it fsyncs once per group commit before
+//     committing the events that refer to them;
+//   - a large body is streamed by its session into a segment of its own
+//     (CreateBodyFile), fsynced by Append before the writer sees it.
+//
+// Pebble holds a pointer per body (bodyRef: segment, offset, length) and a
+// reference per (segment, body), so that a segment no body refers to can be
+// deleted (ReclaimSegments). Bodies written before segments existed are
+// Pebble values under prefixBody and are still read.
+const (
+	prefixBodyRef = "r/" // r/<key>                -> bodyRef
+	prefixSegRef  = "s/" // s/<seg:8 BE>/<key>     -> empty
+	bodiesDir     = "bodies"
+	// SegmentSize is the size at which the shared segment is closed and a
+	// new one started.
+	SegmentSize = 64 << 20
+)
+
+// BodyRef says where a body is stored.
+type BodyRef struct {
+	Segment uint64
+	Offset  int64
+	Length  int64
+}
+
+func (r BodyRef) encode() []byte {
+	b := make([]byte, 0, 24)
+	b = binary.BigEndian.AppendUint64(b, r.Segment)
+	b = binary.BigEndian.AppendUint64(b, uint64(r.Offset))
+	return binary.BigEndian.AppendUint64(b, uint64(r.Length))
+}
+
+func decodeBodyRef(b []byte) (BodyRef, error) {
+	if len(b) != 24 {
+		return BodyRef{}, fmt.Errorf("malformed body pointer (%d bytes)", len(b))
+	}
+	return BodyRef{Segment: binary.BigEndian.Uint64(b), Offset: int64(binary.BigEndian.Uint64(b[8:])), Length: int64(binary.BigEndian.Uint64(b[16:]))}, nil
+}
+
+func bodyRefKey(key string) []byte { return append([]byte(prefixBodyRef), key...) }
+
+func segRefPrefix(seg uint64) []byte {
+	return binary.BigEndian.AppendUint64([]byte(prefixSegRef), seg)
+}
+
+func segRefKey(seg uint64, key string) []byte {
+	return append(append(segRefPrefix(seg), '/'), key...)
+}
+
+func segmentName(seg uint64) string { return fmt.Sprintf("%012d.seg", seg) }
+
+// bodyStore is the segment directory. next and open are shared; cur is
+// owned by the writer goroutine.
+type bodyStore struct {
+	dir  string
+	mu   sync.Mutex
+	next uint64
+	open map[uint64]bool // segments being written by a session
+
+	cur    *os.File
+	curSeg uint64
+	curOff int64
+}
+
+func openBodyStore(dir string, readOnly bool) (*bodyStore, error) {
+	s := &bodyStore{dir: filepath.Join(dir, bodiesDir), open: map[uint64]bool{}, next: 1}
+	if !readOnly {
+		if err := os.MkdirAll(s.dir, 0o700); err != nil {
+			return nil, fmt.Errorf("journal: create %s: %w", s.dir, err)
+		}
+	}
+	segs, err := s.list()
+	if err != nil && !readOnly {
+		return nil, err
+	}
+	if len(segs) > 0 {
+		s.next = segs[len(segs)-1] + 1
+	}
+	return s, nil
+}
+
+// list returns the segment numbers on disk, in order.
+func (s *bodyStore) list() ([]uint64, error) {
+	ents, err := os.ReadDir(s.dir)
+	if err != nil {
+		return nil, fmt.Errorf("journal: list %s: %w", s.dir, err)
+	}
+	var segs []uint64
+	for _, e := range ents {
+		n, ok := strings.CutSuffix(e.Name(), ".seg")
+		if !ok {
+			continue
+		}
+		if v, err := strconv.ParseUint(n, 10, 64); err == nil {
+			segs = append(segs, v)
+		}
+	}
+	sort.Slice(segs, func(a, b int) bool { return segs[a] < segs[b] })
+	return segs, nil
+}
+
+// create makes a new, empty segment file and makes its name durable.
+func (s *bodyStore) create(session bool) (uint64, *os.File, error) {
+	s.mu.Lock()
+	seg := s.next
+	s.next++
+	if session {
+		s.open[seg] = true
+	}
+	s.mu.Unlock()
+	f, err := os.OpenFile(filepath.Join(s.dir, segmentName(seg)), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err == nil {
+		err = syncDir(s.dir)
+	}
+	if err != nil {
+		s.done(seg)
+		if f != nil {
+			f.Close()
+			os.Remove(f.Name())
+		}
+		return 0, nil, fmt.Errorf("journal: create body segment: %w", err)
+	}
+	return seg, f, nil
+}
+
+func (s *bodyStore) done(seg uint64) {
+	s.mu.Lock()
+	delete(s.open, seg)
+	s.mu.Unlock()
+}
+
+func (s *bodyStore) busy(seg uint64) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.open[seg]
+}
+
+// appendShared writes data to the current shared segment (starting one
+// when there is none or it is full) and returns where; the caller syncs.
+func (s *bodyStore) appendShared(data []byte) (BodyRef, error) {
+	return s.appendSharedFrom(bytes.NewReader(data))
+}
+
+// appendSharedFrom is appendShared streaming from r.
+func (s *bodyStore) appendSharedFrom(r io.Reader) (BodyRef, error) {
+	if s.cur != nil && s.curOff >= SegmentSize {
+		s.closeShared()
+	}
+	if s.cur == nil {
+		seg, f, err := s.create(false)
+		if err != nil {
+			return BodyRef{}, err
+		}
+		s.cur, s.curSeg, s.curOff = f, seg, 0
+	}
+	n, err := io.Copy(s.cur, r)
+	ref := BodyRef{Segment: s.curSeg, Offset: s.curOff, Length: n}
+	s.curOff += n
+	if err != nil {
+		// Whatever part was written is garbage nobody refers to.
+		s.closeShared()
+		return BodyRef{}, fmt.Errorf("journal: write body segment: %w", err)
+	}
+	return ref, nil
+}
+
+// syncShared fsyncs the shared segment.
+func (s *bodyStore) syncShared() error {
+	if s.cur == nil {
+		return nil
+	}
+	if err := s.cur.Sync(); err != nil {
+		s.closeShared()
+		return fmt.Errorf("journal: sync body segment: %w", err)
+	}
+	return nil
+}
+
+func (s *bodyStore) closeShared() {
+	if s.cur != nil {
+		s.cur.Close()
+		s.cur = nil
+	}
+}
+
+func (s *bodyStore) path(seg uint64) string { return filepath.Join(s.dir, segmentName(seg)) }
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// BodyFile is a large body being streamed into a segment of its own by
+// the session receiving it (Journal.CreateBodyFile). Give it to Append in
+// Body.File, or Abort it.
+type BodyFile struct {
+	s    *bodyStore
+	seg  uint64
+	f    *os.File
+	n    int64
+	err  error
+	done bool
+}
+
+// CreateBodyFile starts a body that is written as it arrives.
+func (j *Journal) CreateBodyFile() (*BodyFile, error) {
+	if j.opts.ReadOnly {
+		return nil, ErrReadOnly
+	}
+	seg, f, err := j.bodies.create(true)
+	if err != nil {
+		return nil, err
+	}
+	return &BodyFile{s: j.bodies, seg: seg, f: f}, nil
+}
+
+// Write appends p to the body.
+func (b *BodyFile) Write(p []byte) (int, error) {
+	if b.err != nil {
+		return 0, b.err
+	}
+	n, err := b.f.Write(p)
+	b.n += int64(n)
+	if err != nil {
+		b.err = fmt.Errorf("journal: write body: %w", err)
+	}
+	return n, b.err
+}
+
+// Size is the number of bytes written.
+func (b *BodyFile) Size() int64 { return b.n }
+
+// sync makes the content durable and closes the file (Append does it).
+func (b *BodyFile) sync(noSync bool) error {
+	if b.err != nil {
+		return b.err
+	}
+	if !noSync {
+		if err := b.f.Sync(); err != nil {
+			b.err = fmt.Errorf("journal: sync body: %w", err)
+			return b.err
+		}
+	}
+	if err := b.f.Close(); err != nil {
+		b.err = fmt.Errorf("journal: close body: %w", err)
+		return b.err
+	}
+	return nil
+}
+
+// Abort discards the body. Safe to call after Append (then a no-op).
+func (b *BodyFile) Abort() {
+	if b.done {
+		return
+	}
+	b.done = true
+	b.f.Close()
+	os.Remove(b.f.Name())
+	b.s.done(b.seg)
+}
+
+// committed hands the file over to the journal.
+func (b *BodyFile) committed() {
+	b.done = true
+	b.s.done(b.seg)
+}
+
+// BodyReader reads one stored body. Reader may be called many times; each
+// reader starts at the beginning. Close releases the file.
+type BodyReader struct {
+	key  string
+	size int64
+	ra   io.ReaderAt
+	f    *os.File
+}
+
+// Size is the body's length in bytes.
+func (b *BodyReader) Size() int64 { return b.size }
+
+// Reader returns a reader of the whole body from its start.
+func (b *BodyReader) Reader() io.Reader { return io.NewSectionReader(b.ra, 0, b.size) }
+
+// Header returns the header block (through the empty line that ends it),
+// reading at most max bytes.
+func (b *BodyReader) Header(max int64) ([]byte, error) {
+	n := min(max, b.size)
+	buf := make([]byte, n)
+	if _, err := b.ra.ReadAt(buf, 0); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("journal: read body %s: %w", b.key, err)
+	}
+	if i := bytes.Index(buf, []byte("\r\n\r\n")); i >= 0 {
+		return buf[:i+4], nil
+	}
+	return buf, nil
+}
+
+// Close releases the body's file.
+func (b *BodyReader) Close() error {
+	if b.f != nil {
+		return b.f.Close()
+	}
+	return nil
+}
+
+// Bytes reads the whole body into memory (small bodies: DSNs, tests).
+func (b *BodyReader) Bytes() ([]byte, error) {
+	return io.ReadAll(b.Reader())
+}
+
+// OpenBody opens the body stored under key, first checking it against sum
+// (the Received event's BodySHA256; "" checks nothing) by reading it once:
+// a mismatch is a *BodyCorruptError. The caller closes the reader.
+func (j *Journal) OpenBody(key, sum string) (_ *BodyReader, err error) {
+	defer recoverRead(&err)
+	br, err := j.openBody(key)
+	if err != nil {
+		return nil, err
+	}
+	if sum == "" {
+		return br, nil
+	}
+	h := sha256.New()
+	if _, err := io.Copy(h, br.Reader()); err != nil {
+		br.Close()
+		return nil, fmt.Errorf("journal: read body %s: %w", key, err)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != sum {
+		br.Close()
+		return nil, &BodyCorruptError{Key: key, Want: sum, Got: got}
+	}
+	return br, nil
+}
+
+func (j *Journal) openBody(key string) (*BodyReader, error) {
+	v, closer, err := j.db.Get(bodyRefKey(key))
+	if errors.Is(err, pebble.ErrNotFound) {
+		// A body stored before segments existed.
+		v, closer, err := j.db.Get(bodyKey(key))
+		if errors.Is(err, pebble.ErrNotFound) {
+			return nil, fmt.Errorf("%w: %s", ErrNoBody, key)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("journal: read body %s: %w", key, err)
+		}
+		data := bytes.Clone(v)
+		closer.Close()
+		return &BodyReader{key: key, size: int64(len(data)), ra: bytes.NewReader(data)}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("journal: read body %s: %w", key, err)
+	}
+	ref, derr := decodeBodyRef(v)
+	closer.Close()
+	if derr != nil {
+		return nil, fmt.Errorf("journal: body %s: %w", key, derr)
+	}
+	f, err := os.Open(j.bodies.path(ref.Segment))
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("%w: %s (segment %s is gone)", ErrNoBody, key, segmentName(ref.Segment))
+		}
+		return nil, fmt.Errorf("journal: read body %s: %w", key, err)
+	}
+	if st, err := f.Stat(); err == nil && st.Size() < ref.Offset+ref.Length {
+		f.Close()
+		return nil, &BodyCorruptError{Key: key, Truncated: fmt.Sprintf("segment %s holds %d bytes, the body ends at %d", segmentName(ref.Segment), st.Size(), ref.Offset+ref.Length)}
+	}
+	return &BodyReader{key: key, size: ref.Length, ra: io.NewSectionReader(f, ref.Offset, ref.Length), f: f}, nil
+}
+
+// BodyLocation returns where the body under key is stored (ok is false
+// for a body kept in the older in-database form, or none).
+func (j *Journal) BodyLocation(key string) (ref BodyRef, ok bool, err error) {
+	defer recoverRead(&err)
+	v, closer, err := j.db.Get(bodyRefKey(key))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return BodyRef{}, false, nil
+	}
+	if err != nil {
+		return BodyRef{}, false, err
+	}
+	defer closer.Close()
+	ref, err = decodeBodyRef(v)
+	return ref, err == nil, err
+}
+
+// stageDrop deletes the pointers of the body under key in b, and returns
+// the segment it was in (0: none, or an in-database body).
+func (j *Journal) stageDrop(b *pebble.Batch, key string) (uint64, error) {
+	if err := b.Delete(bodyKey(key), nil); err != nil {
+		return 0, err
+	}
+	ref, ok, err := j.BodyLocation(key)
+	if err != nil || !ok {
+		return 0, err
+	}
+	if err := b.Delete(bodyRefKey(key), nil); err != nil {
+		return 0, err
+	}
+	return ref.Segment, b.Delete(segRefKey(ref.Segment, key), nil)
+}
+
+// stageRef records in b that key's body is at ref.
+func stageRef(b *pebble.Batch, key string, ref BodyRef) error {
+	if err := b.Set(bodyRefKey(key), ref.encode(), nil); err != nil {
+		return err
+	}
+	return b.Set(segRefKey(ref.Segment, key), nil, nil)
+}
+
+// segmentUsed reports whether any body still refers to seg.
+func (j *Journal) segmentUsed(seg uint64) (bool, error) {
+	p := segRefPrefix(seg)
+	it, err := j.db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: prefixEnd(string(p))})
+	if err != nil {
+		return true, err
+	}
+	defer it.Close()
+	return it.First(), it.Error()
+}
+
+// ReclaimSegments deletes every segment file that no body refers to and
+// nobody is writing (the writer's current shared segment is kept), and
+// returns how many bytes it freed. It also removes what a crash left
+// behind (a session's large body that was never committed). It runs on the
+// writer goroutine, between commits.
+func (j *Journal) ReclaimSegments() (freed int64, err error) {
+	if j.opts.ReadOnly {
+		return 0, ErrReadOnly
+	}
+	err = j.onWriter(func() error {
+		var e error
+		freed, e = j.reclaimSegments()
+		return e
+	})
+	return freed, err
+}
+
+func (j *Journal) reclaimSegments() (freed int64, err error) {
+	segs, err := j.bodies.list()
+	if err != nil {
+		return 0, err
+	}
+	var cur uint64
+	if j.bodies.cur != nil {
+		cur = j.bodies.curSeg
+	}
+	for _, seg := range segs {
+		if seg == cur || j.bodies.busy(seg) {
+			continue
+		}
+		used, err := j.segmentUsed(seg)
+		if err != nil {
+			return freed, fmt.Errorf("journal: reclaim: %w", err)
+		}
+		if used {
+			continue
+		}
+		p := j.bodies.path(seg)
+		st, err := os.Stat(p)
+		if err != nil {
+			continue
+		}
+		if err := os.Remove(p); err != nil {
+			return freed, fmt.Errorf("journal: reclaim: %w", err)
+		}
+		freed += st.Size()
+	}
+	return freed, nil
+}
+
+// BodySHA256 reads the body under key, streaming, and returns its hex
+// SHA-256 (what verification compares with the Received event).
+func (j *Journal) BodySHA256(key string) (_ string, err error) {
+	defer recoverRead(&err)
+	br, err := j.openBody(key)
+	if err != nil {
+		return "", err
+	}
+	defer br.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, br.Reader()); err != nil {
+		return "", fmt.Errorf("journal: read body %s: %w", key, err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}

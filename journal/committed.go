@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+
+	"github.com/ledgermail/ledgermail/events"
 )
 
 // CommittedFile is the name, in the journal directory, of the record of the
@@ -159,6 +161,9 @@ var ErrAnchor = errors.New("journal: does not extend the anchor")
 // changed, removed or reordered, even with its checksums recomputed.
 func (j *Journal) VerifyAnchor(seq uint64, hash string) (err error) {
 	defer recoverRead(&err)
+	if mark := *j.mark.Load(); seq <= mark.seq {
+		return j.verifyArchivedAnchor(seq, hash, mark)
+	}
 	v, closer, err := j.db.Get(eventKey(seq))
 	if err != nil {
 		return fmt.Errorf("%w: record %d cannot be read: %v", ErrAnchor, seq, err)
@@ -170,6 +175,33 @@ func (j *Journal) VerifyAnchor(seq uint64, hash string) (err error) {
 	}
 	l := r.linkOf()
 	if got := hex.EncodeToString(l.sha[:]); !strings.EqualFold(got, hash) {
+		return fmt.Errorf("%w: record %d's link is %s, the anchor says %s", ErrAnchor, seq, got, hash)
+	}
+	return nil
+}
+
+// verifyArchivedAnchor is VerifyAnchor for a record that left the hot
+// journal: its link is read from the archive (or, for the last archived
+// record, from the hot journal's mark).
+func (j *Journal) verifyArchivedAnchor(seq uint64, hash string, mark archiveMark) error {
+	var found *link
+	if seq == mark.seq {
+		found = &mark.link
+	} else if seq > mark.dropped {
+		_, _, err := j.scanArchive(seq, mark, func(events.Event) error { return nil }, func(err error) error { return err },
+			func(n uint64, l link) {
+				if n == seq {
+					found = &l
+				}
+			})
+		if err != nil {
+			return fmt.Errorf("%w: record %d is archived and cannot be read: %v", ErrAnchor, seq, err)
+		}
+	}
+	if found == nil {
+		return fmt.Errorf("%w: record %d was dropped from the journal (retention without archive)", ErrAnchor, seq)
+	}
+	if got := hex.EncodeToString(found.sha[:]); !strings.EqualFold(got, hash) {
 		return fmt.Errorf("%w: record %d's link is %s, the anchor says %s", ErrAnchor, seq, got, hash)
 	}
 	return nil

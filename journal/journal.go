@@ -105,6 +105,9 @@ type Options struct {
 	// MinFree is the space HasRoom keeps free on the journal's filesystem;
 	// 0 checks nothing.
 	MinFree int64
+	// ArchiveDir holds the archive segments; "" means "archive" beside
+	// Dir.
+	ArchiveDir string
 }
 
 // ErrReadOnly is returned by Append on a journal opened with ReadOnly.
@@ -160,6 +163,7 @@ type Journal struct {
 	corruptLogged sync.Map               // files already logged as corrupt
 	marker        *os.File               // COMMITTED; nil when read-only
 	bodies        *bodyStore
+	mark          atomic.Pointer[archiveMark]
 	lost          [2]uint64
 	tailErr       error
 
@@ -196,7 +200,7 @@ func Open(opts Options) (*Journal, error) {
 		opts.QueueSize = 1024
 	}
 	j := &Journal{opts: opts, reqs: make(chan *appendReq, opts.QueueSize), stopped: make(chan struct{}), failed: make(chan struct{})}
-	po := &pebble.Options{Logger: pebbleLogger{l: opts.Logger, fatal: j.fatal}, ReadOnly: opts.ReadOnly}
+	po := &pebble.Options{Logger: pebbleLogger{l: opts.Logger, fatal: j.fatal}, ReadOnly: opts.ReadOnly, MemTableSize: 64 << 20}
 	po.EventListener = &pebble.EventListener{
 		BackgroundError: func(err error) {
 			j.fail(fmt.Errorf("storage background error: %w", err))
@@ -232,6 +236,10 @@ func Open(opts Options) (*Journal, error) {
 	}
 	j.db = db
 	if j.bodies, err = openBodyStore(opts.Dir, opts.ReadOnly); err != nil {
+		db.Close()
+		return nil, err
+	}
+	if err := j.loadArchiveMark(); err != nil {
 		db.Close()
 		return nil, err
 	}
@@ -294,6 +302,12 @@ func (j *Journal) loadTail() (err error) {
 	if !it.Last() {
 		if err := it.Error(); err != nil {
 			return fmt.Errorf("journal: read the last record: %w", err)
+		}
+		// Empty, or everything archived: go on after the archive.
+		if m := j.mark.Load(); m.seq > 0 {
+			j.lastSeq, j.lastLink = m.seq, m.link
+			j.setHead(m.seq, m.link)
+			j.committedSeq.Store(m.seq)
 		}
 		return nil
 	}

@@ -75,8 +75,14 @@ func Salvage(src, dst string, progress func(seq, total uint64)) (SalvageReport, 
 		batch = db.NewBatch()
 		return nil
 	}
-	var prev link
-	for seq := uint64(1); seq <= end; seq++ {
+	// What left for the archive stays there: the salvaged journal goes on
+	// from the same mark.
+	mark := *old.mark.Load()
+	if mark.seq > 0 {
+		batch.Set(metaArchivedKey, mark.encode(), nil)
+	}
+	prev := mark.link
+	for seq := mark.seq + 1; seq <= end; seq++ {
 		if progress != nil && seq%10000 == 0 {
 			progress(seq, end)
 		}

@@ -68,7 +68,10 @@ type Deps struct {
 	Health func() []string
 	// KeepBodies is queue.keep_bodies; false drops a deleted envelope's body.
 	KeepBodies bool
-	Log        *zap.Logger
+	// Retention runs the [journal] retention sweep on demand (POST
+	// /journal/prune); nil when retention is off.
+	Retention *queue.Retention
+	Log       *zap.Logger
 }
 
 // New returns the admin API handler.
@@ -191,6 +194,18 @@ func New(d Deps) http.Handler {
 			enc.Encode(map[string]string{"error": err.Error()})
 		}
 	})
+	mux.HandleFunc("POST /journal/prune", func(w http.ResponseWriter, r *http.Request) {
+		if d.Retention == nil {
+			http.Error(w, "retention is off ([journal] retention = \"0\")", http.StatusConflict)
+			return
+		}
+		res, err := d.Retention.Sweep()
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		writeJSON(w, PruneResult(res))
+	})
 	mux.HandleFunc("POST /queue/retry", func(w http.ResponseWriter, r *http.Request) {
 		id := r.URL.Query().Get("id")
 		ids, _, _, err := queue.Operator(j, q, id, func() events.Payload { return events.RetryRequested{By: "admin-api"} })
@@ -245,4 +260,25 @@ func writeJSON(w http.ResponseWriter, v any) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	enc.Encode(v)
+}
+
+// PruneJSON is the answer of POST /journal/prune (and `mta journal prune
+// --json`).
+type PruneJSON struct {
+	From      uint64 `json:"from"`
+	To        uint64 `json:"to"`
+	Records   uint64 `json:"records"`
+	Bodies    int    `json:"bodies"`
+	Segment   string `json:"archive_segment,omitempty"`
+	FreedBody int64  `json:"freed_body_bytes"`
+	FirstSeq  uint64 `json:"first_hot_seq"`
+}
+
+// PruneResult is the JSON form of what a sweep did.
+func PruneResult(r journal.ArchiveResult) PruneJSON {
+	p := PruneJSON{From: r.From, To: r.To, Bodies: r.Bodies, Segment: r.Segment, FreedBody: r.Freed, FirstSeq: max(r.From, r.To+1)}
+	if r.To >= r.From {
+		p.Records = r.To - r.From + 1
+	}
+	return p
 }

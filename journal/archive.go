@@ -33,7 +33,13 @@ import (
 // Segment format (inside gzip):
 //
 //	"LMARCH1\n" JSON header line {"first","last","prev","prev_crc"}
-//	'R' uvarint(len) record          (as stored in the hot journal)
+//	'R' uvarint(len) record          (as stored in the hot journal), or
+//	'r' uvarint(len) record without its 32-byte SHA-256 link: a format-2
+//	    record's link is the SHA-256 of the record before it, so it is
+//	    put back when read, and the record's CRC, which covers it, checks
+//	    it (an edit of record k shows as record k+1's mismatch, as a
+//	    stored link would). Random hashes do not compress; this halves
+//	    the segment.
 //	'B' uvarint(len) key uvarint(len) body   (after its Received record)
 //	'E' uvarint(records) sha256 link of the last record
 const (
@@ -298,6 +304,11 @@ func (aw *archiveWriter) entry(kind byte, parts ...[]byte) error {
 
 func (aw *archiveWriter) record(raw []byte) error {
 	aw.n++
+	if len(raw) >= recordOverhead && raw[0] == recordFormat {
+		compact := make([]byte, 0, len(raw)-32)
+		compact = append(append(compact, raw[:9]...), raw[9+32:]...)
+		return aw.entry('r', compact)
+	}
 	return aw.entry('R', raw)
 }
 
@@ -490,13 +501,24 @@ func (j *Journal) readArchive(af archiveFile, start uint64, prev link, havePrev 
 			return link{}, false, truncated(err)
 		}
 		switch kind {
-		case 'R':
+		case 'R', 'r':
 			raw, err := readChunk(r)
 			if err != nil {
 				return link{}, false, truncated(err)
 			}
 			seq := done + 1
+			if kind == 'r' {
+				if len(raw) < 9 {
+					return link{}, false, truncated(fmt.Errorf("short record %d", seq))
+				}
+				full := make([]byte, 0, len(raw)+32)
+				full = append(append(append(full, raw[:9]...), prev.sha[:]...), raw[9:]...)
+				raw = full
+			}
 			rec, err := decodeRecord(seq, raw)
+			if err != nil && kind == 'r' && havePrev {
+				err = &CorruptError{Seq: seq, Reason: fmt.Sprintf("chain broken: record %d was altered or replaced, or record %d is damaged (record %d's checksum does not cover the link of the record before it)", seq-1, seq, seq)}
+			}
 			if err != nil {
 				if err := fail(err); err != nil {
 					return link{}, false, err

@@ -3,6 +3,7 @@ package journal
 import (
 	"bytes"
 	"compress/gzip"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -239,7 +240,7 @@ func editRecord(t *testing.T, plain []byte, at int) []byte {
 		kind := plain[p]
 		p++
 		switch kind {
-		case 'R':
+		case 'R', 'r':
 			n, k := uvarint(plain[p:])
 			start := p + k
 			end := start + int(n)
@@ -247,7 +248,11 @@ func editRecord(t *testing.T, plain []byte, at int) []byte {
 				out := bytes.Clone(plain)
 				out[at+1] ^= 0x01 // inside the quoted key: still valid JSON
 				rec := out[start:end]
-				crc := crcOf(rec[:len(rec)-4])
+				full := rec
+				if kind == 'r' { // the CRC covers the link that is not stored
+					full = append(append(append([]byte(nil), rec[:9]...), prevLinkOf(t, plain, start)...), rec[9:]...)
+				}
+				crc := crcOf(full[:len(full)-4])
 				copy(rec[len(rec)-4:], crc)
 				return out
 			}
@@ -269,4 +274,35 @@ func uvarint(b []byte) (uint64, int) { return binary.Uvarint(b) }
 
 func crcOf(b []byte) []byte {
 	return binary.BigEndian.AppendUint32(nil, crc32.Checksum(b, castagnoli))
+}
+
+// prevLinkOf is the SHA-256 link that the compact record starting at start
+// had (the SHA-256 of the record before it, rebuilt whole).
+func prevLinkOf(t *testing.T, plain []byte, start int) []byte {
+	t.Helper()
+	p := len(archiveMagic)
+	p += bytes.IndexByte(plain[p:], '\n') + 1
+	var prev [32]byte
+	for p < start {
+		kind := plain[p]
+		p++
+		n, k := uvarint(plain[p:])
+		body := plain[p+k : p+k+int(n)]
+		switch kind {
+		case 'r':
+			full := append(append(append([]byte(nil), body[:9]...), prev[:]...), body[9:]...)
+			if p+k == start {
+				return prev[:]
+			}
+			prev = sha256.Sum256(full[:len(full)-4])
+			p += k + int(n)
+		case 'B':
+			p += k + int(n)
+			n2, k2 := uvarint(plain[p:])
+			p += k2 + int(n2)
+		default:
+			p += k + int(n)
+		}
+	}
+	return prev[:]
 }

@@ -200,7 +200,7 @@ func Open(opts Options) (*Journal, error) {
 		opts.QueueSize = 1024
 	}
 	j := &Journal{opts: opts, reqs: make(chan *appendReq, opts.QueueSize), stopped: make(chan struct{}), failed: make(chan struct{})}
-	po := &pebble.Options{Logger: pebbleLogger{l: opts.Logger, fatal: j.fatal}, ReadOnly: opts.ReadOnly, MemTableSize: 64 << 20}
+	po := &pebble.Options{Logger: pebbleLogger{l: opts.Logger, fatal: j.fatal}, ReadOnly: opts.ReadOnly, MemTableSize: memTableSize}
 	po.EventListener = &pebble.EventListener{
 		BackgroundError: func(err error) {
 			j.fail(fmt.Errorf("storage background error: %w", err))
@@ -536,3 +536,8 @@ func goid() uint64 {
 	id, _ := strconv.ParseUint(string(b), 10, 64)
 	return id
 }
+
+// memTableSize is Pebble's memtable size. Pebble keeps up to three retired
+// WAL files of about this size for reuse, a fixed cost on disk; events
+// are small and bodies are not in the LSM, so 1 MiB is plenty.
+const memTableSize = 1 << 20

@@ -31,7 +31,8 @@ const SnapshotName = "queue"
 func Rebuild(j *journal.Journal, q *projections.Queue, log *zap.Logger, ignoreCorrupt bool) error {
 	total := j.LastSeq()
 	start := time.Now()
-	from := uint64(1)
+	// Without a snapshot, the hot journal: what was archived is over.
+	from := j.FirstSeq()
 	report := func(ce *journal.CorruptError) error {
 		log.Error("corrupt journal record ignored", zap.Uint64("seq", ce.Seq), zap.String("reason", ce.Reason))
 		return nil
@@ -112,12 +113,12 @@ func SaveSnapshot(j *journal.Journal, q *projections.Queue, log *zap.Logger) uin
 	return seq
 }
 
-// Fold replays the whole journal into a fresh queue projection (offline
-// commands, repair, verification).
+// Fold replays the hot journal into a fresh queue projection (offline
+// commands, repair): what was archived is over, and is not read.
 func Fold(j *journal.Journal) (*projections.Queue, error) {
 	q := projections.NewQueue()
 	batch := make([]events.Event, 0, 1024)
-	err := j.Scan(1, func(e events.Event) error {
+	err := j.Scan(j.FirstSeq(), func(e events.Event) error {
 		if batch = append(batch, e); len(batch) == cap(batch) {
 			q.Apply(batch)
 			batch = batch[:0]

@@ -166,6 +166,12 @@ type JournalConfig struct {
 	// of DATA when the message would not fit) answers 452 4.3.1, like
 	// Postfix's queue_minfree.
 	MinFree ByteSize `toml:"min_free"`
+	// Retention is how long the history of an envelope stays in the hot
+	// journal after it reached a final state; "0" keeps it for ever.
+	Retention Duration `toml:"retention"`
+	// Archive keeps what leaves the hot journal in compressed archive
+	// segments under <data_dir>/archive; false drops it.
+	Archive bool `toml:"archive"`
 }
 
 // ByteSize is a TOML size: an integer number of bytes or a string like
@@ -330,7 +336,7 @@ func Defaults() Config {
 			ConnectTimeout: dur("20s"), CommandTimeout: dur("10s"), DataTimeout: dur("20s"), IdleTimeout: dur("30s"),
 			MaxConnectionsPerDomain: 20},
 		Queue:   QueueConfig{Retry: retry, MaxAge: dur("120h"), DelayWarning: dur("4h"), KeepBodies: true},
-		Journal: JournalConfig{MinFree: ByteSize{Bytes: 256 << 20}},
+		Journal: JournalConfig{MinFree: ByteSize{Bytes: 256 << 20}, Retention: dur("720h"), Archive: true},
 		Policies: PoliciesConfig{AddDateHeader: true, AddMessageIDHeader: true, AddReceivedHeader: true, Split: "domain", Forward: []ForwardRule{}, DKIM: []DKIMKey{},
 			SpamAction: "tag", SpamTimeout: dur("10s")},
 		Admin: AdminConfig{Listen: "127.0.0.1:8025", MetricsPublic: true},
@@ -385,7 +391,7 @@ var hostnameRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$`)
 func (c *Config) Validate() error {
 	for key, d := range map[string]Duration{
 		"shutdown_grace": c.ShutdownGrace, "relay.connect_timeout": c.Relay.ConnectTimeout, "relay.command_timeout": c.Relay.CommandTimeout,
-		"policies.spamassassin_timeout": c.Policies.SpamTimeout, "relay.data_timeout": c.Relay.DataTimeout, "limits.command_timeout": c.Limits.CommandTimeout, "limits.data_timeout": c.Limits.DataTimeout, "limits.tls_handshake_timeout": c.Limits.TLSHandshakeTimeout, "relay.idle_timeout": c.Relay.IdleTimeout, "queue.max_age": c.Queue.MaxAge, "queue.delay_warning": c.Queue.DelayWarning,
+		"policies.spamassassin_timeout": c.Policies.SpamTimeout, "relay.data_timeout": c.Relay.DataTimeout, "limits.command_timeout": c.Limits.CommandTimeout, "limits.data_timeout": c.Limits.DataTimeout, "limits.tls_handshake_timeout": c.Limits.TLSHandshakeTimeout, "relay.idle_timeout": c.Relay.IdleTimeout, "queue.max_age": c.Queue.MaxAge, "queue.delay_warning": c.Queue.DelayWarning, "journal.retention": c.Journal.Retention,
 	} {
 		if err := d.check(key); err != nil {
 			return err
@@ -396,6 +402,9 @@ func (c *Config) Validate() error {
 	}
 	if err := c.Limits.BodyMemory.check("limits.body_memory"); err != nil {
 		return err
+	}
+	if c.Journal.Retention.Duration < 0 {
+		return configErrorf("journal.retention must not be negative (\"0\" keeps everything)")
 	}
 	if c.Limits.BodyMemory.Bytes < 1<<20 {
 		return configErrorf("limits.body_memory must be at least 1MiB (one message being received needs up to that)")
@@ -477,12 +486,6 @@ func (c *Config) Validate() error {
 	}
 	if err := c.Journal.MinFree.check("journal.min_free"); err != nil {
 		return err
-	}
-	if err := c.Limits.BodyMemory.check("limits.body_memory"); err != nil {
-		return err
-	}
-	if c.Limits.BodyMemory.Bytes < 1<<20 {
-		return configErrorf("limits.body_memory must be at least 1MiB (one message being received needs up to that)")
 	}
 	for _, d := range c.Queue.Retry {
 		if d.Duration <= 0 {
@@ -640,6 +643,9 @@ func (c *Config) DKIMKeys() ([]policy.DKIMKey, error) {
 
 // Paths derived from data_dir.
 func (c *Config) JournalDir() string { return filepath.Join(c.DataDir, "journal") }
+
+// ArchiveDir is where the journal's archive segments are kept.
+func (c *Config) ArchiveDir() string { return filepath.Join(c.DataDir, "archive") }
 func (c *Config) UsersFile() string {
 	if c.Auth.UsersFile != "" {
 		return c.Auth.UsersFile

@@ -1,14 +1,21 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+
+	"github.com/ledgermail/ledgermail/admin"
+	"github.com/ledgermail/ledgermail/projections"
 
 	"github.com/ledgermail/ledgermail/events"
 	"github.com/ledgermail/ledgermail/journal"
@@ -18,7 +25,7 @@ import (
 func newJournalCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "journal",
-		Short: "journal maintenance (repair)",
+		Short: "journal maintenance (repair, head, prune)",
 		Args:  cobra.NoArgs,
 	}
 	var path string
@@ -60,7 +67,47 @@ its sender a DSN saying so. A sound journal is left alone.`,
 		},
 	}
 	head.Flags().StringVarP(&headPath, "config", "c", "", "config file (TOML); default: embedded defaults")
-	c.AddCommand(repair, head)
+	var prunePath string
+	var pruneAsJSON bool
+	prune := &cobra.Command{
+		Use:   "prune [-c FILE] [--json]",
+		Short: "run the retention sweep now: history older than [journal] retention leaves the hot journal (archived or dropped)",
+		Long: `prune moves the history of every envelope that reached a final state more
+than [journal] retention ago out of the hot journal: into a compressed,
+read-only archive segment under <data_dir>/archive (archive = true; replay
+reads it transparently), or away for good (archive = false). The server runs
+the same sweep periodically; with the server running this asks it through the
+admin API.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := LoadConfig(prunePath)
+			if err != nil {
+				return err
+			}
+			res, err := pruneJournal(cfg)
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if pruneAsJSON {
+				return json.NewEncoder(out).Encode(res)
+			}
+			if res.Records == 0 {
+				fmt.Fprintf(out, "nothing to prune: the hot journal starts at %d\n", res.FirstSeq)
+				return nil
+			}
+			where := "dropped"
+			if res.Segment != "" {
+				where = "archived in " + res.Segment
+			}
+			fmt.Fprintf(out, "records %d to %d %s (%d bodies); %d bytes of body segments freed; the hot journal starts at %d\n",
+				res.From, res.To, where, res.Bodies, res.FreedBody, res.FirstSeq)
+			return nil
+		},
+	}
+	prune.Flags().StringVarP(&prunePath, "config", "c", "", "config file (TOML); default: embedded defaults")
+	prune.Flags().BoolVar(&pruneAsJSON, "json", false, "print the result as JSON")
+	c.AddCommand(repair, head, prune)
 	return c
 }
 
@@ -137,4 +184,43 @@ func journalProblems(dir string) (int, error) {
 		n++
 	}
 	return n, nil
+}
+
+// pruneJournal runs the retention sweep: offline on the journal, or
+// through the running server's admin API.
+func pruneJournal(cfg Config) (admin.PruneJSON, error) {
+	if cfg.Journal.Retention.Duration == 0 {
+		return admin.PruneJSON{}, fmt.Errorf("journal.retention is \"0\": nothing is ever pruned")
+	}
+	src, err := openSource(cfg, readWrite)
+	if err != nil {
+		return admin.PruneJSON{}, err
+	}
+	defer src.Close()
+	switch s := src.(type) {
+	case emptySource:
+		return admin.PruneJSON{FirstSeq: 1}, nil
+	case *adminSource:
+		resp, err := s.do("POST", "/journal/prune")
+		if err != nil {
+			return admin.PruneJSON{}, err
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			b, _ := io.ReadAll(resp.Body)
+			return admin.PruneJSON{}, errors.New(strings.TrimSpace(string(b)))
+		}
+		var res admin.PruneJSON
+		return res, json.NewDecoder(resp.Body).Decode(&res)
+	case *offlineSource:
+		q := projections.NewQueue()
+		log := zap.NewNop()
+		if err := queue.Rebuild(s.j, q, log, false); err != nil {
+			return admin.PruneJSON{}, err
+		}
+		r := &queue.Retention{Journal: s.j, Queue: q, Period: cfg.Journal.Retention.Duration, Archive: cfg.Journal.Archive, Bodies: cfg.Queue.KeepBodies, Log: log}
+		res, err := r.Sweep()
+		return admin.PruneResult(res), err
+	}
+	return admin.PruneJSON{}, fmt.Errorf("cannot prune through %s", src.Describe())
 }

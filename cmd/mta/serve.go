@@ -203,7 +203,7 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 		log.Info("privileges dropped", zap.String("user", acct.user), zap.Int("uid", acct.uid), zap.Int("gid", acct.gid))
 	}
 
-	j, err := journal.Open(journal.Options{Dir: cfg.JournalDir(), Logger: log.Named("journal"), MinFree: cfg.Journal.MinFree.Bytes})
+	j, err := journal.Open(journal.Options{Dir: cfg.JournalDir(), ArchiveDir: cfg.ArchiveDir(), Logger: log.Named("journal"), MinFree: cfg.Journal.MinFree.Bytes})
 	if err != nil {
 		if errors.Is(err, journal.ErrLocked) {
 			return fmt.Errorf("data_dir %s is in use by another mta process", cfg.DataDir)
@@ -258,6 +258,13 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 	defer close(snapDone)
 	// Every 10 minutes, when 50,000 events have come since the last one.
 	go queue.RunSnapshots(j, q, log, 10*time.Minute, 50000, snapDone)
+	retention := &queue.Retention{Journal: j, Queue: q, Period: cfg.Journal.Retention.Duration, Archive: cfg.Journal.Archive,
+		Bodies: cfg.Queue.KeepBodies, Log: log.Named("retention")}
+	if retention.Period > 0 {
+		go retention.Run(sweepInterval(retention.Period), snapDone)
+	} else {
+		retention = nil
+	}
 	// sendmail's maildrop: what cron dropped while the server was down is
 	// queued now, and new files within a second.
 	bodyMemory := smtpedge.NewBodyMemory(cfg.Limits.BodyMemory.Bytes)
@@ -287,7 +294,7 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 	var state admin.State
 	if adminLn != nil {
 		adminSrv = &http.Server{Handler: admin.New(admin.Deps{Journal: j, Queue: q, Actors: sys, Metrics: metrics, State: &state,
-			Token: token, MetricsPublic: cfg.Admin.MetricsPublic, Pprof: cfg.Admin.Pprof, Health: hooksHealth(hooks), KeepBodies: cfg.Queue.KeepBodies, Log: log.Named("admin")}),
+			Token: token, MetricsPublic: cfg.Admin.MetricsPublic, Pprof: cfg.Admin.Pprof, Health: hooksHealth(hooks), KeepBodies: cfg.Queue.KeepBodies, Retention: retention, Log: log.Named("admin")}),
 			ReadHeaderTimeout: 10 * time.Second}
 		go adminSrv.Serve(adminLn)
 	}
@@ -517,4 +524,10 @@ func shaping(dests []DestinationConfig) func(string) actors.Shaping {
 		}
 		return by["*"]
 	}
+}
+
+// sweepInterval is how often the retention sweep runs: half the retention
+// period, between 10 seconds and an hour.
+func sweepInterval(retention time.Duration) time.Duration {
+	return min(max(retention/2, 10*time.Second), time.Hour)
 }

@@ -70,7 +70,7 @@ func openSource(cfg Config, mode access) (source, error) {
 		// no journal is created by merely looking).
 		return emptySource{dir: dir}, nil
 	}
-	j, err := journal.Open(journal.Options{Dir: dir, ReadOnly: mode != readWrite, AllowLost: mode == verifyOnly})
+	j, err := journal.Open(journal.Options{Dir: dir, ArchiveDir: cfg.ArchiveDir(), ReadOnly: mode != readWrite, AllowLost: mode == verifyOnly})
 	if err == nil {
 		return &offlineSource{j: j, keepBodies: cfg.Queue.KeepBodies}, nil
 	}

@@ -32,7 +32,7 @@ import (
 // Pebble values under prefixBody and are still read.
 const (
 	prefixBodyRef = "r/" // r/<key>                -> bodyRef
-	prefixSegRef  = "s/" // s/<seg:8 BE>/<key>     -> empty
+	prefixSegRef  = "g/" // g/<seg:8 BE>/<key>     -> empty
 	bodiesDir     = "bodies"
 	// SegmentSize is the size at which the shared segment is closed and a
 	// new one started.

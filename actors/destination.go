@@ -51,7 +51,11 @@ type destination struct {
 }
 
 func newDestination(o Options, ctx context.Context, key string, sup *actor.PID) *destination {
-	return &destination{o: o, ctx: ctx, key: key, sup: sup, pool: mxrelay.NewPool(o.IdleTimeout)}
+	var perConn int
+	if o.Shaping != nil {
+		perConn = o.Shaping(key).MaxMessagesPerConnection
+	}
+	return &destination{o: o, ctx: ctx, key: key, sup: sup, pool: mxrelay.NewPool(o.IdleTimeout, perConn)}
 }
 
 // destinationIdle is how long a destination actor waits with nothing to do

@@ -28,6 +28,9 @@ type readyQueues struct {
 type Shaping struct {
 	MaxConnections int        // 0: MaxConnectionsPerDomain
 	Rate           rate.Limit // messages per second; 0: unlimited
+	// MaxMessagesPerConnection closes a connection after this many
+	// transactions (the next message opens a new one); 0: no limit.
+	MaxMessagesPerConnection int
 }
 
 func newReadyQueues(limit int) *readyQueues {

@@ -121,3 +121,26 @@ rate = "10/s"`})
 		}
 	}
 }
+
+// [[relay.destinations]] max_messages_per_connection = 2: six messages to
+// the domain, one connection at a time, open three connections to the
+// next hop (each closed with QUIT after its second message).
+func TestMaxMessagesPerConnection(t *testing.T) {
+	peer, err := mxtest.Start(mxtest.Script{}, freePort(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(peer.Close)
+	s := newServer(t, serverOpts{trusted: true, relay: `mode = "static"
+smarthost = "` + peer.Addr + `"
+[[relay.destinations]]
+domain = "pooled.test"
+max_connections = 1
+max_messages_per_connection = 2`})
+	s.start()
+	bulk(t, s, "pooled.test", 6)
+	waitFor(t, "six messages at the next hop", 30*time.Second, func() bool { return len(peer.Messages()) == 6 })
+	if n := peer.Connections(); n != 3 {
+		t.Fatalf("%d connections for 6 messages at 2 per connection, want 3", n)
+	}
+}

@@ -13,6 +13,7 @@ import (
 // delivery actor) closes it. It is safe for concurrent use.
 type Pool struct {
 	idle    time.Duration
+	maxUses int // transactions per connection; 0: no limit
 	mu      sync.Mutex
 	conns   map[string][]*pooled
 	closed  bool
@@ -25,12 +26,15 @@ type pooled struct {
 	raw   net.Conn
 	tls   string
 	since time.Time
+	uses  int // transactions run on it
 }
 
 // NewPool returns a pool that keeps connections idle for at most idle; a
-// zero idle disables reuse.
-func NewPool(idle time.Duration) *Pool {
-	return &Pool{idle: idle, conns: map[string][]*pooled{}, stop: make(chan struct{})}
+// zero idle disables reuse. A connection that has carried maxMessages
+// transactions is closed (QUIT) rather than kept ([[relay.destinations]]
+// max_messages_per_connection); 0 means no limit.
+func NewPool(idle time.Duration, maxMessages int) *Pool {
+	return &Pool{idle: idle, maxUses: maxMessages, conns: map[string][]*pooled{}, stop: make(chan struct{})}
 }
 
 func (p *Pool) get(addr string) *pooled {
@@ -53,8 +57,10 @@ func (p *Pool) get(addr string) *pooled {
 	return nil
 }
 
+// put takes back a connection after a transaction on it.
 func (p *Pool) put(addr string, pc *pooled) {
-	if p == nil || p.idle <= 0 {
+	pc.uses++
+	if p == nil || p.idle <= 0 || p.maxUses > 0 && pc.uses >= p.maxUses {
 		pc.close()
 		return
 	}

@@ -171,6 +171,36 @@ func atoi(s string) int {
 	return n
 }
 
+// A pool with a per-connection message limit closes a connection after
+// that many transactions: five messages, at most two per connection, take
+// three connections.
+func TestPoolMaxMessagesPerConnection(t *testing.T) {
+	peer, err := mxtest.Start(mxtest.Script{}, "127.0.0.1:"+freePort(t, "127.0.0.1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	r, err := New(Options{Mode: "static", Smarthost: peer.Addr, Hostname: "relay.test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := NewPool(time.Minute, 2)
+	defer pool.Close()
+	var reused int
+	for i := 0; i < 5; i++ {
+		res := r.Deliver(context.Background(), msg("a@x.test"), pool)
+		if !res.Rcpts["a@x.test"].Success() {
+			t.Fatalf("delivery %d: %+v", i, res)
+		}
+		if res.Reused {
+			reused++
+		}
+	}
+	if peer.Connections() != 3 || reused != 2 {
+		t.Fatalf("%d connections, %d reused; want 3 and 2", peer.Connections(), reused)
+	}
+}
+
 func TestPoolReusesConnectionsUntilIdleTimeout(t *testing.T) {
 	addr := "127.0.0.1:" + freePort(t, "127.0.0.1")
 	sk := startSink(t, addr)
@@ -178,7 +208,7 @@ func TestPoolReusesConnectionsUntilIdleTimeout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pool := NewPool(300 * time.Millisecond)
+	pool := NewPool(300*time.Millisecond, 0)
 	defer pool.Close()
 	first := r.Deliver(context.Background(), msg("a@x.test"), pool)
 	second := r.Deliver(context.Background(), msg("b@x.test"), pool)

@@ -104,6 +104,9 @@ type DestinationConfig struct {
 	Domain         string `toml:"domain"`
 	MaxConnections int    `toml:"max_connections"` // overrides max_connections_per_domain
 	Rate           string `toml:"rate"`            // "100/m": messages per period (s, m, h)
+	// MaxMessagesPerConnection closes a connection after this many
+	// messages; 0: no limit.
+	MaxMessagesPerConnection int `toml:"max_messages_per_connection"`
 }
 
 // parseRate reads "100/m" into messages per second.
@@ -460,6 +463,9 @@ func (c *Config) Validate() error {
 	for i, d := range c.Relay.Destinations {
 		if d.Domain == "" {
 			return configErrorf("relay.destinations[%d].domain is required (\"*\" for the default)", i)
+		}
+		if d.MaxMessagesPerConnection < 0 {
+			return configErrorf("relay.destinations[%d].max_messages_per_connection must not be negative", i)
 		}
 		if d.MaxConnections < 0 {
 			return configErrorf("relay.destinations[%d].max_connections must not be negative", i)

@@ -516,7 +516,7 @@ func shaping(dests []DestinationConfig) func(string) actors.Shaping {
 	by := map[string]actors.Shaping{}
 	for _, d := range dests {
 		r, _ := parseRate(d.Rate)
-		by[strings.ToLower(d.Domain)] = actors.Shaping{MaxConnections: d.MaxConnections, Rate: rate.Limit(r)}
+		by[strings.ToLower(d.Domain)] = actors.Shaping{MaxConnections: d.MaxConnections, Rate: rate.Limit(r), MaxMessagesPerConnection: d.MaxMessagesPerConnection}
 	}
 	return func(domain string) actors.Shaping {
 		if s, ok := by[domain]; ok {

@@ -16,6 +16,7 @@ import (
 	"sync"
 
 	"github.com/cockroachdb/pebble/v2"
+	"golang.org/x/sys/unix"
 )
 
 // Bodies live outside the LSM, in append-only segment files under
@@ -192,7 +193,7 @@ func (s *bodyStore) syncShared() error {
 	if s.cur == nil {
 		return nil
 	}
-	if err := s.cur.Sync(); err != nil {
+	if err := fdatasync(s.cur); err != nil {
 		s.closeShared()
 		return fmt.Errorf("journal: sync body segment: %w", err)
 	}
@@ -510,4 +511,15 @@ func (j *Journal) BodySHA256(key string) (_ string, err error) {
 		return "", fmt.Errorf("journal: read body %s: %w", key, err)
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// fdatasync flushes f's data and what is needed to read it back (its size),
+// not its timestamps.
+func fdatasync(f *os.File) error {
+	for {
+		err := unix.Fdatasync(int(f.Fd()))
+		if err != unix.EINTR {
+			return err
+		}
+	}
 }

@@ -37,6 +37,10 @@ type attemptDone struct {
 	attempt int
 	res     mxrelay.Result
 	took    time.Duration
+	// suspended: no attempt was made (the destination is suspended); the
+	// recipients wait until resumeAt (zero: the next retry interval).
+	suspended bool
+	resumeAt  time.Time
 }
 
 func newEnvelope(o Options, id string, sup *actor.PID) *envelope {
@@ -225,6 +229,10 @@ func (a *envelope) bounceAll(c actor.Context, reason, status string) {
 func (a *envelope) startAttempt(c actor.Context) {
 	attempt := a.env.Attempts + 1
 	rcpts := append([]string(nil), a.env.Pending...)
+	if until, ok := a.o.Queue.Suspension(destinationKey(rcpts), a.o.Now()); ok {
+		a.holdSuspended(c, rcpts, until)
+		return
+	}
 	body, ok := a.readBody(c)
 	if !ok {
 		return
@@ -244,6 +252,23 @@ func (a *envelope) startAttempt(c actor.Context) {
 	}
 	// The destination's delivery actor runs it and answers attemptDone.
 	c.Send(a.sup, route{key: destinationKey(rcpts), req: deliverReq{attempt: attempt, msg: msg, replyTo: c.Self()}})
+}
+
+// holdSuspended is what an attempt on a suspended destination comes to
+// without contacting it: the recipients are deferred until the suspension
+// ends (or the next retry interval, for one without an end), or, past
+// max_age, expire with a DSN as after any attempt. No Attempted event.
+func (a *envelope) holdSuspended(c actor.Context, rcpts []string, until time.Time) {
+	msg := "destination suspended by the operator"
+	if !until.IsZero() {
+		msg += " until " + until.UTC().Format(time.RFC3339)
+	}
+	res := mxrelay.Result{Rcpts: map[string]mxrelay.Outcome{}}
+	for _, r := range rcpts {
+		res.Rcpts[r] = mxrelay.TemporaryFailure(msg)
+	}
+	a.finishAttempt(c, attemptDone{attempt: a.env.Attempts, res: res, suspended: true, resumeAt: until})
+	a.stop(c)
 }
 
 // finishAttempt journals the attempt's outcome: Attempted, then Delivered,
@@ -287,6 +312,9 @@ func (a *envelope) finishAttempt(c actor.Context, m attemptDone) {
 		}
 	}
 	w := journal.Write{Events: []events.Event{{Envelope: a.id, Payload: att}}}
+	if m.suspended {
+		w.Events = nil // nothing was tried
+	}
 	add := func(p events.Payload) { w.Events = append(w.Events, events.Event{Envelope: a.id, Payload: p}) }
 	if len(done) > 0 {
 		add(events.Delivered{Recipients: done, Host: m.res.Host})
@@ -308,6 +336,12 @@ func (a *envelope) finishAttempt(c actor.Context, m attemptDone) {
 			add(events.Bounced{Recipients: temp, Reason: "expired after " + ageStr + ": " + tempReason, DSN: a.queueDSN(&w, exp, true, now, &dsnIDs)})
 		} else {
 			next = now.Add(a.retryAfter(m.attempt))
+			if m.suspended {
+				next = m.resumeAt
+				if next.IsZero() {
+					next = now.Add(a.retryAfter(m.attempt + 1))
+				}
+			}
 			d := events.Deferred{Recipients: temp, NextAttempt: next, Reason: tempReason}
 			if a.o.DelayWarning > 0 && !a.env.Warned && age >= a.o.DelayWarning {
 				var late []policy.DSNRecipient
@@ -324,9 +358,13 @@ func (a *envelope) finishAttempt(c actor.Context, m attemptDone) {
 		a.later(c, "outcome", err)
 		return
 	}
-	a.log.Info("delivery attempt", zap.Int("attempt", m.attempt), zap.String("relay", m.res.Host), zap.String("tls", m.res.TLS),
-		zap.Duration("delay", m.took), zap.Strings("delivered", done), zap.Strings("bounced", failed), zap.Strings("deferred", temp),
-		zap.String("reply", firstNonEmpty(tempReason, failReason)), zap.Strings("dsn", dsnIDs))
+	if m.suspended {
+		a.log.Info("destination suspended; nothing tried", zap.Strings("recipients", temp), zap.Time("next_attempt", next), zap.Strings("dsn", dsnIDs))
+	} else {
+		a.log.Info("delivery attempt", zap.Int("attempt", m.attempt), zap.String("relay", m.res.Host), zap.String("tls", m.res.TLS),
+			zap.Duration("delay", m.took), zap.Strings("delivered", done), zap.Strings("bounced", failed), zap.Strings("deferred", temp),
+			zap.String("reply", firstNonEmpty(tempReason, failReason)), zap.Strings("dsn", dsnIDs))
+	}
 	if !next.IsZero() {
 		c.Send(a.sup, schedule{id: a.id, at: next})
 	}

@@ -13,6 +13,8 @@
 //	GET  /bodies/{key}/sha256           {"sha256": hex} of a stored body (404: none)
 //	POST /queue/retry?id=ID|all         journal RetryRequested and retry now
 //	POST /queue/delete?id=ID            journal Deleted
+//	POST /queue/suspend?domain=D[&until=RFC3339]   journal Suspended
+//	POST /queue/resume?domain=D         journal Resumed, retry its envelopes now
 //
 // Every request needs Deps.Token as a bearer token, except /metrics,
 // /healthz and /readyz when Deps.MetricsPublic. State-changing requests are
@@ -30,6 +32,7 @@ import (
 	"net/http/pprof"
 	"strconv"
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
@@ -205,6 +208,37 @@ func New(d Deps) http.Handler {
 			return
 		}
 		writeJSON(w, PruneResult(res))
+	})
+	mux.HandleFunc("POST /queue/suspend", func(w http.ResponseWriter, r *http.Request) {
+		domain := r.URL.Query().Get("domain")
+		var until time.Time
+		if u := r.URL.Query().Get("until"); u != "" {
+			t, err := time.Parse(time.RFC3339, u)
+			if err != nil {
+				http.Error(w, "until: "+err.Error(), http.StatusBadRequest)
+				return
+			}
+			until = t
+		}
+		if err := queue.Suspend(j, domain, until); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		log.Info("destination suspended", zap.String("domain", domain), zap.Time("until", until))
+		writeJSON(w, map[string]string{"suspended": domain})
+	})
+	mux.HandleFunc("POST /queue/resume", func(w http.ResponseWriter, r *http.Request) {
+		domain := r.URL.Query().Get("domain")
+		ids, err := queue.Resume(j, q, domain)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusNotFound)
+			return
+		}
+		for _, id := range ids {
+			sys.RetryNow(id)
+		}
+		log.Info("destination resumed", zap.String("domain", domain), zap.Int("envelopes", len(ids)))
+		writeJSON(w, map[string]int{"envelopes": len(ids)})
 	})
 	mux.HandleFunc("POST /queue/retry", func(w http.ResponseWriter, r *http.Request) {
 		id := r.URL.Query().Get("id")

@@ -71,6 +71,8 @@ var decoders = map[Type]func([]byte) (Payload, error){
 	TypeDeleted:         decodeAs[Deleted],
 	TypeLost:            decodeAs[Lost],
 	TypeRecordLost:      decodeAs[RecordLost],
+	TypeSuspended:       decodeAs[Suspended],
+	TypeResumed:         decodeAs[Resumed],
 }
 
 func decodeAs[T Payload](data []byte) (Payload, error) {

@@ -34,7 +34,13 @@ const (
 	TypeDeleted         Type = "Deleted"
 	TypeLost            Type = "Lost"
 	TypeRecordLost      Type = "RecordLost"
+	TypeSuspended       Type = "Suspended"
+	TypeResumed         Type = "Resumed"
 )
+
+// DomainEnvelope is the Envelope of the events about a destination domain
+// rather than a message (Suspended, Resumed): "@" and the domain.
+func DomainEnvelope(domain string) string { return "@" + domain }
 
 // CurrentVersion is the schema version written by this build for every type.
 const CurrentVersion = 1
@@ -172,6 +178,18 @@ type Expired struct {
 	Age        string   `json:"age"`
 }
 
+// Suspended records an operator's stop of deliveries to Domain until Until
+// (zero: until Resumed). Its Envelope is DomainEnvelope(Domain).
+type Suspended struct {
+	Domain string    `json:"domain"`
+	Until  time.Time `json:"until,omitempty"`
+}
+
+// Resumed ends a suspension of Domain.
+type Resumed struct {
+	Domain string `json:"domain"`
+}
+
 // RetryRequested records an operator's request to retry now.
 type RetryRequested struct {
 	By string `json:"by,omitempty"`
@@ -216,6 +234,8 @@ func (Delivered) EventType() Type       { return TypeDelivered }
 func (Bounced) EventType() Type         { return TypeBounced }
 func (Expired) EventType() Type         { return TypeExpired }
 func (RetryRequested) EventType() Type  { return TypeRetryRequested }
+func (Suspended) EventType() Type       { return TypeSuspended }
+func (Resumed) EventType() Type         { return TypeResumed }
 func (Deleted) EventType() Type         { return TypeDeleted }
 func (Lost) EventType() Type            { return TypeLost }
 func (RecordLost) EventType() Type      { return TypeRecordLost }

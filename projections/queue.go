@@ -8,8 +8,10 @@
 package projections
 
 import (
+	"maps"
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/ledgermail/ledgermail/events"
 	"github.com/ledgermail/ledgermail/lifecycle"
@@ -48,12 +50,14 @@ type Queue struct {
 	live     map[string]*Envelope
 	counts   map[State]int
 	bodyRefs map[string]int // live envelopes per stored body
-	seq      uint64
+	// suspended destination domains, until when (zero: until resumed)
+	suspended map[string]time.Time
+	seq       uint64
 }
 
 // NewQueue returns an empty queue projection.
 func NewQueue() *Queue {
-	return &Queue{live: map[string]*Envelope{}, counts: map[State]int{}, bodyRefs: map[string]int{}}
+	return &Queue{live: map[string]*Envelope{}, counts: map[State]int{}, bodyRefs: map[string]int{}, suspended: map[string]time.Time{}}
 }
 
 // Apply folds events (in sequence order) into the projection.
@@ -61,6 +65,16 @@ func (q *Queue) Apply(evs []events.Event) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	for _, ev := range evs {
+		switch p := ev.Payload.(type) {
+		case events.Suspended:
+			q.suspended[p.Domain] = p.Until
+			q.seq = ev.Seq
+			continue
+		case events.Resumed:
+			delete(q.suspended, p.Domain)
+			q.seq = ev.Seq
+			continue
+		}
 		var before State
 		if old := q.live[ev.Envelope]; old != nil {
 			before = old.State
@@ -148,6 +162,8 @@ type Snapshot struct {
 	Counts    map[State]int `json:"counts"`
 	Envelopes []*Envelope   `json:"envelopes"`
 	Seq       uint64        `json:"seq"`
+	// Suspended destination domains and until when (zero: until resumed).
+	Suspended map[string]time.Time `json:"suspended,omitempty"`
 }
 
 // Snapshot returns the counts and every live envelope, oldest first, all
@@ -157,7 +173,7 @@ type Snapshot struct {
 // use List.
 func (q *Queue) Snapshot() Snapshot {
 	q.mu.RLock()
-	s := Snapshot{Counts: q.countsLocked(), Seq: q.seq}
+	s := Snapshot{Counts: q.countsLocked(), Seq: q.seq, Suspended: maps.Clone(q.suspended)}
 	vals := make([]Envelope, 0, len(q.live))
 	for _, e := range q.live {
 		vals = append(vals, *e) // see List: copies share no mutable state
@@ -181,7 +197,7 @@ const listChunk = 4096
 // never writes into them, so a copy shares nothing that changes.
 func (q *Queue) List() Snapshot {
 	q.mu.RLock()
-	s := Snapshot{Counts: q.countsLocked(), Seq: q.seq}
+	s := Snapshot{Counts: q.countsLocked(), Seq: q.seq, Suspended: maps.Clone(q.suspended)}
 	ptrs := make([]*Envelope, 0, len(q.live))
 	for _, e := range q.live {
 		ptrs = append(ptrs, e)
@@ -251,4 +267,24 @@ func (q *Queue) Select(match func(*Envelope) bool) []*Envelope {
 		}
 	}
 	return out
+}
+
+// Suspension says whether deliveries to domain are suspended at now, and
+// until when (zero: until resumed).
+func (q *Queue) Suspension(domain string, now time.Time) (until time.Time, suspended bool) {
+	q.mu.RLock()
+	defer q.mu.RUnlock()
+	until, ok := q.suspended[domain]
+	if !ok || !until.IsZero() && !now.Before(until) {
+		return time.Time{}, false
+	}
+	return until, true
+}
+
+// Suspensions returns the suspended domains (including lapsed ones not
+// yet resumed) and until when.
+func (q *Queue) Suspensions() map[string]time.Time {
+	q.mu.RLock()
+	defer q.mu.RUnlock()
+	return maps.Clone(q.suspended)
 }

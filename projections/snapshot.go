@@ -4,14 +4,17 @@ import (
 	"bytes"
 	"encoding/gob"
 	"fmt"
+	"maps"
+	"time"
 )
 
 // queueState is the gob form of a Queue snapshot.
 type queueState struct {
-	Seq      uint64
-	Live     []*Envelope
-	Counts   map[State]int
-	BodyRefs map[string]int
+	Seq       uint64
+	Live      []*Envelope
+	Counts    map[State]int
+	BodyRefs  map[string]int
+	Suspended map[string]time.Time
 }
 
 // MarshalSnapshot returns the queue's state and the sequence number it is
@@ -31,6 +34,7 @@ func (q *Queue) MarshalSnapshot() ([]byte, uint64, error) {
 	for k, v := range q.bodyRefs {
 		st.BodyRefs[k] = v
 	}
+	st.Suspended = maps.Clone(q.suspended)
 	q.mu.RUnlock()
 	var b bytes.Buffer
 	if err := gob.NewEncoder(&b).Encode(&st); err != nil {
@@ -58,6 +62,10 @@ func (q *Queue) LoadSnapshot(data []byte) (uint64, error) {
 	}
 	if q.bodyRefs == nil {
 		q.bodyRefs = map[string]int{}
+	}
+	q.suspended = st.Suspended
+	if q.suspended == nil {
+		q.suspended = map[string]time.Time{}
 	}
 	return st.Seq, nil
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/ledgermail/ledgermail/events"
 	"github.com/ledgermail/ledgermail/journal"
@@ -56,4 +57,46 @@ func DropUnusedBodies(j *journal.Journal, q *projections.Queue, keys []string) e
 	}
 	_, err := j.Append(journal.Write{DropBodies: drop})
 	return err
+}
+
+// Suspend journals that deliveries to domain stop until until (zero: until
+// Resume). Nothing is delivered to it meanwhile; its envelopes are
+// deferred until the end, and still expire.
+func Suspend(j *journal.Journal, domain string, until time.Time) error {
+	domain = strings.ToLower(strings.TrimSpace(domain))
+	if domain == "" || strings.ContainsAny(domain, "@ /") {
+		return fmt.Errorf("%q is not a domain", domain)
+	}
+	_, err := j.Append(journal.Write{Events: []events.Event{{Envelope: events.DomainEnvelope(domain), Payload: events.Suspended{Domain: domain, Until: until.UTC()}}}})
+	return err
+}
+
+// Resume journals the end of domain's suspension and, in the same write,
+// RetryRequested for every live envelope with recipients there (they wait
+// for the suspension's end); it returns those envelopes, for the caller to
+// retry now.
+func Resume(j *journal.Journal, q *projections.Queue, domain string) ([]string, error) {
+	domain = strings.ToLower(strings.TrimSpace(domain))
+	if _, ok := q.Suspensions()[domain]; !ok {
+		return nil, fmt.Errorf("%s is not suspended", domain)
+	}
+	matches := q.Select(func(e *projections.Envelope) bool {
+		for _, r := range e.Pending {
+			if i := strings.LastIndexByte(r, '@'); i >= 0 && strings.EqualFold(r[i+1:], domain) {
+				return true
+			}
+		}
+		return false
+	})
+	w := journal.Write{Events: []events.Event{{Envelope: events.DomainEnvelope(domain), Payload: events.Resumed{Domain: domain}}}}
+	var ids []string
+	for _, e := range matches {
+		ids = append(ids, e.ID)
+		w.Events = append(w.Events, events.Event{Envelope: e.ID, Payload: events.RetryRequested{By: "resume " + domain}})
+	}
+	sort.Strings(ids)
+	if _, err := j.Append(w); err != nil {
+		return nil, err
+	}
+	return ids, nil
 }

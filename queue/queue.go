@@ -113,20 +113,13 @@ func SaveSnapshot(j *journal.Journal, q *projections.Queue, log *zap.Logger) uin
 	return seq
 }
 
-// Fold replays the hot journal into a fresh queue projection (offline
-// commands, repair): what was archived is over, and is not read.
+// Fold rebuilds a fresh queue projection as start-up does (offline
+// commands, repair): the saved snapshot, when there is one, then the hot
+// journal after it. What was archived is over, and is not read; the
+// snapshot carries what outlives it (suspended destinations).
 func Fold(j *journal.Journal) (*projections.Queue, error) {
 	q := projections.NewQueue()
-	batch := make([]events.Event, 0, 1024)
-	err := j.Scan(j.FirstSeq(), func(e events.Event) error {
-		if batch = append(batch, e); len(batch) == cap(batch) {
-			q.Apply(batch)
-			batch = batch[:0]
-		}
-		return nil
-	})
-	q.Apply(batch)
-	return q, err
+	return q, Rebuild(j, q, zap.NewNop(), false)
 }
 
 // RunSnapshots saves a snapshot every interval when at least every events

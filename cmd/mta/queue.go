@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"sort"
 	"strings"
 	"time"
 
@@ -74,7 +75,49 @@ func newQueueCmd() *cobra.Command {
 			return operator(cmd.OutOrStdout(), path, "delete", args[0])
 		},
 	}
-	c.AddCommand(show, retry, del)
+	var forDur time.Duration
+	suspend := &cobra.Command{
+		Use:   "suspend DOMAIN [--for 2h]",
+		Short: "stop deliveries to DOMAIN (a Suspended event is journaled; survives a restart; expiry still applies)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if forDur < 0 {
+				return usageError{fmt.Errorf("--for must not be negative")}
+			}
+			var until time.Time
+			if forDur > 0 {
+				until = time.Now().Add(forDur)
+			}
+			return withSource(path, readWrite, func(src source) error {
+				if err := src.Suspend(args[0], until); err != nil {
+					return err
+				}
+				if until.IsZero() {
+					fmt.Fprintf(cmd.OutOrStdout(), "suspended: %s until resumed\n", args[0])
+				} else {
+					fmt.Fprintf(cmd.OutOrStdout(), "suspended: %s until %s\n", args[0], until.UTC().Format(time.RFC3339))
+				}
+				return nil
+			})
+		},
+	}
+	suspend.Flags().DurationVar(&forDur, "for", 0, "resume by itself after this long (e.g. 2h); default: until `mta queue resume`")
+	resume := &cobra.Command{
+		Use:   "resume DOMAIN",
+		Short: "deliver to DOMAIN again (a Resumed event is journaled; its envelopes are retried now)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return withSource(path, readWrite, func(src source) error {
+				n, err := src.Resume(args[0])
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "resumed: %s, %d envelope(s) retried\n", args[0], n)
+				return nil
+			})
+		},
+	}
+	c.AddCommand(show, retry, del, suspend, resume)
 	return c
 }
 
@@ -106,6 +149,8 @@ func operator(w io.Writer, path, action, id string) error {
 type queueJSON struct {
 	Counts    map[projections.State]int `json:"counts"`
 	Envelopes []envelopeJSON            `json:"envelopes"`
+	// Suspended destination domains: until when (null: until resumed).
+	Suspended map[string]*time.Time `json:"suspended"`
 }
 
 type envelopeJSON struct {
@@ -135,7 +180,15 @@ func toJSON(e *projections.Envelope) envelopeJSON {
 }
 
 func writeQueueJSON(w io.Writer, s projections.Snapshot) error {
-	out := queueJSON{Counts: s.Counts, Envelopes: []envelopeJSON{}}
+	out := queueJSON{Counts: s.Counts, Envelopes: []envelopeJSON{}, Suspended: map[string]*time.Time{}}
+	for d, until := range s.Suspended {
+		if !until.IsZero() {
+			u := until
+			out.Suspended[d] = &u
+		} else {
+			out.Suspended[d] = nil
+		}
+	}
 	for _, e := range s.Envelopes {
 		out.Envelopes = append(out.Envelopes, toJSON(e))
 	}
@@ -152,6 +205,18 @@ func writeMailq(w io.Writer, s projections.Snapshot) error {
 		counts = append(counts, fmt.Sprintf("%s=%d", st, s.Counts[st]))
 	}
 	fmt.Fprintln(w, strings.Join(counts, " "))
+	domains := make([]string, 0, len(s.Suspended))
+	for d := range s.Suspended {
+		domains = append(domains, d)
+	}
+	sort.Strings(domains)
+	for _, d := range domains {
+		if until := s.Suspended[d]; until.IsZero() {
+			fmt.Fprintf(w, "suspended: %s until resumed\n", d)
+		} else {
+			fmt.Fprintf(w, "suspended: %s until %s\n", d, until.UTC().Format(time.RFC3339))
+		}
+	}
 	if len(s.Envelopes) == 0 {
 		fmt.Fprintln(w, "Mail queue is empty")
 		return nil

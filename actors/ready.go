@@ -124,3 +124,40 @@ func (r *readyQueues) drain() int {
 	r.byKey, r.ring, r.cursor, r.n = map[string][]string{}, nil, 0, 0
 	return n
 }
+
+// held returns the envelopes waiting for their destination's budget (a
+// free connection, a rate token), with which: what `mta queue` shows as
+// held rather than deferred.
+func (r *readyQueues) held() map[string]string {
+	out := map[string]string{}
+	for key, ids := range r.byKey {
+		if key == "" {
+			continue
+		}
+		why := r.blocked(key)
+		if why == "" {
+			continue
+		}
+		for _, id := range ids {
+			out[id] = why
+		}
+	}
+	return out
+}
+
+// blocked says what keeps key from starting a delivery now ("" when
+// nothing does), without taking a token.
+func (r *readyQueues) blocked(key string) string {
+	s := r.shape(key)
+	limit := r.limit
+	if s.MaxConnections > 0 {
+		limit = s.MaxConnections
+	}
+	if r.inflight[key] >= limit {
+		return "connections"
+	}
+	if lim := r.limiters[key]; s.Rate > 0 && lim != nil && lim.Tokens() < 1 {
+		return "rate"
+	}
+	return ""
+}

@@ -50,9 +50,15 @@ func TestReadyQueuesShaping(t *testing.T) {
 	if fmt.Sprint(got) != "[s0 f0 f1 f2]" {
 		t.Fatalf("order %v", got)
 	}
+	if h := r.held(); fmt.Sprint(h) != "map[s1:connections s2:connections]" {
+		t.Fatalf("held at the connection limit: %v", h)
+	}
 	r.done("slow.test") // a connection is free, but the budget is spent
 	if _, _, ok := r.next(); ok || r.wait <= 0 {
 		t.Fatalf("over its rate budget: ok %v, wait %s", ok, r.wait)
+	}
+	if h := r.held(); fmt.Sprint(h) != "map[s1:rate s2:rate]" {
+		t.Fatalf("held for the rate budget: %v", h)
 	}
 }
 

@@ -28,6 +28,8 @@ type (
 	tick     struct{}
 	// countDestinations asks how many delivery actors are alive (tests).
 	countDestinations struct{}
+	// heldQuery asks which envelopes wait for their destination's budget.
+	heldQuery struct{}
 	// budget: a destination's rate budget has refilled.
 	budget struct{}
 	// drain stops the supervisor from starting anything new; done is closed
@@ -115,6 +117,8 @@ func (s *supervisor) Receive(c actor.Context) {
 		s.routed[m.key]++
 	case countDestinations:
 		c.Respond(len(s.dests))
+	case heldQuery:
+		c.Respond(s.ready.held())
 	case *actor.Terminated:
 		// A destination actor that failed and was stopped: forget it.
 		for key, pid := range s.dests {

@@ -141,6 +141,18 @@ func (s *System) Enqueue(id string) { s.sys.Root.Send(s.sup, enqueue{id: id}) }
 // is "".
 func (s *System) RetryNow(id string) { s.sys.Root.Send(s.sup, retryNow{id: id}) }
 
+// Held returns the envelopes waiting for their destination's budget
+// ([[relay.destinations]] max_connections or rate), each with which
+// ("connections" or "rate"). They are not deferred: they start as soon as
+// the budget allows.
+func (s *System) Held() (map[string]string, error) {
+	res, err := s.sys.Root.RequestFuture(s.sup, heldQuery{}, 5*time.Second).Result()
+	if err != nil {
+		return nil, err
+	}
+	return res.(map[string]string), nil
+}
+
 // destinations returns how many delivery actors are alive.
 func (s *System) destinations() (int, error) {
 	res, err := s.sys.Root.RequestFuture(s.sup, countDestinations{}, 5*time.Second).Result()

@@ -105,7 +105,11 @@ func New(d Deps) http.Handler {
 			writeJSON(w, q.Snapshot())
 			return
 		}
-		writeJSON(w, q.List())
+		snap := q.List()
+		if held, err := sys.Held(); err == nil && len(held) > 0 {
+			snap.Held = held
+		}
+		writeJSON(w, snap)
 	})
 	mux.HandleFunc("GET /envelopes/{id}", func(w http.ResponseWriter, r *http.Request) {
 		id := r.PathValue("id")

@@ -111,6 +111,22 @@ rate = "10/s"`})
 	if d := time.Since(start); d > 8*time.Second {
 		t.Errorf("another domain's message waited %s behind the rate-limited one", d)
 	}
+	// While they wait, `mta queue` shows them held, not deferred.
+	waitFor(t, "held envelopes in mta queue", 20*time.Second, func() bool {
+		held := 0
+		for _, e := range s.queue().Envelopes {
+			if e.State == "deferred" {
+				t.Fatalf("an envelope waiting for its rate budget is shown deferred: %+v", e)
+			}
+			if e.State == "held" {
+				held++
+			}
+		}
+		return held > 0
+	})
+	if out, _, _ := s.mta("", "queue"); !strings.Contains(out, " held ") {
+		t.Fatalf("mta queue does not show held envelopes:\n%s", out)
+	}
 	waitFor(t, "100 messages at the sink", 60*time.Second, func() bool { return len(sk.messages(t)) == 101 })
 	if d := time.Since(start); d < 9*time.Second {
 		t.Fatalf("100 messages at 10/s arrived in %s", d)

@@ -164,6 +164,10 @@ type Snapshot struct {
 	Seq       uint64        `json:"seq"`
 	// Suspended destination domains and until when (zero: until resumed).
 	Suspended map[string]time.Time `json:"suspended,omitempty"`
+	// Held are the envelopes the running server's scheduler holds for
+	// their destination's budget, with which ("connections", "rate"); only
+	// the admin API fills it in.
+	Held map[string]string `json:"held,omitempty"`
 }
 
 // Snapshot returns the counts and every live envelope, oldest first, all

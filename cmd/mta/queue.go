@@ -164,6 +164,9 @@ type envelopeJSON struct {
 	Attempts    int      `json:"attempts"`
 	NextAttempt *string  `json:"next_attempt"`
 	LastError   string   `json:"last_error"`
+	// HeldFor is set with state "held": what the scheduler waits for
+	// ("connections", "rate").
+	HeldFor string `json:"held_for,omitempty"`
 }
 
 func toJSON(e *projections.Envelope) envelopeJSON {
@@ -190,7 +193,11 @@ func writeQueueJSON(w io.Writer, s projections.Snapshot) error {
 		}
 	}
 	for _, e := range s.Envelopes {
-		out.Envelopes = append(out.Envelopes, toJSON(e))
+		ej := toJSON(e)
+		if why, ok := s.Held[e.ID]; ok {
+			ej.State, ej.HeldFor = "held", why
+		}
+		out.Envelopes = append(out.Envelopes, ej)
 	}
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
@@ -223,7 +230,11 @@ func writeMailq(w io.Writer, s projections.Snapshot) error {
 	}
 	fmt.Fprintf(w, "%-26s %-9s %8s %-20s %s\n", "-Queue ID-", "-State-", "-Size-", "----Arrival Time----", "-Sender/Recipient-------")
 	for _, e := range s.Envelopes {
-		fmt.Fprintf(w, "%-26s %-9s %8d %-20s %s\n", e.ID, e.State, e.Size, e.Arrived.UTC().Format("Mon Jan _2 15:04:05"), e.Sender)
+		state := string(e.State)
+		if _, ok := s.Held[e.ID]; ok {
+			state = "held" // waiting for its destination's budget, not for a retry
+		}
+		fmt.Fprintf(w, "%-26s %-9s %8d %-20s %s\n", e.ID, state, e.Size, e.Arrived.UTC().Format("Mon Jan _2 15:04:05"), e.Sender)
 		if e.LastError != "" {
 			fmt.Fprintf(w, "%48s(%s)\n", "", e.LastError)
 		}

@@ -43,11 +43,7 @@ func newReadyQueues(limit int) *readyQueues {
 // what stops it, r.wait learns how long until it refills.
 func (r *readyQueues) allowed(key string) bool {
 	s := r.shape(key)
-	limit := r.limit
-	if s.MaxConnections > 0 {
-		limit = s.MaxConnections
-	}
-	if r.inflight[key] >= limit {
+	if r.inflight[key] >= r.connLimit(s) {
 		return false
 	}
 	if s.Rate <= 0 {
@@ -149,15 +145,20 @@ func (r *readyQueues) held() map[string]string {
 // nothing does), without taking a token.
 func (r *readyQueues) blocked(key string) string {
 	s := r.shape(key)
-	limit := r.limit
-	if s.MaxConnections > 0 {
-		limit = s.MaxConnections
-	}
-	if r.inflight[key] >= limit {
+	if r.inflight[key] >= r.connLimit(s) {
 		return "connections"
 	}
 	if lim := r.limiters[key]; s.Rate > 0 && lim != nil && lim.Tokens() < 1 {
 		return "rate"
 	}
 	return ""
+}
+
+// connLimit is a destination's connection limit: its own, else the
+// per-domain default.
+func (r *readyQueues) connLimit(s Shaping) int {
+	if s.MaxConnections > 0 {
+		return s.MaxConnections
+	}
+	return r.limit
 }

@@ -3,7 +3,8 @@
 # smtp-source sends the same load (SESSIONS concurrent sessions, COUNT
 # messages of SIZE bytes) to each MTA, which relays it to one smtp-sink.
 # Reported: the time until every message was accepted, and until the queue
-# was empty (everything relayed). Needs root (Postfix's master runs as root)
+# was empty (everything relayed); then the end-of-DATA -> 250 latency (p50,
+# p99) of each (e2e/latency.py). Needs root (Postfix's master runs as root)
 # and the test tools (`make deps`). Run by `make bench-postfix`.
 set -euo pipefail
 COUNT=${COUNT:-5000} SESSIONS=${SESSIONS:-20} SIZE=${SIZE:-4096} ROUNDS=${ROUNDS:-2}
@@ -63,4 +64,12 @@ echo "load: $COUNT messages x $SIZE bytes, $SESSIONS sessions, $(nproc) cores; P
 for r in $(seq 1 "$ROUNDS"); do
   measure postfix "$PF" "postqueue -c $W/pf/conf -p"
   measure ledgermail "$LM" "$W/mta queue -c $W/mta.toml"
+done
+# End-of-DATA -> 250 latency under the same concurrency (a Python client:
+# both MTAs see the same one).
+LAT=${LAT:-2000}
+echo "end-of-DATA -> 250 latency, $LAT messages over $SESSIONS sessions:"
+for r in $(seq 1 "$ROUNDS"); do
+  printf "%-10s " postfix; python3 e2e/latency.py "${PF%:*}" "${PF##*:}" "$SESSIONS" "$LAT" "$SIZE"
+  printf "%-10s " ledgermail; python3 e2e/latency.py "${LM%:*}" "${LM##*:}" "$SESSIONS" "$LAT" "$SIZE"
 done

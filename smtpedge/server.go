@@ -17,6 +17,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -89,7 +90,8 @@ type Server struct {
 	throttle   *authThrottle
 	validators []Validator
 	budget     *BodyMemory
-	wg         sync.WaitGroup
+	wg         sync.WaitGroup // the Serve loops
+	closing    atomic.Bool    // Shutdown has begun
 }
 
 // New validates opts and binds every listener (so that privileges may be
@@ -237,7 +239,7 @@ func (s *Server) Serve() {
 		}
 		go func(srv *smtp.Server, ln net.Listener) {
 			defer s.wg.Done()
-			if err := srv.Serve(ln); err != nil && !errors.Is(err, smtp.ErrServerClosed) {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, smtp.ErrServerClosed) && !s.closing.Load() {
 				s.o.Logger.Error("listener stopped", zap.String("addr", ln.Addr().String()), zap.Error(err))
 			}
 		}(srv, ln)
@@ -269,13 +271,23 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 	}()
 	defer close(stop)
+	// Stop accepting first, and wait until every Serve loop has returned:
+	// go-smtp's Serve adds each accepted connection to a WaitGroup that its
+	// Shutdown waits on, and an Add racing that Wait is a data race. Once
+	// the loops are gone, go-smtp's Shutdown only waits for the sessions.
+	s.closing.Store(true)
+	for _, ln := range s.lns {
+		ln.Close()
+	}
+	s.wg.Wait()
 	errs := make(chan error, len(s.servers))
 	for _, srv := range s.servers {
 		go func(srv *smtp.Server) { errs <- srv.Shutdown(ctx) }(srv)
 	}
 	var first error
 	for range s.servers {
-		if err := <-errs; err != nil && first == nil {
+		// Its listeners are already closed: closing them again is no error.
+		if err := <-errs; err != nil && !errors.Is(err, net.ErrClosed) && first == nil {
 			first = err
 		}
 	}
@@ -283,7 +295,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		n := s.tracker.each(func(c *tracked) { c.conn.Close() })
 		s.o.Logger.Warn("shutdown: sessions cut", zap.Int("sessions", n))
 	}
-	s.wg.Wait()
 	return first
 }
 

@@ -151,6 +151,7 @@ func (j *Journal) ArchiveThrough(to uint64, o ArchiveOptions) (res ArchiveResult
 	batch := j.db.NewBatch()
 	defer batch.Close()
 	var bodyKeys []string
+	var maxEnv, maxBody string // what was deleted lies below these
 	prev, havePrev := mark.link, true
 	it, err := j.db.NewIter(&pebble.IterOptions{LowerBound: eventKey(mark.seq + 1), UpperBound: eventKey(to + 1)})
 	if err != nil {
@@ -188,8 +189,10 @@ func (j *Journal) ArchiveThrough(to uint64, o ArchiveOptions) (res ArchiveResult
 		if err := batch.Delete(indexKey(e.Envelope, seq), nil); err != nil {
 			return res, err
 		}
+		maxEnv = max(maxEnv, e.Envelope)
 		if rcv, ok := e.Payload.(events.Received); ok && rcv.BodyKey != "" {
 			bodyKeys = append(bodyKeys, rcv.BodyKey)
+			maxBody = max(maxBody, rcv.BodyKey)
 			if aw != nil && o.Bodies {
 				n, err := aw.body(j, rcv.BodyKey)
 				if err != nil {
@@ -214,6 +217,7 @@ func (j *Journal) ArchiveThrough(to uint64, o ArchiveOptions) (res ArchiveResult
 	if !o.Keep {
 		next.dropped = to
 	}
+	var maxSeg uint64
 	err = j.onWriter(func() error {
 		if err := batch.DeleteRange(eventKey(mark.seq+1), eventKey(to+1), nil); err != nil {
 			return err
@@ -226,6 +230,7 @@ func (j *Journal) ArchiveThrough(to uint64, o ArchiveOptions) (res ArchiveResult
 			}
 			if seg != 0 {
 				dropped = append(dropped, seg)
+				maxSeg = max(maxSeg, seg)
 			}
 		}
 		if err := batch.Set(metaArchivedKey, next.encode(), nil); err != nil {
@@ -246,9 +251,23 @@ func (j *Journal) ArchiveThrough(to uint64, o ArchiveOptions) (res ArchiveResult
 	if err != nil {
 		return res, err
 	}
-	// Give the space back now rather than at some later compaction.
-	if err := j.db.Compact(context.Background(), []byte{0}, []byte{0xff, 0xff}, false); err != nil {
-		return res, fmt.Errorf("journal: compact after archiving: %w", err)
+	// Give the space back now rather than at some later compaction, by
+	// compacting only the key ranges that held what was deleted: the
+	// records, and the index entries and body pointers up to the largest
+	// archived envelope ID and body key (IDs sort by time, so these are
+	// prefixes of their ranges) — work in proportion to what left, not to
+	// the hot journal.
+	ranges := [][2][]byte{
+		{eventKey(res.From), eventKey(to + 1)},
+		{[]byte(prefixIndex), append([]byte(prefixIndex+maxEnv), 0xff)},
+		{[]byte(prefixBodyRef), append(bodyRefKey(maxBody), 0xff)},
+		{[]byte(prefixBody), append(bodyKey(maxBody), 0xff)},
+		{[]byte(prefixSegRef), segRefPrefix(maxSeg + 1)},
+	}
+	for _, r := range ranges {
+		if err := j.db.Compact(context.Background(), r[0], r[1], false); err != nil {
+			return res, fmt.Errorf("journal: compact after archiving: %w", err)
+		}
 	}
 	return res, nil
 }

@@ -355,20 +355,22 @@ func (j *Journal) Subscribe(fn func([]events.Event)) {
 // Append makes w durable and returns its events with Seq (and Time, when it
 // was zero) filled in. When the writer's queue is full it waits for room.
 func (j *Journal) Append(w Write) ([]events.Event, error) {
-	for _, e := range w.Events {
-		if e.Envelope == "" {
-			return nil, fmt.Errorf("journal: %s event without envelope ID", e.Type())
-		}
-	}
-	if j.opts.ReadOnly {
-		return nil, ErrReadOnly
-	}
+	// Append owns w's body files from here: a failed Append removes them.
 	abort := func() {
 		for _, b := range w.Bodies {
 			if b.File != nil {
 				b.File.Abort()
 			}
 		}
+	}
+	for _, e := range w.Events {
+		if e.Envelope == "" {
+			abort()
+			return nil, fmt.Errorf("journal: %s event without envelope ID", e.Type())
+		}
+	}
+	if j.opts.ReadOnly {
+		return nil, ErrReadOnly
 	}
 	if err := j.Err(); err != nil {
 		abort()

@@ -131,8 +131,12 @@ type Spool struct {
 // NewSpool starts receiving a message for the server.
 func (s *Server) NewSpool() *Spool { return NewSpool(s.o.Journal, s.budget) }
 
-// NewSpool starts receiving a message into j, its memory counted in m.
+// NewSpool starts receiving a message into j, its memory counted in m (nil:
+// a budget of its own).
 func NewSpool(j *journal.Journal, m *BodyMemory) *Spool {
+	if m == nil {
+		m = NewBodyMemory(0)
+	}
 	return &Spool{j: j, budget: m, memMax: spoolMemMax, hash: sha256.New()}
 }
 

@@ -347,12 +347,12 @@ func (j *Journal) OpenBody(key, sum string) (_ *BodyReader, err error) {
 	if sum == "" {
 		return br, nil
 	}
-	h := sha256.New()
-	if _, err := io.Copy(h, br.Reader()); err != nil {
+	got, err := br.sha256()
+	if err != nil {
 		br.Close()
-		return nil, fmt.Errorf("journal: read body %s: %w", key, err)
+		return nil, err
 	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != sum {
+	if got != sum {
 		br.Close()
 		return nil, &BodyCorruptError{Key: key, Want: sum, Got: got}
 	}
@@ -469,32 +469,36 @@ func (j *Journal) reclaimSegments() (freed int64, err error) {
 	if err != nil {
 		return 0, err
 	}
-	var cur uint64
-	if j.bodies.cur != nil {
-		cur = j.bodies.curSeg
-	}
 	for _, seg := range segs {
-		if seg == cur || j.bodies.busy(seg) {
-			continue
-		}
-		used, err := j.segmentUsed(seg)
+		n, err := j.removeIfUnused(seg)
 		if err != nil {
 			return freed, fmt.Errorf("journal: reclaim: %w", err)
 		}
-		if used {
-			continue
-		}
-		p := j.bodies.path(seg)
-		st, err := os.Stat(p)
-		if err != nil {
-			continue
-		}
-		if err := os.Remove(p); err != nil {
-			return freed, fmt.Errorf("journal: reclaim: %w", err)
-		}
-		freed += st.Size()
+		freed += n
 	}
 	return freed, nil
+}
+
+// removeIfUnused deletes segment seg when it is not the shared segment
+// being appended to, no session is writing it and no body refers to it;
+// it returns the bytes freed. Writer goroutine only.
+func (j *Journal) removeIfUnused(seg uint64) (int64, error) {
+	if j.bodies.cur != nil && seg == j.bodies.curSeg || j.bodies.busy(seg) {
+		return 0, nil
+	}
+	used, err := j.segmentUsed(seg)
+	if err != nil || used {
+		return 0, err
+	}
+	p := j.bodies.path(seg)
+	st, err := os.Stat(p)
+	if err != nil {
+		return 0, nil // already gone
+	}
+	if err := os.Remove(p); err != nil {
+		return 0, err
+	}
+	return st.Size(), nil
 }
 
 // BodySHA256 reads the body under key, streaming, and returns its hex
@@ -506,9 +510,14 @@ func (j *Journal) BodySHA256(key string) (_ string, err error) {
 		return "", err
 	}
 	defer br.Close()
+	return br.sha256()
+}
+
+// sha256 reads the whole body, streaming, and returns its hex SHA-256.
+func (b *BodyReader) sha256() (string, error) {
 	h := sha256.New()
-	if _, err := io.Copy(h, br.Reader()); err != nil {
-		return "", fmt.Errorf("journal: read body %s: %w", key, err)
+	if _, err := io.Copy(h, b.Reader()); err != nil {
+		return "", fmt.Errorf("journal: read body %s: %w", b.key, err)
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
 }

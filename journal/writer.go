@@ -3,7 +3,6 @@ package journal
 import (
 	"errors"
 	"fmt"
-	"os"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -298,14 +297,7 @@ func fillBodyRefs(evs []events.Event, frames [][]byte, refs map[string]BodyRef, 
 // logged: ReclaimSegments finds them later.
 func (j *Journal) reclaimDropped(segs []uint64) {
 	for _, seg := range segs {
-		if j.bodies.cur != nil && seg == j.bodies.curSeg || j.bodies.busy(seg) {
-			continue
-		}
-		used, err := j.segmentUsed(seg)
-		if err != nil || used {
-			continue
-		}
-		if err := os.Remove(j.bodies.path(seg)); err != nil && !os.IsNotExist(err) && j.opts.Logger != nil {
+		if _, err := j.removeIfUnused(seg); err != nil && j.opts.Logger != nil {
 			j.opts.Logger.Warn("could not delete an unused body segment", zap.String("segment", segmentName(seg)), zap.Error(err))
 		}
 	}

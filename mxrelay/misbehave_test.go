@@ -116,7 +116,7 @@ func TestDNSAnswersAreCachedForTheirTTL(t *testing.T) {
 	r.now = func() time.Time { return now }
 	ctx := context.Background()
 	for i := 0; i < 3; i++ {
-		if h, err := r.mxHosts(ctx, "cached.test"); err != nil || len(h) != 1 || h[0] != "mx.cached.test" {
+		if h, _, err := r.mxHosts(ctx, "cached.test"); err != nil || len(h) != 1 || h[0] != "mx.cached.test" {
 			t.Fatalf("mxHosts: %v %v", h, err)
 		}
 	}

@@ -25,6 +25,9 @@ func (d *dnsFailure) Error() string { return d.outcome.String() }
 type resolver struct {
 	servers []string
 	client  *dns.Client
+	// dnssec sets the AD bit in queries (RFC 6840 §5.7), asking a
+	// validating resolver to say which answers are DNSSEC-secure.
+	dnssec bool
 	now     func() time.Time
 
 	mu    sync.Mutex
@@ -115,6 +118,7 @@ func (r *resolver) ask(ctx context.Context, name string, qtype uint16) (*dns.Msg
 	m := new(dns.Msg)
 	m.SetQuestion(dns.Fqdn(name), qtype)
 	m.RecursionDesired = true
+	m.AuthenticatedData = r.dnssec
 	var lastErr error = errors.New("no DNS servers configured")
 	for _, s := range r.servers {
 		in, _, err := r.client.ExchangeContext(ctx, m, s)
@@ -131,19 +135,25 @@ func (r *resolver) ask(ctx context.Context, name string, qtype uint16) (*dns.Msg
 	return nil, lastErr
 }
 
-// mxHosts returns the hosts to try for domain, in order. A domain without
-// MX records is its own host (implicit MX); a null MX is a permanent failure.
-func (r *resolver) mxHosts(ctx context.Context, domain string) ([]string, error) {
+// mxHosts returns the hosts to try for domain, in order, and whether the
+// answer was DNSSEC-secure (AD set, with dnssec). A domain without MX
+// records is its own host (implicit MX); a null MX is a permanent failure.
+func (r *resolver) mxHosts(ctx context.Context, domain string) ([]string, bool, error) {
+	hosts, in, err := r.mxLookup(ctx, domain)
+	return hosts, err == nil && r.dnssec && in.AuthenticatedData, err
+}
+
+func (r *resolver) mxLookup(ctx context.Context, domain string) ([]string, *dns.Msg, error) {
 	in, err := r.query(ctx, domain, dns.TypeMX)
 	if err != nil {
-		return nil, &dnsFailure{temporary("MX lookup for %s failed: %v", domain, err)}
+		return nil, nil, &dnsFailure{temporary("MX lookup for %s failed: %v", domain, err)}
 	}
 	switch in.Rcode {
 	case dns.RcodeSuccess:
 	case dns.RcodeNameError:
-		return nil, &dnsFailure{permanent(550, "5.1.2", "domain %s does not exist (NXDOMAIN)", domain)}
+		return nil, nil, &dnsFailure{permanent(550, "5.1.2", "domain %s does not exist (NXDOMAIN)", domain)}
 	default:
-		return nil, &dnsFailure{temporary("MX lookup for %s: %s", domain, dns.RcodeToString[in.Rcode])}
+		return nil, nil, &dnsFailure{temporary("MX lookup for %s: %s", domain, dns.RcodeToString[in.Rcode])}
 	}
 	var mxs []*dns.MX
 	for _, rr := range in.Answer {
@@ -152,10 +162,10 @@ func (r *resolver) mxHosts(ctx context.Context, domain string) ([]string, error)
 		}
 	}
 	if len(mxs) == 0 {
-		return []string{domain}, nil
+		return []string{domain}, in, nil
 	}
 	if len(mxs) == 1 && mxs[0].Mx == "." {
-		return nil, &dnsFailure{permanent(556, "5.1.10", "domain %s accepts no mail (null MX)", domain)}
+		return nil, nil, &dnsFailure{permanent(556, "5.1.10", "domain %s accepts no mail (null MX)", domain)}
 	}
 	// Equal preferences in random order, then a stable sort by preference.
 	rand.Shuffle(len(mxs), func(i, j int) { mxs[i], mxs[j] = mxs[j], mxs[i] })
@@ -166,7 +176,7 @@ func (r *resolver) mxHosts(ctx context.Context, domain string) ([]string, error)
 			hosts = append(hosts, strings.TrimSuffix(mx.Mx, "."))
 		}
 	}
-	return hosts, nil
+	return hosts, in, nil
 }
 
 // addrs resolves host to its IPv4 and IPv6 addresses (a literal IP is itself).
@@ -200,6 +210,7 @@ func (r *resolver) addrs(ctx context.Context, host string) ([]string, error) {
 type mxRelay struct {
 	opts     Options
 	resolver *resolver
+	sts      *stsFetcher // nil: MTA-STS off
 }
 
 // Deliver groups the recipients by domain and delivers each group to its
@@ -219,7 +230,7 @@ func (x *mxRelay) Deliver(ctx context.Context, m Message, pool *Pool) Result {
 		sub := m
 		sub.Recipients = groups[d]
 		res := x.deliverDomain(ctx, d, sub, pool)
-		total.Host, total.TLS = res.Host, res.TLS
+		total.Host, total.TLS, total.Security = res.Host, res.TLS, res.Security
 		for k, v := range res.Rcpts {
 			total.Rcpts[k] = v
 		}
@@ -237,9 +248,9 @@ func (x *mxRelay) deliverDomain(ctx context.Context, domain string, m Message, p
 		if !ok {
 			return Result{Rcpts: allRcpts(m.Recipients, permanent(501, "5.1.3", "bad address literal %s", domain))}
 		}
-		return deliverHost(ctx, x.opts, net.JoinHostPort(ip.String(), strconv.Itoa(x.opts.MXPort)), false, m, pool)
+		return deliverHost(ctx, x.opts, net.JoinHostPort(ip.String(), strconv.Itoa(x.opts.MXPort)), false, m, pool, nil)
 	}
-	hosts, err := x.resolver.mxHosts(ctx, domain)
+	hosts, secure, err := x.resolver.mxHosts(ctx, domain)
 	if err != nil {
 		var df *dnsFailure
 		errors.As(err, &df)
@@ -247,7 +258,25 @@ func (x *mxRelay) deliverDomain(ctx context.Context, domain string, m Message, p
 	}
 	implicit := len(hosts) == 1 && hosts[0] == domain
 	last := Result{Rcpts: allRcpts(m.Recipients, temporary("no address found for the MX hosts of %s", domain))}
+	var sts *stsPolicy
+	var stsFailure Security
+	if x.sts != nil {
+		var result, reason string
+		sts, result, reason = x.sts.policy(ctx, domain)
+		if result != "" {
+			stsFailure = Security{Policy: "mta-sts", Result: result, Detail: reason}
+			last.Security = stsFailure
+		}
+	}
 	for _, h := range hosts {
+		sec, refusal := x.hostSecurity(ctx, h, secure, sts)
+		if sec == nil && stsFailure.Policy != "" {
+			sec = &hostSecurity{Security: stsFailure, serverName: h}
+		}
+		if refusal != nil {
+			last = Result{Host: h, Rcpts: allRcpts(m.Recipients, *refusal), Security: sec.Security}
+			continue
+		}
 		addrs, err := x.resolver.addrs(ctx, h)
 		if err != nil {
 			last = Result{Host: h, Rcpts: allRcpts(m.Recipients, temporary("address lookup for %s failed: %v", h, err))}
@@ -259,7 +288,7 @@ func (x *mxRelay) deliverDomain(ctx context.Context, domain string, m Message, p
 			return Result{Rcpts: allRcpts(m.Recipients, permanent(550, "5.4.4", "domain %s has no MX and no address records", domain))}
 		}
 		for _, a := range addrs {
-			res := deliverHost(ctx, x.opts, net.JoinHostPort(a, strconv.Itoa(x.opts.MXPort)), false, m, pool)
+			res := deliverHost(ctx, x.opts, net.JoinHostPort(a, strconv.Itoa(x.opts.MXPort)), false, m, pool, sec)
 			last = res
 			if tookTransaction(res) {
 				return res
@@ -267,6 +296,44 @@ func (x *mxRelay) deliverDomain(ctx context.Context, domain string, m Message, p
 		}
 	}
 	return last
+}
+
+// hostSecurity decides what a connection to the MX host h must satisfy:
+// DANE when the MX RRset was secure and h has secure TLSA records (it then
+// takes precedence over MTA-STS, RFC 8461 §2), else the MTA-STS policy,
+// else nothing (nil). A non-nil refusal means h must not be tried.
+func (x *mxRelay) hostSecurity(ctx context.Context, h string, mxSecure bool, sts *stsPolicy) (*hostSecurity, *Outcome) {
+	if mxSecure {
+		name := fmt.Sprintf("_%d._tcp.%s", x.opts.MXPort, h)
+		in, err := x.resolver.query(ctx, name, dns.TypeTLSA)
+		switch {
+		case err != nil || (in.Rcode != dns.RcodeSuccess && in.Rcode != dns.RcodeNameError):
+			// A failed TLSA lookup under a secure MX: the host is unusable
+			// (RFC 7672 §2.2), not one to reach without authentication.
+			sec := &hostSecurity{Security: Security{Policy: "dane", Result: resultDNSSECInvalid, Detail: "TLSA lookup for " + name + " failed"}, serverName: h, require: true}
+			o := temporary("TLSA lookup for %s failed; not delivering to %s without it (DANE)", name, h)
+			return sec, &o
+		case in.AuthenticatedData && len(in.Answer) > 0:
+			sec := &hostSecurity{Security: Security{Policy: "dane"}, serverName: h, require: true, tlsa: usableTLSA(in)}
+			if len(sec.tlsa) == 0 {
+				sec.Result, sec.Detail = resultTLSAInvalid, "no usable TLSA record at "+name+": TLS without authentication"
+			}
+			return sec, nil
+		}
+	}
+	if sts == nil {
+		return nil, nil
+	}
+	sec := &hostSecurity{Security: Security{Policy: "mta-sts", Mode: sts.Mode, PolicyID: sts.ID}, serverName: h,
+		require: sts.Mode == "enforce", roots: x.opts.RootCAs}
+	if !sts.matches(h) {
+		sec.Result, sec.Detail = resultValidationFailed, fmt.Sprintf("MX host %s does not match the MTA-STS policy", h)
+		if sec.require {
+			o := temporary("MX host %s is not allowed by the MTA-STS policy (id %s) of its domain", h, sts.ID)
+			return sec, &o
+		}
+	}
+	return sec, nil
 }
 
 // tookTransaction reports whether a host gave a final answer for at least one

@@ -27,6 +27,7 @@ type pooled struct {
 	tls   string
 	since time.Time
 	uses  int // transactions run on it
+	sec   Security
 }
 
 // NewPool returns a pool that keeps connections idle for at most idle; a

@@ -11,6 +11,7 @@ package mxrelay
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"time"
@@ -50,7 +51,18 @@ type Options struct {
 	TLSVerify bool
 	// TLSConfig is used for STARTTLS; nil: the system roots, with
 	// verification relaxed for opportunistic TLS (as MTAs do).
-	TLSConfig      *tls.Config
+	TLSConfig *tls.Config
+	// RootCAs verify certificates (TLSVerify, MTA-STS hosts and policy
+	// servers); nil: the system roots. [relay] tls_ca_file adds to them.
+	RootCAs *x509.CertPool
+	// MTASTS applies the recipient domains' MTA-STS policies (RFC 8461) in
+	// mode "mx"; MTASTSPort is the policy server's port (443).
+	MTASTS     bool
+	MTASTSPort int
+	// DNSSEC trusts the resolvers to validate: answers with the AD bit are
+	// DNSSEC-secure, and DANE (RFC 7672) applies to MX hosts whose MX
+	// RRset and TLSA records are.
+	DNSSEC         bool
 	ConnectTimeout time.Duration
 	CommandTimeout time.Duration
 	DataTimeout    time.Duration
@@ -123,6 +135,9 @@ type Result struct {
 	TLS    string             // TLS version used, "" for plaintext
 	Rcpts  map[string]Outcome // one per recipient of the Message
 	Reused bool               // the transaction ran on a pooled connection
+	// Security is the transport security policy that applied (MTA-STS or
+	// DANE) and its result; zero when none did.
+	Security Security
 }
 
 // Relay delivers messages to their next hop. pool, when not nil, lends
@@ -145,7 +160,12 @@ func New(opts Options) (Relay, error) {
 		if err != nil {
 			return nil, err
 		}
-		return &mxRelay{opts: opts, resolver: r}, nil
+		r.dnssec = opts.DNSSEC
+		x := &mxRelay{opts: opts, resolver: r}
+		if opts.MTASTS {
+			x.sts = newSTSFetcher(r, opts.RootCAs, opts.MTASTSPort, opts.CommandTimeout)
+		}
+		return x, nil
 	}
 	return nil, fmt.Errorf("relay.mode %q is not \"mx\" or \"static\"", opts.Mode)
 }
@@ -162,5 +182,5 @@ func allRcpts(rcpts []string, o Outcome) map[string]Outcome {
 type staticRelay struct{ opts Options }
 
 func (s *staticRelay) Deliver(ctx context.Context, m Message, pool *Pool) Result {
-	return deliverHost(ctx, s.opts, s.opts.Smarthost, true, m, pool)
+	return deliverHost(ctx, s.opts, s.opts.Smarthost, true, m, pool, nil)
 }

@@ -18,20 +18,34 @@ import (
 
 // deliverHost runs one SMTP transaction with addr, on a pooled connection
 // when one is idle (falling back to a new one if the pooled one has died).
-func deliverHost(ctx context.Context, o Options, addr string, useAuth bool, m Message, pool *Pool) Result {
-	if pc := pool.get(addr); pc != nil {
+// sec, when not nil, is the transport security policy the connection must
+// satisfy (a pooled connection was opened under the same one).
+func deliverHost(ctx context.Context, o Options, addr string, useAuth bool, m Message, pool *Pool, sec *hostSecurity) (res Result) {
+	key := sec.poolKey(addr)
+	if pc := pool.get(key); pc != nil {
 		out, healthy := transaction(o, pc.c, pc.raw, m)
 		if !connectionLost(out) {
 			if healthy {
-				pool.put(addr, pc)
+				pool.put(key, pc)
 			} else {
 				pc.close()
 			}
-			return Result{Host: addr, TLS: pc.tls, Rcpts: out, Reused: true}
+			return Result{Host: addr, TLS: pc.tls, Rcpts: out, Reused: true, Security: pc.sec}
 		}
 		pc.c.Close() // the peer closed it while idle: dial afresh
 	}
-	res := Result{Host: addr}
+	res = Result{Host: addr}
+	var st *Security
+	if sec != nil {
+		cp := sec.Security
+		st = &cp
+		defer func() {
+			if st.Result == "" {
+				st.Result = resultSuccess
+			}
+			res.Security = *st
+		}()
+	}
 	d := net.Dialer{Timeout: o.ConnectTimeout}
 	conn, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
@@ -42,8 +56,8 @@ func deliverHost(ctx context.Context, o Options, addr string, useAuth bool, m Me
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer func() { stop() }() // the fallback below may replace stop
 
-	c, tlsVersion, fail := openClient(o, conn, addr)
-	if fail != nil && fail.tlsBroken && o.TLS == TLSOpportunistic && o.TLSFallbackPlaintext {
+	c, tlsVersion, fail := openClient(o, conn, addr, sec, st)
+	if fail != nil && fail.tlsBroken && o.TLS == TLSOpportunistic && o.TLSFallbackPlaintext && (sec == nil || !sec.require) {
 		// Configured to prefer delivery over secrecy: redial without TLS.
 		conn.Close()
 		stop()
@@ -54,7 +68,7 @@ func deliverHost(ctx context.Context, o Options, addr string, useAuth bool, m Me
 		stop = context.AfterFunc(ctx, func() { conn.Close() })
 		plain := o
 		plain.TLS = TLSNone
-		c, tlsVersion, fail = openClient(plain, conn, addr)
+		c, tlsVersion, fail = openClient(plain, conn, addr, nil, nil)
 	}
 	if fail != nil {
 		conn.Close()
@@ -80,7 +94,14 @@ func deliverHost(ctx context.Context, o Options, addr string, useAuth bool, m Me
 	out, healthy := transaction(o, c, conn, m)
 	res.Rcpts = out
 	if healthy && stop() {
-		pool.put(addr, &pooled{c: c, raw: conn, tls: tlsVersion})
+		pc := &pooled{c: c, raw: conn, tls: tlsVersion}
+		if st != nil {
+			pc.sec = *st
+			if pc.sec.Result == "" {
+				pc.sec.Result = resultSuccess
+			}
+		}
+		pool.put(key, pc)
 	} else {
 		conn.SetDeadline(time.Now().Add(2 * time.Second))
 		c.Quit()
@@ -166,14 +187,22 @@ func transaction(o Options, c *smtp.Client, raw net.Conn, m Message) (out map[st
 	return finish(Outcome{Code: code, Enhanced: enh, Message: text}, true)
 }
 
-// openClient greets the peer and negotiates STARTTLS per o.TLS. go-smtp's
+// openClient greets the peer and negotiates STARTTLS per o.TLS and sec
+// (a policy that requires TLS refuses a peer without it, or whose
+// certificate fails the policy's check; one that does not records the
+// failure in st and goes on). go-smtp's
 // client has no public STARTTLS after EHLO, and NewClientStartTLS would say
 // "EHLO localhost"; so the plaintext EHLO and STARTTLS are done here on the
 // raw connection, and the go-smtp client takes over after the handshake.
-func openClient(o Options, conn net.Conn, addr string) (*smtp.Client, string, *openFailure) {
+func openClient(o Options, conn net.Conn, addr string, sec *hostSecurity, st *Security) (*smtp.Client, string, *openFailure) {
 	conn.SetDeadline(time.Now().Add(o.CommandTimeout))
 	defer conn.SetDeadline(time.Time{})
-	if o.TLS == TLSNone {
+	fail := func(result, detail string) {
+		if st != nil && st.Result == "" {
+			st.Result, st.Detail = result, detail
+		}
+	}
+	if o.TLS == TLSNone && sec == nil {
 		c := smtp.NewClient(conn)
 		c.CommandTimeout = o.CommandTimeout
 		if err := c.Hello(o.Hostname); err != nil {
@@ -211,11 +240,36 @@ func openClient(o Options, conn net.Conn, addr string) (*smtp.Client, string, *o
 			return nil, "", &openFailure{Outcome: classify(err)}
 		}
 		cfg := tlsConfig(o, addr)
+		refused := ""
+		if sec != nil {
+			cfg.ServerName = sec.serverName
+			cfg.InsecureSkipVerify = true // checked by the policy instead
+			cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+				result, err := sec.verify(cs)
+				if err != nil {
+					fail(result, err.Error())
+					if sec.require {
+						refused = result
+						return err
+					}
+				}
+				return nil
+			}
+		}
 		tc := tls.Client(conn, cfg)
 		if err := tc.Handshake(); err != nil {
+			if refused != "" {
+				return nil, "", &openFailure{Outcome: temporary("%s: certificate refused by the %s policy (%s): %v", addr, sec.Policy, refused, err), tlsBroken: true}
+			}
+			fail(resultValidationFailed, "TLS handshake failed: "+err.Error())
 			return nil, "", &openFailure{Outcome: temporary("%s: TLS handshake failed: %v", addr, err), tlsBroken: true}
 		}
 		next, version = tc, tls.VersionName(tc.ConnectionState().Version)
+	case sec != nil && sec.require:
+		fail(resultNoSTARTTLS, addr+" does not offer STARTTLS")
+		return nil, "", &openFailure{Outcome: temporary("%s does not offer STARTTLS, which the %s policy of its domain requires", addr, sec.Policy)}
+	case sec != nil:
+		fail(resultNoSTARTTLS, addr+" does not offer STARTTLS")
 	case o.TLS == TLSRequired:
 		return nil, "", &openFailure{Outcome: temporary("%s does not offer STARTTLS and relay.tls is \"required\"", addr)}
 	}
@@ -247,7 +301,7 @@ func tlsConfig(o Options, addr string) *tls.Config {
 	// Like Postfix's "may" and "encrypt" levels, TLS protects against
 	// passive listeners without verifying the peer (RFC 7435), unless
 	// TLSVerify asks for a certificate valid for the host.
-	return &tls.Config{ServerName: host, InsecureSkipVerify: !o.TLSVerify, MinVersion: tls.VersionTLS12}
+	return &tls.Config{ServerName: host, InsecureSkipVerify: !o.TLSVerify, RootCAs: o.RootCAs, MinVersion: tls.VersionTLS12}
 }
 
 // greetedConn replays a greeting line before the connection's own data.

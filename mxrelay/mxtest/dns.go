@@ -3,6 +3,7 @@ package mxtest
 import (
 	"net"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"github.com/miekg/dns"
@@ -13,28 +14,47 @@ type DNS struct {
 	Addr    string
 	srv     *dns.Server
 	queries atomic.Int64
+
+	mu      sync.Mutex
+	records map[string][]dns.RR
 }
 
 // StartDNS serves zone: owner name (FQDN, lower case) to records in
 // presentation format ("x.test. 60 IN MX 10 mx.x.test."). Names not in the
 // zone get NXDOMAIN; names in servfail get SERVFAIL.
 func StartDNS(zone map[string][]string, servfail ...string) (*DNS, error) {
-	records := map[string][]dns.RR{}
+	return StartZone(Zone{Records: zone, ServFail: servfail})
+}
+
+// Zone is what StartZone serves.
+type Zone struct {
+	// Records: owner name (FQDN) to records in presentation format.
+	Records map[string][]string
+	// ServFail: names answered SERVFAIL.
+	ServFail []string
+	// Secure: names whose answers (records, NODATA or NXDOMAIN) carry the
+	// AD bit, as a validating resolver sets it for DNSSEC-secure data.
+	Secure []string
+}
+
+// StartZone serves z on loopback UDP.
+func StartZone(z Zone) (*DNS, error) {
+	zone, servfail := z.Records, z.ServFail
+	secure := map[string]bool{}
+	for _, s := range z.Secure {
+		secure[strings.ToLower(dns.Fqdn(s))] = true
+	}
+	d := &DNS{records: map[string][]dns.RR{}}
 	for name, list := range zone {
-		records[strings.ToLower(name)] = nil
-		for _, s := range list {
-			rr, err := dns.NewRR(s)
-			if err != nil {
-				return nil, err
-			}
-			records[strings.ToLower(name)] = append(records[strings.ToLower(name)], rr)
+		if err := d.Set(name, list...); err != nil {
+			return nil, err
 		}
 	}
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
-	d := &DNS{Addr: pc.LocalAddr().String()}
+	d.Addr = pc.LocalAddr().String()
 	mux := dns.NewServeMux()
 	mux.HandleFunc(".", func(w dns.ResponseWriter, r *dns.Msg) {
 		d.queries.Add(1)
@@ -48,7 +68,10 @@ func StartDNS(zone map[string][]string, servfail ...string) (*DNS, error) {
 				return
 			}
 		}
-		rrs, ok := records[strings.ToLower(q.Name)]
+		m.AuthenticatedData = secure[strings.ToLower(q.Name)]
+		d.mu.Lock()
+		rrs, ok := d.records[strings.ToLower(q.Name)]
+		d.mu.Unlock()
 		if !ok {
 			m.Rcode = dns.RcodeNameError
 		}
@@ -64,6 +87,23 @@ func StartDNS(zone map[string][]string, servfail ...string) (*DNS, error) {
 	go d.srv.ActivateAndServe()
 	<-started
 	return d, nil
+}
+
+// Set replaces the records of name (presentation format); with none, the
+// name exists without records (NODATA).
+func (d *DNS) Set(name string, records ...string) error {
+	var rrs []dns.RR
+	for _, s := range records {
+		rr, err := dns.NewRR(s)
+		if err != nil {
+			return err
+		}
+		rrs = append(rrs, rr)
+	}
+	d.mu.Lock()
+	d.records[strings.ToLower(name)] = rrs
+	d.mu.Unlock()
+	return nil
 }
 
 // Queries returns how many queries were answered.

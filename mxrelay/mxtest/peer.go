@@ -39,6 +39,9 @@ type Script struct {
 	DropMidData bool
 	// DataDelay waits before answering the final dot.
 	DataDelay time.Duration
+	// TLS serves STARTTLS with this configuration (e.g. a certificate
+	// from a CA); nil: a self-signed certificate for "mxtest".
+	TLS *tls.Config
 }
 
 // Peer is a running scripted server.
@@ -64,7 +67,10 @@ func Start(script Script, addr string) (*Peer, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Peer{Addr: ln.Addr().String(), ln: ln, script: script, tlsCfg: selfSigned()}
+	p := &Peer{Addr: ln.Addr().String(), ln: ln, script: script, tlsCfg: script.TLS}
+	if p.tlsCfg == nil {
+		p.tlsCfg = selfSigned()
+	}
 	p.wg.Add(1)
 	go p.serve()
 	return p, nil

@@ -28,7 +28,7 @@ type resolver struct {
 	// dnssec sets the AD bit in queries (RFC 6840 §5.7), asking a
 	// validating resolver to say which answers are DNSSEC-secure.
 	dnssec bool
-	now     func() time.Time
+	now    func() time.Time
 
 	mu    sync.Mutex
 	cache map[cacheKey]cached

@@ -276,7 +276,9 @@ func (a *envelope) holdSuspended(c actor.Context, rcpts []string, until time.Tim
 // recipients each concerns, all in one atomic write.
 func (a *envelope) finishAttempt(c actor.Context, m attemptDone) {
 	now := a.o.Now()
-	att := events.Attempted{Attempt: m.attempt, Host: m.res.Host, TLS: m.res.TLS, Seconds: m.took.Seconds()}
+	sec := m.res.Security
+	att := events.Attempted{Attempt: m.attempt, Host: m.res.Host, TLS: m.res.TLS, Seconds: m.took.Seconds(),
+		TLSPolicy: sec.Policy, STSMode: sec.Mode, STSID: sec.PolicyID, TLSResult: sec.Result, TLSDetail: sec.Detail}
 	if _, live := a.o.Queue.Get(a.id); !live {
 		// Deleted (or otherwise finished) while the attempt ran: the attempt
 		// is journaled for the audit and changes nothing else.
@@ -363,7 +365,7 @@ func (a *envelope) finishAttempt(c actor.Context, m attemptDone) {
 	} else {
 		a.log.Info("delivery attempt", zap.Int("attempt", m.attempt), zap.String("relay", m.res.Host), zap.String("tls", m.res.TLS),
 			zap.Duration("delay", m.took), zap.Strings("delivered", done), zap.Strings("bounced", failed), zap.Strings("deferred", temp),
-			zap.String("reply", firstNonEmpty(tempReason, failReason)), zap.Strings("dsn", dsnIDs))
+			zap.String("reply", firstNonEmpty(tempReason, failReason)), zap.Strings("dsn", dsnIDs), zap.String("tls_policy", sec.Policy), zap.String("tls_result", sec.Result))
 	}
 	if !next.IsZero() {
 		c.Send(a.sup, schedule{id: a.id, at: next})

@@ -146,6 +146,15 @@ type Attempted struct {
 	TLS     string       `json:"tls,omitempty"`
 	Results []RcptResult `json:"results"`
 	Seconds float64      `json:"seconds"`
+	// TLSPolicy is the transport security policy that applied: "mta-sts"
+	// (with its mode and the policy's id) or "dane"; TLSResult is
+	// "success" or the TLS-RPT result type (RFC 8460) of its failure, and
+	// TLSDetail why.
+	TLSPolicy string `json:"tls_policy,omitempty"`
+	STSMode   string `json:"sts_mode,omitempty"`
+	STSID     string `json:"sts_id,omitempty"`
+	TLSResult string `json:"tls_result,omitempty"`
+	TLSDetail string `json:"tls_detail,omitempty"`
 }
 
 // Deferred records that recipients wait for another attempt at NextAttempt.

@@ -22,6 +22,7 @@ type Metrics struct {
 	expired   prometheus.Counter
 	appendSec prometheus.Histogram
 	relaySec  *prometheus.HistogramVec
+	tlsResult *prometheus.CounterVec
 }
 
 // NewMetrics registers every ledgermail_ metric; the queue gauge reads q.
@@ -39,6 +40,9 @@ func NewMetrics(q *Queue) *Metrics {
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)}),
 		relaySec: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "ledgermail_relay_seconds", Help: "Time of one delivery attempt, by recipient domain.",
 			Buckets: prometheus.ExponentialBuckets(0.005, 2, 14)}, []string{"domain"}),
+		tlsResult: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ledgermail_tls_policy_results_total",
+			Help: "Delivery attempts under a transport security policy (mta-sts or dane), by recipient domain, policy, MTA-STS mode and result (success or a TLS-RPT result type)."},
+			[]string{"domain", "policy", "mode", "result"}),
 	}
 	states := []State{StateReceived, StateQueued, StateActive, StateDeferred}
 	for _, st := range states {
@@ -47,7 +51,7 @@ func NewMetrics(q *Queue) *Metrics {
 			Name: "ledgermail_queue_envelopes", Help: "Live envelopes in the queue, by state.", ConstLabels: prometheus.Labels{"state": string(st)},
 		}, func() float64 { return float64(q.Count(st)) }))
 	}
-	reg.MustRegister(m.accepted, m.rejected, m.delivered, m.deferred, m.bounced, m.expired, m.appendSec, m.relaySec,
+	reg.MustRegister(m.accepted, m.rejected, m.delivered, m.deferred, m.bounced, m.expired, m.appendSec, m.relaySec, m.tlsResult,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }
@@ -76,6 +80,9 @@ func (m *Metrics) Apply(evs []events.Event) {
 				}
 			}
 			m.relaySec.WithLabelValues(domain).Observe(p.Seconds)
+			if p.TLSPolicy != "" {
+				m.tlsResult.WithLabelValues(domain, p.TLSPolicy, p.STSMode, p.TLSResult).Inc()
+			}
 		}
 	}
 }

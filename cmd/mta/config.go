@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -90,6 +91,10 @@ type RelayConfig struct {
 	TLS                     string   `toml:"tls"`
 	TLSFallbackPlaintext    bool     `toml:"tls_fallback_plaintext"`
 	TLSVerify               bool     `toml:"tls_verify"`
+	TLSCAFile               string   `toml:"tls_ca_file"`
+	MTASTS                  bool     `toml:"mta_sts"`
+	MTASTSPort              int      `toml:"mta_sts_port"`
+	DNSSEC                  bool     `toml:"dnssec"`
 	ConnectTimeout          Duration `toml:"connect_timeout"`
 	CommandTimeout          Duration `toml:"command_timeout"`
 	DataTimeout             Duration `toml:"data_timeout"`
@@ -335,7 +340,7 @@ func Defaults() Config {
 		Auth:          AuthConfig{RequireSenderOwnership: true},
 		Limits: LimitsConfig{MaxMessageBytes: 26214400, MaxRecipients: 100, MaxConnections: 1000, MaxAuthFailuresPerIP: 10,
 			CommandTimeout: dur("5m"), DataTimeout: dur("10m"), TLSHandshakeTimeout: dur("10s"), BodyMemory: ByteSize{Bytes: 256 << 20}},
-		Relay: RelayConfig{Mode: "mx", MXPort: 25, TLS: "opportunistic", DNSServers: []string{}, Destinations: []DestinationConfig{},
+		Relay: RelayConfig{Mode: "mx", MXPort: 25, TLS: "opportunistic", DNSServers: []string{}, Destinations: []DestinationConfig{}, MTASTS: true, MTASTSPort: 443,
 			ConnectTimeout: dur("20s"), CommandTimeout: dur("10s"), DataTimeout: dur("20s"), IdleTimeout: dur("30s"),
 			MaxConnectionsPerDomain: 20},
 		Queue:   QueueConfig{Retry: retry, MaxAge: dur("120h"), DelayWarning: dur("4h"), KeepBodies: true},
@@ -484,6 +489,9 @@ func (c *Config) Validate() error {
 	default:
 		return configErrorf("relay.tls %q must be \"opportunistic\", \"required\" or \"none\"", c.Relay.TLS)
 	}
+	if c.Relay.MTASTSPort <= 0 || c.Relay.MTASTSPort > 65535 {
+		return configErrorf("relay.mta_sts_port %d is not a port", c.Relay.MTASTSPort)
+	}
 	if c.Relay.MXPort <= 0 || c.Relay.MXPort > 65535 {
 		return configErrorf("relay.mx_port %d is not a port", c.Relay.MXPort)
 	}
@@ -594,6 +602,9 @@ func (c *Config) CheckFiles() error {
 			return configErrorf("tls.cert and tls.key: %v", unwrapPathErr(err))
 		}
 	}
+	if _, err := c.RelayRoots(); err != nil {
+		return err
+	}
 	if _, err := c.DKIMKeys(); err != nil {
 		return err
 	}
@@ -605,6 +616,26 @@ func (c *Config) CheckFiles() error {
 		return configErrorf("auth.users_file: %v", err)
 	}
 	return nil
+}
+
+// RelayRoots are the roots the relay verifies certificates with: the
+// system's, plus the certificates of relay.tls_ca_file.
+func (c *Config) RelayRoots() (*x509.CertPool, error) {
+	roots, err := x509.SystemCertPool()
+	if err != nil {
+		roots = x509.NewCertPool()
+	}
+	if c.Relay.TLSCAFile == "" {
+		return roots, nil
+	}
+	pem, err := os.ReadFile(c.Relay.TLSCAFile)
+	if err != nil {
+		return nil, configErrorf("relay.tls_ca_file: %v", unwrapPathErr(err))
+	}
+	if !roots.AppendCertsFromPEM(pem) {
+		return nil, configErrorf("relay.tls_ca_file: %s holds no PEM certificate", c.Relay.TLSCAFile)
+	}
+	return roots, nil
 }
 
 // TrustedNetworks parses submission.trusted_networks.

@@ -226,7 +226,12 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 	j.Subscribe(metrics.Apply)
 	j.SetOnCommit(metrics.Commit)
 
+	roots, err := cfg.RelayRoots()
+	if err != nil {
+		return err
+	}
 	relay, err := mxrelay.New(mxrelay.Options{
+		RootCAs: roots, MTASTS: cfg.Relay.MTASTS, MTASTSPort: cfg.Relay.MTASTSPort, DNSSEC: cfg.Relay.DNSSEC,
 		Mode: cfg.Relay.Mode, Smarthost: cfg.Relay.Smarthost, Username: cfg.Relay.Username, Password: cfg.Relay.Password,
 		DNSServers: cfg.Relay.DNSServers, MXPort: cfg.Relay.MXPort, Hostname: cfg.Hostname, TLS: mxrelay.TLSMode(cfg.Relay.TLS),
 		TLSFallbackPlaintext: cfg.Relay.TLSFallbackPlaintext, TLSVerify: cfg.Relay.TLSVerify,

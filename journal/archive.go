@@ -153,7 +153,7 @@ func (j *Journal) ArchiveThrough(to uint64, o ArchiveOptions) (res ArchiveResult
 	var bodyKeys []string
 	var maxEnv, maxBody string // what was deleted lies below these
 	prev, havePrev := mark.link, true
-	it, err := j.db.NewIter(&pebble.IterOptions{LowerBound: eventKey(mark.seq + 1), UpperBound: eventKey(to + 1)})
+	it, err := j.rd.NewIter(&pebble.IterOptions{LowerBound: eventKey(mark.seq + 1), UpperBound: eventKey(to + 1)})
 	if err != nil {
 		return res, fmt.Errorf("journal: iterate: %w", err)
 	}
@@ -168,8 +168,7 @@ func (j *Journal) ArchiveThrough(to uint64, o ArchiveOptions) (res ArchiveResult
 			return res, &CorruptError{Seq: expect, Reason: fmt.Sprintf("missing (next record is %d); not archived", seq)}
 		}
 		expect++
-		raw := it.Value()
-		r, err := decodeRecord(seq, raw)
+		r, raw, err := j.loadRecord(seq, it.Value())
 		if err != nil {
 			return res, fmt.Errorf("%w; not archived", err)
 		}
@@ -224,11 +223,11 @@ func (j *Journal) ArchiveThrough(to uint64, o ArchiveOptions) (res ArchiveResult
 		}
 		var dropped []uint64
 		for _, k := range bodyKeys {
-			seg, err := j.stageDrop(batch, k)
+			ref, err := j.stageDrop(batch, k)
 			if err != nil {
 				return err
 			}
-			if seg != 0 {
+			if seg := ref.Segment; seg != 0 {
 				dropped = append(dropped, seg)
 				maxSeg = max(maxSeg, seg)
 			}

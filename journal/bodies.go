@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"os"
 	"path/filepath"
@@ -16,6 +17,7 @@ import (
 	"sync"
 
 	"github.com/cockroachdb/pebble/v2"
+	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 )
 
@@ -81,9 +83,10 @@ type bodyStore struct {
 	next uint64
 	open map[uint64]bool // segments being written by a session
 
-	cur    *os.File
-	curSeg uint64
-	curOff int64
+	cur     *os.File
+	curSeg  uint64
+	curOff  int64
+	inFrame bool // a frame is being written: no new segment until it ends
 }
 
 func openBodyStore(dir string, readOnly bool) (*bodyStore, error) {
@@ -167,15 +170,8 @@ func (s *bodyStore) appendShared(data []byte) (BodyRef, error) {
 
 // appendSharedFrom is appendShared streaming from r.
 func (s *bodyStore) appendSharedFrom(r io.Reader) (BodyRef, error) {
-	if s.cur != nil && s.curOff >= SegmentSize {
-		s.closeShared()
-	}
-	if s.cur == nil {
-		seg, f, err := s.create(false)
-		if err != nil {
-			return BodyRef{}, err
-		}
-		s.cur, s.curSeg, s.curOff = f, seg, 0
+	if err := s.ensureShared(); err != nil {
+		return BodyRef{}, err
 	}
 	n, err := io.Copy(s.cur, r)
 	ref := BodyRef{Segment: s.curSeg, Offset: s.curOff, Length: n}
@@ -186,6 +182,69 @@ func (s *bodyStore) appendSharedFrom(r io.Reader) (BodyRef, error) {
 		return BodyRef{}, fmt.Errorf("journal: write body segment: %w", err)
 	}
 	return ref, nil
+}
+
+// ensureShared makes sure there is a current shared segment with room
+// (a new one, started with logMagic, when there is none or it is full and
+// no frame is open).
+func (s *bodyStore) ensureShared() error {
+	if s.cur != nil && s.curOff >= SegmentSize && !s.inFrame {
+		s.closeShared()
+	}
+	if s.cur != nil {
+		return nil
+	}
+	seg, f, err := s.create(false)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write([]byte(logMagic)); err != nil {
+		f.Close()
+		return fmt.Errorf("journal: write log segment: %w", err)
+	}
+	s.cur, s.curSeg, s.curOff = f, seg, int64(len(logMagic))
+	return nil
+}
+
+// beginFrame starts a frame in the shared segment: a header to be filled
+// in by endFrame; the bodies appended until then belong to the frame.
+func (s *bodyStore) beginFrame() (seg uint64, start int64, err error) {
+	if err := s.ensureShared(); err != nil {
+		return 0, 0, err
+	}
+	if _, err := s.cur.Write(make([]byte, frameHeader)); err != nil {
+		s.closeShared()
+		return 0, 0, fmt.Errorf("journal: write log segment: %w", err)
+	}
+	start = s.curOff
+	s.curOff += frameHeader
+	s.inFrame = true
+	return s.curSeg, start, nil
+}
+
+// endFrame writes the frame's content after its bodies and then its
+// header; it returns the offset of the content. The caller syncs.
+func (s *bodyStore) endFrame(start int64, content []byte) (int64, error) {
+	s.inFrame = false
+	if s.cur == nil {
+		return 0, errors.New("journal: the log segment was closed during a frame")
+	}
+	coff := s.curOff
+	var h [frameHeader]byte
+	binary.BigEndian.PutUint32(h[0:], frameMagic)
+	binary.BigEndian.PutUint32(h[4:], uint32(coff-start-frameHeader))
+	binary.BigEndian.PutUint32(h[8:], uint32(len(content)))
+	binary.BigEndian.PutUint32(h[12:], crc32.Checksum(content, castagnoli))
+	if _, err := s.cur.Write(content); err != nil {
+		s.closeShared()
+		return 0, fmt.Errorf("journal: write log segment: %w", err)
+	}
+	s.curOff += int64(len(content))
+	if _, err := s.cur.WriteAt(h[:], start); err != nil {
+		s.closeShared()
+		return 0, fmt.Errorf("journal: write log segment: %w", err)
+	}
+	return coff, nil
 }
 
 // syncShared fsyncs the shared segment.
@@ -205,6 +264,7 @@ func (s *bodyStore) closeShared() {
 		s.cur.Close()
 		s.cur = nil
 	}
+	s.inFrame = false
 }
 
 func (s *bodyStore) path(seg uint64) string { return filepath.Join(s.dir, segmentName(seg)) }
@@ -360,10 +420,10 @@ func (j *Journal) OpenBody(key, sum string) (_ *BodyReader, err error) {
 }
 
 func (j *Journal) openBody(key string) (*BodyReader, error) {
-	v, closer, err := j.db.Get(bodyRefKey(key))
+	v, closer, err := j.rd.Get(bodyRefKey(key))
 	if errors.Is(err, pebble.ErrNotFound) {
 		// A body stored before segments existed.
-		v, closer, err := j.db.Get(bodyKey(key))
+		v, closer, err := j.rd.Get(bodyKey(key))
 		if errors.Is(err, pebble.ErrNotFound) {
 			return nil, fmt.Errorf("%w: %s", ErrNoBody, key)
 		}
@@ -400,7 +460,7 @@ func (j *Journal) openBody(key string) (*BodyReader, error) {
 // for a body kept in the older in-database form, or none).
 func (j *Journal) BodyLocation(key string) (ref BodyRef, ok bool, err error) {
 	defer recoverRead(&err)
-	v, closer, err := j.db.Get(bodyRefKey(key))
+	v, closer, err := j.rd.Get(bodyRefKey(key))
 	if errors.Is(err, pebble.ErrNotFound) {
 		return BodyRef{}, false, nil
 	}
@@ -413,19 +473,48 @@ func (j *Journal) BodyLocation(key string) (ref BodyRef, ok bool, err error) {
 }
 
 // stageDrop deletes the pointers of the body under key in b, and returns
-// the segment it was in (0: none, or an in-database body).
-func (j *Journal) stageDrop(b *pebble.Batch, key string) (uint64, error) {
+// where it was (Segment 0: nowhere, or an in-database body).
+func (j *Journal) stageDrop(b *pebble.Batch, key string) (BodyRef, error) {
 	if err := b.Delete(bodyKey(key), nil); err != nil {
-		return 0, err
+		return BodyRef{}, err
 	}
 	ref, ok, err := j.BodyLocation(key)
 	if err != nil || !ok {
-		return 0, err
+		return BodyRef{}, err
 	}
 	if err := b.Delete(bodyRefKey(key), nil); err != nil {
-		return 0, err
+		return BodyRef{}, err
 	}
-	return ref.Segment, b.Delete(segRefKey(ref.Segment, key), nil)
+	return ref, b.Delete(segRefKey(ref.Segment, key), nil)
+}
+
+// punchHoles frees the space of dropped bodies inside log segments that
+// must stay (they hold records of the hot journal): the bytes are
+// deallocated and read back as zeros (fallocate PUNCH_HOLE). A file system
+// without it keeps the bytes until the segment goes.
+func (j *Journal) punchHoles(refs []BodyRef) {
+	bySeg := map[uint64][]BodyRef{}
+	for _, r := range refs {
+		if r.Length > 0 && r.Offset >= int64(len(logMagic)) {
+			bySeg[r.Segment] = append(bySeg[r.Segment], r)
+		}
+	}
+	for seg, rs := range bySeg {
+		f, err := os.OpenFile(j.bodies.path(seg), os.O_WRONLY, 0)
+		if err != nil {
+			continue // gone already
+		}
+		for _, r := range rs {
+			err = unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, r.Offset, r.Length)
+			if err != nil {
+				break
+			}
+		}
+		f.Close()
+		if err != nil && !j.punchWarned.Swap(true) && j.opts.Logger != nil {
+			j.opts.Logger.Warn("cannot free the space of dropped bodies inside log segments (it is freed when the segment goes)", zap.String("segment", segmentName(seg)), zap.Error(err))
+		}
+	}
 }
 
 // stageRef records in b that key's body is at ref.
@@ -439,7 +528,7 @@ func stageRef(b *pebble.Batch, key string, ref BodyRef) error {
 // segmentUsed reports whether any body still refers to seg.
 func (j *Journal) segmentUsed(seg uint64) (bool, error) {
 	p := segRefPrefix(seg)
-	it, err := j.db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: prefixEnd(string(p))})
+	it, err := j.rd.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: prefixEnd(string(p))})
 	if err != nil {
 		return true, err
 	}
@@ -480,8 +569,9 @@ func (j *Journal) reclaimSegments() (freed int64, err error) {
 }
 
 // removeIfUnused deletes segment seg when it is not the shared segment
-// being appended to, no session is writing it and no body refers to it;
-// it returns the bytes freed. Writer goroutine only.
+// being appended to, no session is writing it, no body refers to it and,
+// for a log segment, every record in it has left the hot journal; it
+// returns the bytes freed. Writer goroutine only.
 func (j *Journal) removeIfUnused(seg uint64) (int64, error) {
 	if j.bodies.cur != nil && seg == j.bodies.curSeg || j.bodies.busy(seg) {
 		return 0, nil
@@ -490,15 +580,42 @@ func (j *Journal) removeIfUnused(seg uint64) (int64, error) {
 	if err != nil || used {
 		return 0, err
 	}
+	last, err := j.logSegLast(seg)
+	if err != nil || last > j.mark.Load().seq {
+		return 0, err
+	}
 	p := j.bodies.path(seg)
 	st, err := os.Stat(p)
 	if err != nil {
 		return 0, nil // already gone
 	}
+	j.segs.forget(seg)
 	if err := os.Remove(p); err != nil {
 		return 0, err
 	}
+	if last > 0 {
+		if err := j.db.Delete(logSegKey(seg), pebble.NoSync); err != nil {
+			return st.Size(), err
+		}
+	}
 	return st.Size(), nil
+}
+
+// logSegLast returns the last sequence number recorded in log segment seg
+// (0: none, or not a log segment).
+func (j *Journal) logSegLast(seg uint64) (uint64, error) {
+	v, closer, err := j.rd.Get(logSegKey(seg))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	defer closer.Close()
+	if len(v) != 8 {
+		return 0, fmt.Errorf("journal: malformed log segment entry for %s", segmentName(seg))
+	}
+	return binary.BigEndian.Uint64(v), nil
 }
 
 // BodySHA256 reads the body under key, streaming, and returns its hex

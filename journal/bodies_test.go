@@ -41,7 +41,7 @@ func TestBodySegments(t *testing.T) {
 		t.Fatal(err)
 	}
 	r2 := evs[0].Payload.(events.Received)
-	if r1.BodySegment == 0 || r1.BodySegment != r2.BodySegment || r2.BodyOffset != int64(len(small1)) {
+	if r1.BodySegment == 0 || r1.BodySegment != r2.BodySegment || r1.BodyOffset < int64(len(logMagic)) || r2.BodyOffset < r1.BodyOffset+int64(len(small1)) {
 		t.Fatalf("small bodies: %+v %+v", r1, r2)
 	}
 
@@ -105,13 +105,31 @@ func TestBodySegments(t *testing.T) {
 	if _, err := j.Body("L"); !errors.Is(err, ErrNoBody) {
 		t.Fatalf("dropped body: %v", err)
 	}
-	// The shared segment of the previous run is not current any more:
-	// dropping both its bodies frees it.
+	// The shared segment of the previous run is not current any more, but
+	// it holds records of the log: dropping both its bodies keeps it until
+	// they are archived; then it goes.
 	if _, err := j.Append(Write{DropBodies: []string{"S1", "S2"}}); err != nil {
 		t.Fatal(err)
 	}
-	if n := len(segFiles(t, dir)); n != 0 {
-		t.Fatalf("%d segment files after dropping every body", n)
+	if _, err := os.Stat(j.bodies.path(r1.BodySegment)); err != nil {
+		t.Fatalf("a log segment whose records are in the hot journal was deleted: %v", err)
+	}
+	if _, err := j.ArchiveThrough(j.LastSeq(), ArchiveOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(j.bodies.path(r1.BodySegment)); !os.IsNotExist(err) {
+		t.Fatalf("log segment after its records left: %v", err)
+	}
+	if segs := segFiles(t, dir); len(segs) != 0 {
+		t.Fatalf("after archiving everything: segments %v left", segs)
+	}
+	// The log goes on in a new segment, and survives a reopen.
+	appendN(t, j, 3)
+	j.Close()
+	j = openT(t, dir)
+	defer j.Close()
+	if n := countScan(t, j); n != 3 || j.LastSeq() != 6 {
+		t.Fatalf("after archiving and reopening: %d events, last %d", n, j.LastSeq())
 	}
 }
 
@@ -165,5 +183,33 @@ func TestReclaimOrphanSegment(t *testing.T) {
 	}
 	if n := len(segFiles(t, dir)); n != 0 {
 		t.Fatalf("%d segment files left", n)
+	}
+}
+
+// A dropped body inside a log segment that must stay (it holds records) is
+// erased at once: its bytes read back as zeros and its blocks are freed.
+func TestDroppedBodyIsPunchedOut(t *testing.T) {
+	dir := t.TempDir()
+	j := openT(t, dir)
+	defer j.Close()
+	data := bytes.Repeat([]byte("secret line of a message body\r\n"), 4096) // 124 KiB
+	evs, err := j.Append(Write{Bodies: []Body{{Key: "K", Data: data}}, Events: []events.Event{received("K", data)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rcv := evs[0].Payload.(events.Received)
+	path := j.bodies.path(rcv.BodySegment)
+	if _, err := j.Append(Write{DropBodies: []string{"K"}, Events: []events.Event{delivered("K", "r")}}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("the log segment went: %v", err)
+	}
+	if bytes.Contains(b, []byte("secret line")) {
+		t.Fatal("the dropped body's bytes are still in the segment")
+	}
+	if n := countScan(t, j); n != 2 {
+		t.Fatalf("%d records readable after the hole, want 2", n)
 	}
 }

@@ -13,7 +13,10 @@ import (
 	"github.com/ledgermail/ledgermail/events"
 )
 
-// rawRecord returns record seq's stored bytes.
+// rawRecord returns record seq's bytes (read from the log). The tests
+// below write edited records back in place of the pointers: records held
+// in the index itself, as journals from before the log have them, are
+// read the same way.
 func rawRecord(t *testing.T, j *Journal, seq uint64) []byte {
 	t.Helper()
 	v, closer, err := j.db.Get(eventKey(seq))
@@ -21,7 +24,11 @@ func rawRecord(t *testing.T, j *Journal, seq uint64) []byte {
 		t.Fatal(err)
 	}
 	defer closer.Close()
-	return append([]byte(nil), v...)
+	raw, err := j.recordBytes(seq, v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return append([]byte(nil), raw...)
 }
 
 // editWithCRC changes one payload byte of a stored record and recomputes

@@ -164,12 +164,12 @@ func (j *Journal) VerifyAnchor(seq uint64, hash string) (err error) {
 	if mark := *j.mark.Load(); seq <= mark.seq {
 		return j.verifyArchivedAnchor(seq, hash, mark)
 	}
-	v, closer, err := j.db.Get(eventKey(seq))
+	v, closer, err := j.rd.Get(eventKey(seq))
 	if err != nil {
 		return fmt.Errorf("%w: record %d cannot be read: %v", ErrAnchor, seq, err)
 	}
 	defer closer.Close()
-	r, err := decodeRecord(seq, v)
+	r, _, err := j.loadRecord(seq, v)
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrAnchor, err)
 	}

@@ -127,52 +127,156 @@ func flipByte(t *testing.T, path string, at func(size int) int) {
 	}
 }
 
-// A flipped byte in the newest WAL makes Pebble drop the records after it
-// without an error; the COMMITTED record catches it.
-func TestWALFlipIsDetected(t *testing.T) {
-	dir := t.TempDir()
-	j := openT(t, dir)
-	appendN(t, j, 50)
-	j.Close()
-	wals := filesOf(t, dir, ".log")
-	if len(wals) == 0 {
-		t.Fatal("no WAL file")
-	}
-	flipByte(t, wals[len(wals)-1], func(n int) int { return n / 2 })
-	_, err := Open(Options{Dir: dir})
-	var le *LostError
-	if !errors.As(err, &le) || le.Committed != 50 || le.End >= 50 {
-		t.Fatalf("open after a WAL flip: %v", err)
-	}
-	// Told to, it opens and every scan reports the loss.
-	j, err = Open(Options{Dir: dir, AllowLost: true, ReadOnly: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer j.Close()
-	err = j.Scan(1, func(events.Event) error { return nil })
-	var ce *CorruptError
-	if !errors.As(err, &ce) || ce.Seq != le.End+1 || !strings.Contains(ce.Reason, "ends at") {
+// countScan scans everything and returns the events read.
+func countScan(t *testing.T, j *Journal) int {
+	t.Helper()
+	n := 0
+	if err := j.Scan(1, func(events.Event) error { n++; return nil }); err != nil {
 		t.Fatalf("scan: %v", err)
+	}
+	return n
+}
+
+// Damage to Pebble's WAL (a flipped byte, a torn tail: Pebble drops the
+// records after it) loses nothing: the WAL is only the index's, and the
+// index is rebuilt from the log at Open.
+func TestWALDamageIsHealedFromTheLog(t *testing.T) {
+	for name, damage := range map[string]func(t *testing.T, wal string){
+		"flip": func(t *testing.T, wal string) { flipByte(t, wal, func(n int) int { return n / 2 }) },
+		"truncate": func(t *testing.T, wal string) {
+			st, _ := os.Stat(wal)
+			if err := os.Truncate(wal, st.Size()/2); err != nil {
+				t.Fatal(err)
+			}
+		},
+		"delete": func(t *testing.T, wal string) { os.Remove(wal) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			j := openT(t, dir)
+			appendN(t, j, 50)
+			j.Close()
+			wals := filesOf(t, dir, ".log")
+			if len(wals) == 0 {
+				t.Fatal("no WAL file")
+			}
+			damage(t, wals[len(wals)-1])
+			// Read-only first: it sees the whole journal and changes nothing.
+			before := hashDir(t, dir)
+			ro, err := Open(Options{Dir: dir, ReadOnly: true})
+			if err != nil {
+				t.Fatalf("read-only open after WAL damage: %v", err)
+			}
+			if n := countScan(t, ro); n != 50 || ro.LastSeq() != 50 {
+				t.Fatalf("read-only: %d events, last %d; want 50", n, ro.LastSeq())
+			}
+			ro.Close()
+			if after := hashDir(t, dir); len(after) != len(before) {
+				t.Fatalf("a read-only open changed the directory")
+			}
+			j, err = Open(Options{Dir: dir})
+			if err != nil {
+				t.Fatalf("open after WAL damage: %v", err)
+			}
+			if n := countScan(t, j); n != 50 || j.recovered == 0 {
+				t.Fatalf("%d events after recovery (%d frames re-indexed), want 50 from the log", n, j.recovered)
+			}
+			appendN(t, j, 1) // and the log goes on
+			j.Close()
+			j = openT(t, dir)
+			defer j.Close()
+			if n := countScan(t, j); n != 51 || j.recovered != 0 {
+				t.Fatalf("%d events (%d frames recovered) after a clean reopen", n, j.recovered)
+			}
+		})
 	}
 }
 
-// Truncating the WAL (a torn write) is detected the same way.
-func TestWALTruncationIsDetected(t *testing.T) {
+// logSegments returns the journal's log segments (those with logMagic).
+func logSegments(t *testing.T, dir string) []string {
+	t.Helper()
+	var out []string
+	for _, p := range filesOf(t, filepath.Join(dir, bodiesDir), ".seg") {
+		if b, _ := os.ReadFile(p); strings.HasPrefix(string(b), logMagic) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// Damage to the log itself where the index cannot stand in for it (the
+// index's WAL lost too, as after a power failure): acknowledged records
+// that are gone are reported by Open (LostError), never skipped.
+func TestLogTailDamageIsDetected(t *testing.T) {
+	for name, damage := range map[string]func(t *testing.T, seg string){
+		"truncate": func(t *testing.T, seg string) {
+			st, _ := os.Stat(seg)
+			if err := os.Truncate(seg, st.Size()*2/3); err != nil {
+				t.Fatal(err)
+			}
+		},
+		"flip": func(t *testing.T, seg string) { flipByte(t, seg, func(n int) int { return n * 2 / 3 }) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			j := openT(t, dir)
+			appendN(t, j, 50)
+			j.Close()
+			for _, w := range filesOf(t, dir, ".log") {
+				os.Remove(w)
+			}
+			segs := logSegments(t, dir)
+			if len(segs) != 1 {
+				t.Fatalf("%d log segments", len(segs))
+			}
+			damage(t, segs[0])
+			_, err := Open(Options{Dir: dir})
+			var le *LostError
+			if !errors.As(err, &le) || le.Committed != 50 || le.End >= 50 || le.End < 1 {
+				t.Fatalf("open after log damage: %v", err)
+			}
+			// Told to, it opens, keeps what is intact, and scans report the loss.
+			j, err = Open(Options{Dir: dir, AllowLost: true, ReadOnly: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer j.Close()
+			err = j.Scan(1, func(events.Event) error { return nil })
+			var ce *CorruptError
+			if !errors.As(err, &ce) || ce.Seq != le.End+1 || !strings.Contains(ce.Reason, "ends at") {
+				t.Fatalf("scan: %v", err)
+			}
+		})
+	}
+}
+
+// A record damaged in the log, below the index, is reported with its
+// sequence number by every read.
+func TestLogRecordFlipIsReported(t *testing.T) {
 	dir := t.TempDir()
 	j := openT(t, dir)
-	appendN(t, j, 50)
-	j.Close()
-	wals := filesOf(t, dir, ".log")
-	w := wals[len(wals)-1]
-	st, _ := os.Stat(w)
-	if err := os.Truncate(w, st.Size()/2); err != nil {
+	appendN(t, j, 20)
+	v, closer, err := j.db.Get(eventKey(7))
+	if err != nil {
 		t.Fatal(err)
 	}
-	var le *LostError
-	if _, err := Open(Options{Dir: dir}); !errors.As(err, &le) {
-		t.Fatalf("open after truncation: %v", err)
+	p := decodePtr(v)
+	closer.Close()
+	j.Close()
+	flipByte(t, j.bodies.path(p.seg), func(int) int { return int(p.off) + int(p.n) - 10 })
+	j = openT(t, dir)
+	defer j.Close()
+	if _, err := j.Event(7); !isCorruptAt(err, 7) {
+		t.Fatalf("Event(7): %v", err)
 	}
+	if err := j.Scan(1, func(events.Event) error { return nil }); !isCorruptAt(err, 7) {
+		t.Fatalf("Scan: %v", err)
+	}
+}
+
+func isCorruptAt(err error, seq uint64) bool {
+	var ce *CorruptError
+	return errors.As(err, &ce) && ce.Seq == seq
 }
 
 func hashDir(t *testing.T, dir string) map[string][32]byte {

@@ -163,6 +163,10 @@ type Journal struct {
 	corruptLogged sync.Map               // files already logged as corrupt
 	marker        *os.File               // COMMITTED; nil when read-only
 	bodies        *bodyStore
+	segs          *segCache    // open segment files, for reading records
+	rd            pebbleReader // j.db, or the read-only overlay (recoverLog)
+	recovered     int          // frames recoverLog re-indexed at Open
+	punchWarned   atomic.Bool
 	mark          atomic.Pointer[archiveMark]
 	lost          [2]uint64
 	tailErr       error
@@ -234,7 +238,7 @@ func Open(opts Options) (*Journal, error) {
 		}
 		return nil, fmt.Errorf("journal: open %s: %w", opts.Dir, err)
 	}
-	j.db = db
+	j.db, j.rd = db, db
 	if j.bodies, err = openBodyStore(opts.Dir, opts.ReadOnly); err != nil {
 		db.Close()
 		return nil, err
@@ -243,9 +247,20 @@ func Open(opts Options) (*Journal, error) {
 		db.Close()
 		return nil, err
 	}
+	j.segs = &segCache{dir: j.bodies.path, files: map[uint64]*os.File{}}
 	if err := j.loadTail(); err != nil {
 		db.Close()
 		return nil, err
+	}
+	if err := j.recoverLog(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	if j.recovered > 0 {
+		if err := j.loadTail(); err != nil {
+			db.Close()
+			return nil, err
+		}
 	}
 	if err := j.checkCommitted(); err != nil {
 		db.Close()
@@ -294,7 +309,7 @@ func unwrapPath(err error) error {
 // on from the checksum stored in it.
 func (j *Journal) loadTail() (err error) {
 	defer recoverRead(&err)
-	it, err := j.db.NewIter(&pebble.IterOptions{LowerBound: []byte(prefixEvent), UpperBound: prefixEnd(prefixEvent)})
+	it, err := j.rd.NewIter(&pebble.IterOptions{LowerBound: []byte(prefixEvent), UpperBound: prefixEnd(prefixEvent)})
 	if err != nil {
 		return fmt.Errorf("journal: iterate: %w", err)
 	}
@@ -315,8 +330,7 @@ func (j *Journal) loadTail() (err error) {
 	if err != nil {
 		return err
 	}
-	v := it.Value()
-	rec, derr := decodeRecord(seq, v)
+	rec, v, derr := j.loadRecord(seq, it.Value())
 	tail := rec.linkOf()
 	if derr != nil {
 		// Continue the chain from what the damaged record holds.
@@ -438,6 +452,11 @@ func (j *Journal) Close() error {
 	if j.marker != nil {
 		j.marker.Close()
 	}
+	if b, ok := j.rd.(*pebble.Batch); ok {
+		j.rd = j.db
+		b.Close()
+	}
+	j.segs.closeAll()
 	return closePebble(j.db)
 }
 

@@ -105,15 +105,15 @@ func (j *Journal) scan(from uint64, fn func(events.Event) error, report func(*Co
 	case from == mark.seq+1 && mark.seq > 0:
 		prevLink, havePrev = mark.link, true
 	case from > 1:
-		if v, closer, err := j.db.Get(eventKey(from - 1)); err == nil {
-			r, derr := decodeRecord(from-1, v)
+		if v, closer, err := j.rd.Get(eventKey(from - 1)); err == nil {
+			r, _, derr := j.loadRecord(from-1, v)
 			closer.Close()
 			if derr == nil {
 				prevLink, havePrev = r.linkOf(), true
 			}
 		}
 	}
-	it, err := j.db.NewIter(&pebble.IterOptions{LowerBound: eventKey(from), UpperBound: prefixEnd(prefixEvent)})
+	it, err := j.rd.NewIter(&pebble.IterOptions{LowerBound: eventKey(from), UpperBound: prefixEnd(prefixEvent)})
 	if err != nil {
 		return fmt.Errorf("journal: iterate: %w", err)
 	}
@@ -131,7 +131,7 @@ func (j *Journal) scan(from uint64, fn func(events.Event) error, report func(*Co
 			havePrev = false
 		}
 		expect = seq + 1
-		r, err := decodeRecord(seq, it.Value())
+		r, _, err := j.loadRecord(seq, it.Value())
 		if err != nil {
 			if err := fail(err); err != nil {
 				return err
@@ -214,7 +214,7 @@ func (j *Journal) Verify(seq uint64, report func(*CorruptError) error) (err erro
 	// The hot journal only: the archive was verified when it was written,
 	// and replay --verify reads it.
 	mark := *j.mark.Load()
-	it, err := j.db.NewIter(&pebble.IterOptions{LowerBound: eventKey(mark.seq + 1), UpperBound: eventKey(seq + 1)})
+	it, err := j.rd.NewIter(&pebble.IterOptions{LowerBound: eventKey(mark.seq + 1), UpperBound: eventKey(seq + 1)})
 	if err != nil {
 		return fmt.Errorf("journal: iterate: %w", err)
 	}
@@ -239,7 +239,7 @@ func (j *Journal) Verify(seq uint64, report func(*CorruptError) error) (err erro
 			havePrev = false
 		}
 		expect = n + 1
-		r, err := decodeRecord(n, it.Value())
+		r, _, err := j.loadRecord(n, it.Value())
 		if err != nil {
 			var ce *CorruptError
 			errors.As(err, &ce)
@@ -268,12 +268,12 @@ func (j *Journal) Verify(seq uint64, report func(*CorruptError) error) (err erro
 // Event reads one event by sequence number (checksum verified).
 func (j *Journal) Event(seq uint64) (_ events.Event, err error) {
 	defer recoverRead(&err)
-	v, closer, err := j.db.Get(eventKey(seq))
+	v, closer, err := j.rd.Get(eventKey(seq))
 	if err != nil {
 		return events.Event{}, fmt.Errorf("journal: read event %d: %w", seq, err)
 	}
 	defer closer.Close()
-	r, err := decodeRecord(seq, v)
+	r, _, err := j.loadRecord(seq, v)
 	if err != nil {
 		return events.Event{}, err
 	}
@@ -285,7 +285,7 @@ func (j *Journal) Event(seq uint64) (_ events.Event, err error) {
 func (j *Journal) EnvelopeEvents(id string, children bool) (_ []events.Event, err error) {
 	defer recoverRead(&err)
 	lower := []byte(prefixIndex + id)
-	it, err := j.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: prefixEnd(string(lower))})
+	it, err := j.rd.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: prefixEnd(string(lower))})
 	if err != nil {
 		return nil, fmt.Errorf("journal: iterate: %w", err)
 	}

@@ -144,7 +144,7 @@ func (j *Journal) readForSalvage(seq uint64) (e events.Event, payload []byte, wh
 	if lo, hi := j.Lost(); lo != 0 && seq >= lo && seq <= hi {
 		return e, nil, "lost from a damaged write-ahead log or MANIFEST"
 	}
-	v, closer, err := j.db.Get(eventKey(seq))
+	v, closer, err := j.rd.Get(eventKey(seq))
 	if errors.Is(err, pebble.ErrNotFound) {
 		return e, nil, "missing"
 	}
@@ -152,7 +152,7 @@ func (j *Journal) readForSalvage(seq uint64) (e events.Event, payload []byte, wh
 		return e, nil, j.storageError(seq-1, err).Error()
 	}
 	defer closer.Close()
-	r, err := decodeRecord(seq, v)
+	r, _, err := j.loadRecord(seq, v)
 	if err != nil {
 		var ce *CorruptError
 		if errors.As(err, &ce) {
@@ -173,7 +173,7 @@ func (j *Journal) indexOwners() map[uint64]string {
 	out := map[uint64]string{}
 	func() {
 		defer func() { recover() }()
-		it, err := j.db.NewIter(&pebble.IterOptions{LowerBound: []byte(prefixIndex), UpperBound: prefixEnd(prefixIndex)})
+		it, err := j.rd.NewIter(&pebble.IterOptions{LowerBound: []byte(prefixIndex), UpperBound: prefixEnd(prefixIndex)})
 		if err != nil {
 			return
 		}

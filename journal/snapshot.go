@@ -40,7 +40,7 @@ func (j *Journal) PutSnapshot(name string, seq uint64, data []byte) (err error) 
 // the end of the journal is an error (the caller replays from scratch).
 func (j *Journal) Snapshot(name string) (_ uint64, _ []byte, err error) {
 	defer recoverRead(&err)
-	v, closer, err := j.db.Get([]byte(prefixSnapshot + name))
+	v, closer, err := j.rd.Get([]byte(prefixSnapshot + name))
 	if errors.Is(err, pebble.ErrNotFound) {
 		return 0, nil, ErrNoSnapshot
 	}

@@ -95,9 +95,16 @@ func (j *Journal) commit(group []*appendReq) {
 	seq, sum := j.lastSeq, j.lastLink
 	var ok []*appendReq
 	var all []events.Event
-	var wroteShared bool
-	var dropped []uint64
 	results := make(map[*appendReq][]events.Event, len(group))
+	// One frame in the log for the whole group: its small bodies, then
+	// what the commit says.
+	seg, fstart, err := j.bodies.beginFrame()
+	if err != nil {
+		j.fail(fmt.Errorf("write the log: %w", err))
+		j.failAll(group, j.Err())
+		return
+	}
+	fr := &frame{seg: seg, start: fstart}
 	for _, req := range group {
 		frames := make([][]byte, len(req.w.Events))
 		evs := make([]events.Event, len(req.w.Events))
@@ -121,11 +128,11 @@ func (j *Journal) commit(group []*appendReq) {
 			req.done <- appendRes{err: fmt.Errorf("journal: %w", encErr)}
 			continue
 		}
-		refs, err := j.stageBodies(batch, req.w, &wroteShared, &dropped)
+		refs, err := j.placeBodies(req.w, fr)
 		if err != nil {
-			// A write to the body segment failed (a full disk): as for
-			// the WAL, fail-stop, for this group and every later one.
-			j.fail(fmt.Errorf("stage body: %w", err))
+			// A write to the log failed (a full disk): as for any
+			// write, fail-stop, for this group and every later one.
+			j.fail(fmt.Errorf("write the log: %w", err))
 			j.failAll(group, j.Err())
 			return
 		}
@@ -134,36 +141,33 @@ func (j *Journal) commit(group []*appendReq) {
 			req.done <- appendRes{err: fmt.Errorf("journal: %w", encErr)}
 			continue
 		}
+		for k, ref := range refs {
+			fr.refs = append(fr.refs, frameRef{key: k, ref: ref})
+		}
+		fr.drops = append(fr.drops, req.w.DropBodies...)
 		for i := range evs {
 			seq++
 			var rec []byte
 			rec, sum = encodeRecord(seq, sum, frames[i])
 			evs[i].Seq = seq
-			if err := batch.Set(eventKey(seq), rec, nil); err != nil {
-				encErr = err
-			}
-			if err := batch.Set(indexKey(evs[i].Envelope, seq), nil, nil); err != nil {
-				encErr = err
-			}
-		}
-		if encErr != nil {
-			// The batch is now unusable as a whole: fail everyone.
-			j.failAll(group, fmt.Errorf("journal: stage event: %w", encErr))
-			return
+			fr.records = append(fr.records, rec)
 		}
 		ok = append(ok, req)
 		results[req] = evs
 		all = append(all, evs...)
 	}
-	if len(ok) == 0 {
+	content, recOff := fr.content()
+	coff, err := j.bodies.endFrame(fr.start, content)
+	if err != nil {
+		j.fail(fmt.Errorf("write the log: %w", err))
+		j.failAll(ok, j.Err())
 		return
 	}
-	opt := pebble.Sync
-	if j.opts.NoSync {
-		opt = pebble.NoSync
+	if len(ok) == 0 {
+		return // the frame holds nothing (and is durable with the next)
 	}
-	if wroteShared && !j.opts.NoSync {
-		// The bodies are durable before the events that point at them.
+	if !j.opts.NoSync {
+		// The one fsync of the commit: the frame and its bodies.
 		if err := j.bodies.syncShared(); err != nil {
 			// After a failed fsync the file's state is unknown: fail-stop.
 			j.fail(err)
@@ -171,9 +175,21 @@ func (j *Journal) commit(group []*appendReq) {
 			return
 		}
 	}
-	if err := j.commitBatch(batch, opt); err != nil {
-		// Pebble may have applied the batch to its memtable without the
-		// WAL being durable, and fails on the next write: fail-stop.
+	pf := &parsedFrame{refs: fr.refs, drops: fr.drops, records: fr.records, end: coff + int64(len(content))}
+	for _, o := range recOff {
+		pf.recOff = append(pf.recOff, coff+int64(o))
+	}
+	dropped, err := j.stageFrame(batch, seg, pf, all)
+	if err != nil {
+		j.fail(fmt.Errorf("stage the index: %w", err))
+		j.failAll(ok, j.Err())
+		return
+	}
+	// The frame is durable: the index needs no fsync of its own (a crash
+	// that loses it is repaired from the log at Open).
+	if err := j.commitBatch(batch, pebble.NoSync); err != nil {
+		// Pebble may have applied the batch to its memtable and fails on
+		// the next write: fail-stop.
 		j.fail(fmt.Errorf("commit: %w", err))
 		j.failAll(ok, j.Err())
 		return
@@ -230,10 +246,9 @@ func (j *Journal) failAll(group []*appendReq, err error) {
 	}
 }
 
-// stageBodies writes w's small bodies to the shared segment and stages
-// the pointers of all its bodies, and the deletion of those it drops, in
-// b. It returns where each body went, by key.
-func (j *Journal) stageBodies(b *pebble.Batch, w Write, wroteShared *bool, dropped *[]uint64) (map[string]BodyRef, error) {
+// placeBodies writes w's small bodies into the frame being written (the
+// shared segment) and returns where each of its bodies is, by key.
+func (j *Journal) placeBodies(w Write, fr *frame) (map[string]BodyRef, error) {
 	var refs map[string]BodyRef
 	for _, body := range w.Bodies {
 		var ref BodyRef
@@ -244,24 +259,11 @@ func (j *Journal) stageBodies(b *pebble.Batch, w Write, wroteShared *bool, dropp
 			if ref, err = j.bodies.appendShared(body.Data); err != nil {
 				return nil, err
 			}
-			*wroteShared = true
-		}
-		if err := stageRef(b, body.Key, ref); err != nil {
-			return nil, err
 		}
 		if refs == nil {
 			refs = map[string]BodyRef{}
 		}
 		refs[body.Key] = ref
-	}
-	for _, k := range w.DropBodies {
-		seg, err := j.stageDrop(b, k)
-		if err != nil {
-			return nil, err
-		}
-		if seg != 0 {
-			*dropped = append(*dropped, seg)
-		}
 	}
 	return refs, nil
 }
@@ -293,12 +295,28 @@ func fillBodyRefs(evs []events.Event, frames [][]byte, refs map[string]BodyRef, 
 }
 
 // reclaimDropped deletes the segments (other than the current shared one)
-// that the bodies just dropped were the last users of. Failing to is only
-// logged: ReclaimSegments finds them later.
-func (j *Journal) reclaimDropped(segs []uint64) {
-	for _, seg := range segs {
-		if _, err := j.removeIfUnused(seg); err != nil && j.opts.Logger != nil {
-			j.opts.Logger.Warn("could not delete an unused body segment", zap.String("segment", segmentName(seg)), zap.Error(err))
+// that the bodies just dropped were the last users of, and frees the space
+// of those in segments that stay. Failing to is only logged:
+// ReclaimSegments finds them later.
+func (j *Journal) reclaimDropped(refs []BodyRef) {
+	var stay []BodyRef
+	done := map[uint64]bool{}
+	for _, r := range refs {
+		if done[r.Segment] {
+			continue
+		}
+		done[r.Segment] = true
+		n, err := j.removeIfUnused(r.Segment)
+		if err != nil && j.opts.Logger != nil {
+			j.opts.Logger.Warn("could not delete an unused body segment", zap.String("segment", segmentName(r.Segment)), zap.Error(err))
+		}
+		if n == 0 {
+			for _, o := range refs {
+				if o.Segment == r.Segment {
+					stay = append(stay, o)
+				}
+			}
 		}
 	}
+	j.punchHoles(stay)
 }

@@ -1,0 +1,487 @@
+package journal
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"os"
+	"sync"
+
+	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/ledgermail/ledgermail/events"
+)
+
+// The log. The shared body segments are the journal's log: each group
+// commit appends one frame to the current one and fdatasyncs it, once,
+// before anything is acknowledged. A frame holds the commit's small bodies
+// and then its content: where each body of the commit went, the bodies it
+// drops, and its records (the chained, checksummed records described in
+// record.go). Pebble is the index of the log: a pointer per record
+// (e/<seq>), the per-envelope index, the body pointers and references, the
+// last record of each log segment (l/<seg>) and the end of the last frame
+// it holds (m/logpos). Pebble's batch is written without an fsync of its
+// own: whatever of it a crash loses, Open rebuilds from the frames after
+// m/logpos (recoverLog), so Pebble's WAL costs no fsync, and a record is
+// written once (to the log) rather than through the WAL, a flush and
+// compactions.
+//
+// A log segment starts with logMagic; segments without it hold one large
+// body each (CreateBodyFile), or bodies from before the log existed.
+//
+// Frame layout (integers big-endian):
+//
+//	magic(4) | bodies length(4) | content length(4) | crc32c of content(4)
+//	bodies | content
+//
+// content: uvarint count, then per body uvarint key length, key, BodyRef
+// (24); uvarint count, then per dropped body uvarint key length, key;
+// uvarint count, then per record uvarint length, record.
+const (
+	logMagic    = "LMLOG01\n"
+	frameMagic  = 0x4c4d4631 // "LMF1"
+	frameHeader = 16
+	prefixLog   = "l/" // l/<seg:8 BE> -> last sequence number recorded in it
+	// ptrFormat marks an e/<seq> value that points into the log rather
+	// than holding the record (records written before the log existed).
+	ptrFormat = 3
+	ptrLen    = 1 + 8 + 8 + 4
+)
+
+var metaLogPosKey = []byte(prefixMeta + "logpos")
+
+func logSegKey(seg uint64) []byte { return binary.BigEndian.AppendUint64([]byte(prefixLog), seg) }
+
+// recordPtr says where a record is in the log.
+type recordPtr struct {
+	seg uint64
+	off int64
+	n   uint32
+}
+
+func (p recordPtr) encode() []byte {
+	b := make([]byte, 0, ptrLen)
+	b = append(b, ptrFormat)
+	b = binary.BigEndian.AppendUint64(b, p.seg)
+	b = binary.BigEndian.AppendUint64(b, uint64(p.off))
+	return binary.BigEndian.AppendUint32(b, p.n)
+}
+
+func isPtr(v []byte) bool { return len(v) == ptrLen && v[0] == ptrFormat }
+
+func decodePtr(v []byte) recordPtr {
+	return recordPtr{seg: binary.BigEndian.Uint64(v[1:]), off: int64(binary.BigEndian.Uint64(v[9:])), n: binary.BigEndian.Uint32(v[17:])}
+}
+
+type logPos struct {
+	seg uint64
+	end int64
+}
+
+func (p logPos) encode() []byte {
+	b := binary.BigEndian.AppendUint64(make([]byte, 0, 16), p.seg)
+	return binary.BigEndian.AppendUint64(b, uint64(p.end))
+}
+
+// frame is one commit's frame being built by the writer.
+type frame struct {
+	seg     uint64
+	start   int64 // offset of the header
+	refs    []frameRef
+	drops   []string
+	records [][]byte
+}
+
+type frameRef struct {
+	key string
+	ref BodyRef
+}
+
+// content encodes the frame's content; recOff[i] is where record i starts
+// within it.
+func (f *frame) content() (out []byte, recOff []int) {
+	b := binary.AppendUvarint(nil, uint64(len(f.refs)))
+	for _, r := range f.refs {
+		b = binary.AppendUvarint(b, uint64(len(r.key)))
+		b = append(b, r.key...)
+		b = append(b, r.ref.encode()...)
+	}
+	b = binary.AppendUvarint(b, uint64(len(f.drops)))
+	for _, k := range f.drops {
+		b = binary.AppendUvarint(b, uint64(len(k)))
+		b = append(b, k...)
+	}
+	b = binary.AppendUvarint(b, uint64(len(f.records)))
+	recOff = make([]int, len(f.records))
+	for i, r := range f.records {
+		b = binary.AppendUvarint(b, uint64(len(r)))
+		recOff[i] = len(b)
+		b = append(b, r...)
+	}
+	return b, recOff
+}
+
+// parsedFrame is a frame read back from the log.
+type parsedFrame struct {
+	refs    []frameRef
+	drops   []string
+	records [][]byte
+	recOff  []int64 // absolute offsets of the records in the segment
+	end     int64
+}
+
+// parseContent decodes a frame's content found at offset base.
+func parseContent(c []byte, base int64) (*parsedFrame, error) {
+	p := &parsedFrame{}
+	pos := 0
+	uv := func() (int, error) {
+		v, n := binary.Uvarint(c[pos:])
+		if n <= 0 || v > uint64(len(c)) {
+			return 0, errors.New("malformed frame")
+		}
+		pos += n
+		return int(v), nil
+	}
+	bytesOf := func(n int) ([]byte, error) {
+		if pos+n > len(c) {
+			return nil, errors.New("malformed frame")
+		}
+		b := c[pos : pos+n]
+		pos += n
+		return b, nil
+	}
+	n, err := uv()
+	if err != nil {
+		return nil, err
+	}
+	for i := 0; i < n; i++ {
+		kl, err := uv()
+		if err != nil {
+			return nil, err
+		}
+		k, err := bytesOf(kl)
+		if err != nil {
+			return nil, err
+		}
+		rb, err := bytesOf(24)
+		if err != nil {
+			return nil, err
+		}
+		ref, _ := decodeBodyRef(rb)
+		p.refs = append(p.refs, frameRef{key: string(k), ref: ref})
+	}
+	if n, err = uv(); err != nil {
+		return nil, err
+	}
+	for i := 0; i < n; i++ {
+		kl, err := uv()
+		if err != nil {
+			return nil, err
+		}
+		k, err := bytesOf(kl)
+		if err != nil {
+			return nil, err
+		}
+		p.drops = append(p.drops, string(k))
+	}
+	if n, err = uv(); err != nil {
+		return nil, err
+	}
+	for i := 0; i < n; i++ {
+		rl, err := uv()
+		if err != nil {
+			return nil, err
+		}
+		off := pos
+		r, err := bytesOf(rl)
+		if err != nil {
+			return nil, err
+		}
+		p.records = append(p.records, r)
+		p.recOff = append(p.recOff, base+int64(off))
+	}
+	if pos != len(c) {
+		return nil, errors.New("malformed frame")
+	}
+	return p, nil
+}
+
+// readFrame reads the frame at off in f (size bytes long); ok is false
+// where no whole, intact frame is (the end of the log, or a torn write).
+func readFrame(f *os.File, off, size int64) (*parsedFrame, bool) {
+	if off+frameHeader > size {
+		return nil, false
+	}
+	var h [frameHeader]byte
+	if _, err := f.ReadAt(h[:], off); err != nil {
+		return nil, false
+	}
+	if binary.BigEndian.Uint32(h[0:]) != frameMagic {
+		return nil, false
+	}
+	bl, cl := int64(binary.BigEndian.Uint32(h[4:])), int64(binary.BigEndian.Uint32(h[8:]))
+	coff := off + frameHeader + bl
+	if coff+cl > size {
+		return nil, false
+	}
+	c := make([]byte, cl)
+	if _, err := f.ReadAt(c, coff); err != nil {
+		return nil, false
+	}
+	if crc32.Checksum(c, castagnoli) != binary.BigEndian.Uint32(h[12:]) {
+		return nil, false
+	}
+	p, err := parseContent(c, coff)
+	if err != nil {
+		return nil, false
+	}
+	p.end = coff + cl
+	return p, true
+}
+
+// isLogSegment reports whether f starts with logMagic.
+func isLogSegment(f *os.File) bool {
+	var b [len(logMagic)]byte
+	_, err := f.ReadAt(b[:], 0)
+	return err == nil && string(b[:]) == logMagic
+}
+
+// segCache caches open segment files for reading records.
+type segCache struct {
+	dir   func(uint64) string
+	mu    sync.Mutex
+	files map[uint64]*os.File
+}
+
+const maxOpenSegments = 64
+
+func (c *segCache) get(seg uint64) (*os.File, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if f, ok := c.files[seg]; ok {
+		return f, nil
+	}
+	f, err := os.Open(c.dir(seg))
+	if err != nil {
+		return nil, err
+	}
+	if len(c.files) >= maxOpenSegments {
+		for k, old := range c.files {
+			old.Close()
+			delete(c.files, k)
+			break
+		}
+	}
+	c.files[seg] = f
+	return f, nil
+}
+
+// forget closes seg's file (it is being deleted).
+func (c *segCache) forget(seg uint64) {
+	c.mu.Lock()
+	if f, ok := c.files[seg]; ok {
+		f.Close()
+		delete(c.files, seg)
+	}
+	c.mu.Unlock()
+}
+
+func (c *segCache) closeAll() {
+	c.mu.Lock()
+	for k, f := range c.files {
+		f.Close()
+		delete(c.files, k)
+	}
+	c.mu.Unlock()
+}
+
+// recordBytes returns the record stored for seq: v itself, or, when v
+// points into the log, the record read from there (a segment that is gone
+// or too short is a *CorruptError).
+func (j *Journal) recordBytes(seq uint64, v []byte) ([]byte, error) {
+	if !isPtr(v) {
+		return v, nil
+	}
+	p := decodePtr(v)
+	f, err := j.segs.get(p.seg)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, &CorruptError{Seq: seq, Reason: fmt.Sprintf("its log segment %s is gone", segmentName(p.seg))}
+		}
+		return nil, fmt.Errorf("journal: read record %d: %w", seq, err)
+	}
+	b := make([]byte, p.n)
+	if n, err := f.ReadAt(b, p.off); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, &CorruptError{Seq: seq, Reason: fmt.Sprintf("log segment %s is truncated (%d of the record's %d bytes at offset %d)", segmentName(p.seg), n, p.n, p.off)}
+		}
+		return nil, fmt.Errorf("journal: read record %d: %w", seq, err)
+	}
+	return b, nil
+}
+
+// loadRecord decodes the record stored for seq (see recordBytes).
+func (j *Journal) loadRecord(seq uint64, v []byte) (record, []byte, error) {
+	raw, err := j.recordBytes(seq, v)
+	if err != nil {
+		return record{}, nil, err
+	}
+	r, err := decodeRecord(seq, raw)
+	return r, raw, err
+}
+
+// stageFrame stages in b what a frame says, as the commit that wrote it
+// did: the body pointers, the drops, the records' pointers and index
+// entries, the segment's last record and the log position. It returns
+// where the dropped bodies were.
+func (j *Journal) stageFrame(b *pebble.Batch, seg uint64, p *parsedFrame, evs []events.Event) ([]BodyRef, error) {
+	var dropped []BodyRef
+	for _, r := range p.refs {
+		if err := stageRef(b, r.key, r.ref); err != nil {
+			return nil, err
+		}
+	}
+	for _, k := range p.drops {
+		ref, err := j.stageDrop(b, k)
+		if err != nil {
+			return nil, err
+		}
+		if ref.Segment != 0 {
+			dropped = append(dropped, ref)
+		}
+	}
+	var last uint64
+	for i, e := range evs {
+		ptr := recordPtr{seg: seg, off: p.recOff[i], n: uint32(len(p.records[i]))}
+		if err := b.Set(eventKey(e.Seq), ptr.encode(), nil); err != nil {
+			return nil, err
+		}
+		if err := b.Set(indexKey(e.Envelope, e.Seq), nil, nil); err != nil {
+			return nil, err
+		}
+		last = e.Seq
+	}
+	if last != 0 {
+		if err := b.Set(logSegKey(seg), binary.BigEndian.AppendUint64(nil, last), nil); err != nil {
+			return nil, err
+		}
+	}
+	return dropped, b.Set(metaLogPosKey, logPos{seg: seg, end: p.end}.encode(), nil)
+}
+
+// recoverLog re-indexes the frames that follow the last one Pebble holds
+// (m/logpos): those whose index a crash took from Pebble's unsynced WAL.
+// It stops at the first place where no intact frame continues the
+// sequence and the chain (a torn write: never acknowledged, or else the
+// COMMITTED check reports the loss). Writable, the result is committed;
+// read-only, it stays in an indexed batch through which reads go.
+func (j *Journal) recoverLog() (err error) {
+	defer recoverRead(&err)
+	var pos logPos
+	if v, closer, err := j.db.Get(metaLogPosKey); err == nil {
+		if len(v) == 16 {
+			pos = logPos{seg: binary.BigEndian.Uint64(v), end: int64(binary.BigEndian.Uint64(v[8:]))}
+		}
+		closer.Close()
+	} else if !errors.Is(err, pebble.ErrNotFound) {
+		return fmt.Errorf("journal: read the log position: %w", err)
+	}
+	segs, err := j.bodies.list()
+	if err != nil {
+		return nil // a read-only journal without a bodies directory
+	}
+	batch := j.db.NewIndexedBatch()
+	j.rd = batch
+	restore := func() { j.rd = j.db }
+	found := 0
+	seq, prev := j.lastSeq, j.lastLink
+	var dropped []BodyRef
+	for _, seg := range segs {
+		if seg < pos.seg {
+			continue
+		}
+		f, err := os.Open(j.bodies.path(seg))
+		if err != nil {
+			continue
+		}
+		st, err := f.Stat()
+		if err != nil || !isLogSegment(f) {
+			f.Close()
+			continue
+		}
+		off := int64(len(logMagic))
+		if seg == pos.seg {
+			off = pos.end
+		}
+		for {
+			p, ok := readFrame(f, off, st.Size())
+			if !ok {
+				break
+			}
+			evs := make([]events.Event, 0, len(p.records))
+			fits := true
+			for _, raw := range p.records {
+				if len(raw) < 9 {
+					fits = false
+					break
+				}
+				r, err := decodeRecord(binary.BigEndian.Uint64(raw[1:9]), raw)
+				if err != nil || r.seq != seq+1 || (seq > 0 && !r.follows(prev)) {
+					fits = false
+					break
+				}
+				e, err := decodeEvent(r)
+				if err != nil {
+					fits = false
+					break
+				}
+				evs = append(evs, e)
+				seq, prev = r.seq, r.linkOf()
+			}
+			if !fits {
+				break // what follows cannot be trusted to continue the log
+			}
+			d, err := j.stageFrame(batch, seg, p, evs)
+			if err != nil {
+				f.Close()
+				restore()
+				batch.Close()
+				return fmt.Errorf("journal: recover the log: %w", err)
+			}
+			dropped = append(dropped, d...)
+			found++
+			off = p.end
+		}
+		f.Close()
+	}
+	if found == 0 {
+		restore()
+		batch.Close()
+		return nil
+	}
+	j.recovered = found
+	if j.opts.ReadOnly {
+		return nil // reads go through the batch
+	}
+	restore()
+	if err := j.commitBatch(batch, pebble.Sync); err != nil {
+		batch.Close()
+		return fmt.Errorf("journal: recover the log: %w", err)
+	}
+	batch.Close()
+	j.punchHoles(dropped) // segments themselves are reclaimed by ReclaimSegments
+	return nil
+}
+
+// pebbleReader is what reads go through: the database, or, for a
+// read-only journal whose log had frames beyond its index, an indexed
+// batch holding them on top of it.
+type pebbleReader interface {
+	Get(key []byte) ([]byte, io.Closer, error)
+	NewIter(o *pebble.IterOptions) (*pebble.Iterator, error)
+}
+
+var _ = bytes.Equal

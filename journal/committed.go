@@ -29,7 +29,7 @@ type LostError struct {
 }
 
 func (e *LostError) Error() string {
-	return fmt.Sprintf("journal: records %d to %d were committed but are gone (the journal now ends at %d): its write-ahead log or MANIFEST is damaged; refusing to continue (run `mta journal repair`)",
+	return fmt.Sprintf("journal: records %d to %d were committed but are gone (the journal now ends at %d): its log is damaged; refusing to continue (run `mta journal repair`)",
 		e.End+1, e.Committed, e.End)
 }
 

@@ -267,10 +267,10 @@ func TestStorageDamageMatrix(t *testing.T) {
 	s.stop()
 	flushTables(t, jdir) // older records in an SST
 	s.start()
-	for i := 0; i < 3; i++ { // newer ones in the WAL only
+	for i := 0; i < 3; i++ { // newer ones indexed in the WAL only
 		s.submit(t, "alice@example.test", fmt.Sprintf("w%d@dest.test", i))
 	}
-	s.kill()
+	s.stop()
 	const live = 7
 	pristine := filepath.Join(t.TempDir(), "pristine")
 	if out, err := exec.Command("cp", "-a", jdir, pristine).CombinedOutput(); err != nil {
@@ -281,6 +281,7 @@ func TestStorageDamageMatrix(t *testing.T) {
 		"MANIFEST": func(n string) bool { return strings.HasPrefix(n, "MANIFEST-") },
 		"SST":      func(n string) bool { return strings.HasSuffix(n, ".sst") },
 		"OPTIONS":  func(n string) bool { return strings.HasPrefix(n, "OPTIONS-") },
+		"LOG":      func(n string) bool { return n == "bodies" }, // the newest log segment
 	}
 	for kind, match := range kinds {
 		for _, how := range []string{"flip", "truncate"} {
@@ -299,9 +300,18 @@ func TestStorageDamageMatrix(t *testing.T) {
 				if target == "" {
 					t.Fatalf("no %s file in %s", kind, jdir)
 				}
+				at := func(size int64) int { return int(size / 2) }
+				if kind == "LOG" {
+					// The records (a flipped body is a corrupt body, caught
+					// by its SHA-256: TestCorruptBodyIsDetected).
+					target, at = logSegment(t, jdir), func(size int64) int { return int(size) - 10 }
+				}
 				st, _ := os.Stat(target)
+				if st.Size() == 0 {
+					t.Fatalf("%s is empty: nothing to damage", target)
+				}
 				if how == "flip" {
-					flip(t, target, int(st.Size()/2))
+					flip(t, target, at(st.Size()))
 				} else if err := os.Truncate(target, st.Size()/2); err != nil {
 					t.Fatal(err)
 				}

@@ -85,7 +85,7 @@ func (j *Journal) loadArchiveMark() (err error) {
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("journal: read the archive mark: %w", err)
+		return j.storageError(0, fmt.Errorf("read the archive mark: %w", err))
 	}
 	defer closer.Close()
 	m, err := decodeArchiveMark(v)

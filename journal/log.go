@@ -387,7 +387,7 @@ func (j *Journal) recoverLog() (err error) {
 		}
 		closer.Close()
 	} else if !errors.Is(err, pebble.ErrNotFound) {
-		return fmt.Errorf("journal: read the log position: %w", err)
+		return j.storageError(0, fmt.Errorf("read the log position: %w", err))
 	}
 	segs, err := j.bodies.list()
 	if err != nil {

@@ -105,24 +105,17 @@ func logSegment(t *testing.T, jdir string) string {
 	return ""
 }
 
-// Pebble's WAL only holds the index of the log: after a kill -9, with the
-// WAL damaged or gone, every command sees the whole queue (the index is
-// rebuilt from the log), read-only commands change nothing, and serve
+// The index of the log has no WAL: after a kill -9 what its memtable held
+// is rebuilt from the log, so every command sees the whole queue,
+// read-only commands (rebuilding in memory) change nothing, and serve
 // carries on with every envelope.
-func TestWALDamageIsHealed(t *testing.T) {
+func TestIndexRebuiltAfterKill(t *testing.T) {
 	s, jdir := deferredQueue(t, 12)
 	s.kill()
-	for _, w := range journalFiles(t, jdir, "", ".log") {
-		if st, _ := os.Stat(w); st.Size() > 0 {
-			flip(t, w, int(st.Size()/2))
-		} else {
-			os.Remove(w)
-		}
-	}
 	before := hashTree(t, jdir)
 	q := s.queue()
 	if len(q.Envelopes) != 12 {
-		t.Fatalf("mta queue after WAL damage: %d envelopes, want 12", len(q.Envelopes))
+		t.Fatalf("mta queue after kill -9: %d envelopes, want 12", len(q.Envelopes))
 	}
 	out, errs, code := s.mta("", "replay", "--verify")
 	noTrace(t, "replay --verify", out+errs)
@@ -138,10 +131,10 @@ func TestWALDamageIsHealed(t *testing.T) {
 	}
 }
 
-// Damage to the log itself where nothing else holds the records (the
-// index's WAL lost as well, as after a power failure) is caught by the
-// COMMITTED record: serve refuses to start, replay --verify names the lost
-// records, and nothing acknowledged disappears silently.
+// Damage to the log where nothing else holds the records (after a kill -9,
+// the part the index's memtable held) is caught by the COMMITTED record:
+// serve refuses to start, replay --verify names the lost records, and
+// nothing acknowledged disappears silently.
 func TestLogDamageIsDetected(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
@@ -159,24 +152,21 @@ func TestLogDamageIsDetected(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s, jdir := deferredQueue(t, 12)
+			// Every attempt journaled (the last frame is acknowledged).
+			waitFor(t, "12 deferred", 20*time.Second, func() bool { return s.queue().Counts["deferred"] == 12 })
 			s.kill()
-			for _, w := range journalFiles(t, jdir, "", ".log") {
-				os.Remove(w)
-			}
 			tc.damage(t, logSegment(t, jdir))
-			_, errs, code := s.mta("", "queue")
-			noTrace(t, "mta queue", errs)
-			if code == 0 || !strings.Contains(errs, "committed but are gone") {
-				t.Fatalf("mta queue on a damaged log: exit %d, %q", code, errs)
-			}
+			// The damaged records are either still indexed (a corrupt
+			// record) or only in the log (lost after COMMITTED): reported
+			// either way, never skipped.
 			out, errs, code := s.mta("", "replay", "--verify")
 			noTrace(t, "replay --verify", out+errs)
-			if code != 1 || !strings.Contains(out, "corrupt record at sequence") || !strings.Contains(out, "were committed") {
+			if code != 1 || !strings.Contains(out, "corrupt record at sequence") {
 				t.Fatalf("replay --verify: exit %d\n%s%s", code, out, errs)
 			}
 			out, errs, code = run(t, "serve", "-c", s.config)
 			noTrace(t, "serve", out+errs)
-			if code != 1 || !strings.Contains(errs, "refusing to continue") || !strings.Contains(errs, "mta journal repair") {
+			if code != 1 || !strings.Contains(errs, "refusing to") || strings.Count(strings.TrimSpace(errs), "\n") > 2 {
 				t.Fatalf("serve on a damaged log: exit %d, %q", code, errs)
 			}
 		})
@@ -267,17 +257,16 @@ func TestStorageDamageMatrix(t *testing.T) {
 	s.stop()
 	flushTables(t, jdir) // older records in an SST
 	s.start()
-	for i := 0; i < 3; i++ { // newer ones indexed in the WAL only
+	for i := 0; i < 3; i++ { // newer ones in the log only (kill -9)
 		s.submit(t, "alice@example.test", fmt.Sprintf("w%d@dest.test", i))
 	}
-	s.stop()
+	s.kill()
 	const live = 7
 	pristine := filepath.Join(t.TempDir(), "pristine")
 	if out, err := exec.Command("cp", "-a", jdir, pristine).CombinedOutput(); err != nil {
 		t.Fatalf("cp: %v %s", err, out)
 	}
 	kinds := map[string]func(name string) bool{
-		"WAL":      func(n string) bool { return strings.HasSuffix(n, ".log") },
 		"MANIFEST": func(n string) bool { return strings.HasPrefix(n, "MANIFEST-") },
 		"SST":      func(n string) bool { return strings.HasSuffix(n, ".sst") },
 		"OPTIONS":  func(n string) bool { return strings.HasPrefix(n, "OPTIONS-") },

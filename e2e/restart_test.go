@@ -195,6 +195,20 @@ func corruptKey(t *testing.T, dir string, key []byte) {
 	}
 	bad := bytes.Clone(v)
 	closer.Close()
+	if len(bad) == 21 && bad[0] == 3 {
+		// A pointer into the log: flip a byte of the record there.
+		seg := filepath.Join(dir, "bodies", fmt.Sprintf("%012d.seg", binary.BigEndian.Uint64(bad[1:])))
+		off := int(binary.BigEndian.Uint64(bad[9:])) + int(binary.BigEndian.Uint32(bad[17:]))/2
+		b, err := os.ReadFile(seg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b[off] ^= 0x01
+		if err := os.WriteFile(seg, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
 	bad[len(bad)/2] ^= 0x01
 	if err := db.Set(key, bad, pebble.Sync); err != nil {
 		t.Fatal(err)

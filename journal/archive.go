@@ -235,7 +235,7 @@ func (j *Journal) ArchiveThrough(to uint64, o ArchiveOptions) (res ArchiveResult
 		if err := batch.Set(metaArchivedKey, next.encode(), nil); err != nil {
 			return err
 		}
-		if err := j.commitBatch(batch, pebble.Sync); err != nil {
+		if err := j.persist(batch); err != nil {
 			j.fail(fmt.Errorf("commit: %w", err))
 			return j.Err()
 		}

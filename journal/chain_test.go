@@ -69,12 +69,12 @@ func TestCryptographicChain(t *testing.T) {
 	}
 	restore := func() {
 		for s, v := range orig {
-			j.db.Set(eventKey(s), v, pebble.Sync)
+			j.db.Set(eventKey(s), v, pebble.NoSync)
 		}
 	}
 
 	// An edited record with its CRC recomputed breaks the SHA-256 chain.
-	j.db.Set(eventKey(3), editWithCRC(orig[3]), pebble.Sync)
+	j.db.Set(eventKey(3), editWithCRC(orig[3]), pebble.NoSync)
 	errs := scanErrors(j)
 	if len(errs) != 1 || errs[0].Seq != 4 || !strings.Contains(errs[0].Reason, "record 3 was altered") {
 		t.Fatalf("edited record 3: %v", errs)
@@ -92,7 +92,7 @@ func TestCryptographicChain(t *testing.T) {
 		}
 		var rec []byte
 		rec, prev = encodeRecord(s, prev, payload)
-		j.db.Set(eventKey(s), rec, pebble.Sync)
+		j.db.Set(eventKey(s), rec, pebble.NoSync)
 	}
 	if errs := scanErrors(j); len(errs) != 0 {
 		t.Fatalf("a consistent forgery: %v", errs)
@@ -103,13 +103,13 @@ func TestCryptographicChain(t *testing.T) {
 	restore()
 
 	// A deleted record and a reordered pair are reported with their numbers.
-	j.db.Delete(eventKey(5), pebble.Sync)
+	j.db.Delete(eventKey(5), pebble.NoSync)
 	if errs := scanErrors(j); len(errs) == 0 || errs[0].Seq != 5 {
 		t.Fatalf("deleted record 5: %v", errs)
 	}
 	restore()
-	j.db.Set(eventKey(4), orig[5], pebble.Sync)
-	j.db.Set(eventKey(5), orig[4], pebble.Sync)
+	j.db.Set(eventKey(4), orig[5], pebble.NoSync)
+	j.db.Set(eventKey(5), orig[4], pebble.NoSync)
 	if errs := scanErrors(j); len(errs) < 2 || errs[0].Seq != 4 || errs[1].Seq != 5 {
 		t.Fatalf("reordered 4 and 5: %v", errs)
 	}
@@ -135,7 +135,7 @@ func TestFormat1RecordsStillRead(t *testing.T) {
 		rec = binary.BigEndian.AppendUint32(rec, prevCRC)
 		b.Set(eventKey(s), rec, nil)
 	}
-	b.Commit(pebble.Sync)
+	b.Commit(pebble.NoSync)
 	dir := j.Dir()
 	j.Close()
 	j = openT(t, dir)

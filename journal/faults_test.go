@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2"
+
 	"github.com/ledgermail/ledgermail/events"
 )
 
@@ -137,58 +139,76 @@ func countScan(t *testing.T, j *Journal) int {
 	return n
 }
 
-// Damage to Pebble's WAL (a flipped byte, a torn tail: Pebble drops the
-// records after it) loses nothing: the WAL is only the index's, and the
-// index is rebuilt from the log at Open.
-func TestWALDamageIsHealedFromTheLog(t *testing.T) {
-	for name, damage := range map[string]func(t *testing.T, wal string){
-		"flip": func(t *testing.T, wal string) { flipByte(t, wal, func(n int) int { return n / 2 }) },
-		"truncate": func(t *testing.T, wal string) {
-			st, _ := os.Stat(wal)
-			if err := os.Truncate(wal, st.Size()/2); err != nil {
-				t.Fatal(err)
-			}
-		},
-		"delete": func(t *testing.T, wal string) { os.Remove(wal) },
-	} {
-		t.Run(name, func(t *testing.T) {
-			dir := t.TempDir()
-			j := openT(t, dir)
-			appendN(t, j, 50)
-			j.Close()
-			wals := filesOf(t, dir, ".log")
-			if len(wals) == 0 {
-				t.Fatal("no WAL file")
-			}
-			damage(t, wals[len(wals)-1])
-			// Read-only first: it sees the whole journal and changes nothing.
-			before := hashDir(t, dir)
-			ro, err := Open(Options{Dir: dir, ReadOnly: true})
-			if err != nil {
-				t.Fatalf("read-only open after WAL damage: %v", err)
-			}
-			if n := countScan(t, ro); n != 50 || ro.LastSeq() != 50 {
-				t.Fatalf("read-only: %d events, last %d; want 50", n, ro.LastSeq())
-			}
-			ro.Close()
-			if after := hashDir(t, dir); len(after) != len(before) {
-				t.Fatalf("a read-only open changed the directory")
-			}
-			j, err = Open(Options{Dir: dir})
-			if err != nil {
-				t.Fatalf("open after WAL damage: %v", err)
-			}
-			if n := countScan(t, j); n != 50 || j.recovered == 0 {
-				t.Fatalf("%d events after recovery (%d frames re-indexed), want 50 from the log", n, j.recovered)
-			}
-			appendN(t, j, 1) // and the log goes on
-			j.Close()
-			j = openT(t, dir)
-			defer j.Close()
-			if n := countScan(t, j); n != 51 || j.recovered != 0 {
-				t.Fatalf("%d events (%d frames recovered) after a clean reopen", n, j.recovered)
-			}
-		})
+// crashCopy copies dir as it is on disk while its journal is open: what a
+// kill -9 or a power failure would leave (the index's memtable is lost).
+func crashCopy(t *testing.T, dir string) string {
+	t.Helper()
+	dst := t.TempDir()
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		if d.IsDir() {
+			return os.MkdirAll(filepath.Join(dst, rel), 0o700)
+		}
+		if d.Name() == "LOCK" {
+			return nil
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(filepath.Join(dst, rel), b, 0o600)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dst
+}
+
+// The index has no WAL: after a crash, what its memtable held is
+// re-indexed from the log, by a read-only Open (in memory, changing
+// nothing) and by a writable one; nothing is lost and the log goes on.
+func TestIndexLostInACrashIsRebuilt(t *testing.T) {
+	src := t.TempDir()
+	j := openT(t, src)
+	appendN(t, j, 50)
+	dir := crashCopy(t, src)
+	j.Close()
+	before := hashDir(t, dir)
+	ro, err := Open(Options{Dir: dir, ReadOnly: true})
+	if err != nil {
+		t.Fatalf("read-only open after a crash: %v", err)
+	}
+	if n := countScan(t, ro); n != 50 || ro.LastSeq() != 50 || ro.recovered == 0 {
+		t.Fatalf("read-only: %d events, last %d, %d frames re-indexed; want 50 from the log", n, ro.LastSeq(), ro.recovered)
+	}
+	ro.Close()
+	after := hashDir(t, dir)
+	for p, h := range before {
+		if after[p] != h {
+			t.Errorf("a read-only open changed %s", p)
+		}
+	}
+	for p := range after {
+		if _, ok := before[p]; !ok && filepath.Base(p) != "LOCK" {
+			t.Errorf("a read-only open created %s", p)
+		}
+	}
+	j, err = Open(Options{Dir: dir})
+	if err != nil {
+		t.Fatalf("open after a crash: %v", err)
+	}
+	if n := countScan(t, j); n != 50 || j.recovered == 0 {
+		t.Fatalf("%d events after recovery (%d frames re-indexed), want 50 from the log", n, j.recovered)
+	}
+	appendN(t, j, 1) // and the log goes on
+	j.Close()
+	j = openT(t, dir)
+	defer j.Close()
+	if n := countScan(t, j); n != 51 || j.recovered != 0 {
+		t.Fatalf("%d events (%d frames re-indexed) after a clean reopen", n, j.recovered)
 	}
 }
 
@@ -204,9 +224,9 @@ func logSegments(t *testing.T, dir string) []string {
 	return out
 }
 
-// Damage to the log itself where the index cannot stand in for it (the
-// index's WAL lost too, as after a power failure): acknowledged records
-// that are gone are reported by Open (LostError), never skipped.
+// Damage to the log where the index cannot stand in for it (after a
+// crash, the part its memtable held): acknowledged records that are gone
+// are reported by Open (LostError), never skipped.
 func TestLogTailDamageIsDetected(t *testing.T) {
 	for name, damage := range map[string]func(t *testing.T, seg string){
 		"truncate": func(t *testing.T, seg string) {
@@ -218,13 +238,11 @@ func TestLogTailDamageIsDetected(t *testing.T) {
 		"flip": func(t *testing.T, seg string) { flipByte(t, seg, func(n int) int { return n * 2 / 3 }) },
 	} {
 		t.Run(name, func(t *testing.T) {
-			dir := t.TempDir()
-			j := openT(t, dir)
+			src := t.TempDir()
+			j := openT(t, src)
 			appendN(t, j, 50)
+			dir := crashCopy(t, src)
 			j.Close()
-			for _, w := range filesOf(t, dir, ".log") {
-				os.Remove(w)
-			}
 			segs := logSegments(t, dir)
 			if len(segs) != 1 {
 				t.Fatalf("%d log segments", len(segs))
@@ -378,11 +396,11 @@ func TestCorruptLastRecordOpens(t *testing.T) {
 	dir := t.TempDir()
 	j := openT(t, dir)
 	appendN(t, j, 5)
-	v, closer, _ := j.db.Get(eventKey(5))
-	bad := append([]byte(nil), v...)
-	closer.Close()
+	bad := rawRecord(t, j, 5)
 	bad[20] ^= 1
-	j.db.Set(eventKey(5), bad, nil)
+	if err := j.db.Set(eventKey(5), bad, pebble.NoSync); err != nil {
+		t.Fatal(err)
+	}
 	j.Close()
 	j = openT(t, dir)
 	defer j.Close()

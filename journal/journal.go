@@ -204,7 +204,8 @@ func Open(opts Options) (*Journal, error) {
 		opts.QueueSize = 1024
 	}
 	j := &Journal{opts: opts, reqs: make(chan *appendReq, opts.QueueSize), stopped: make(chan struct{}), failed: make(chan struct{})}
-	po := &pebble.Options{Logger: pebbleLogger{l: opts.Logger, fatal: j.fatal}, ReadOnly: opts.ReadOnly, MemTableSize: memTableSize}
+	// No WAL: the log (log.go) is the index's write-ahead log.
+	po := &pebble.Options{Logger: pebbleLogger{l: opts.Logger, fatal: j.fatal}, ReadOnly: opts.ReadOnly, MemTableSize: memTableSize, DisableWAL: !opts.ReadOnly}
 	po.EventListener = &pebble.EventListener{
 		BackgroundError: func(err error) {
 			j.fail(fmt.Errorf("storage background error: %w", err))
@@ -452,6 +453,13 @@ func (j *Journal) Close() error {
 	if j.marker != nil {
 		j.marker.Close()
 	}
+	if !j.opts.ReadOnly && j.Err() == nil {
+		// The index's memtable to a table, so that the next Open has no
+		// frames to re-index (it would, without loss, if this failed).
+		if err := j.flush(); err != nil && j.opts.Logger != nil {
+			j.opts.Logger.Warn("could not flush the journal's index at close", zap.Error(err))
+		}
+	}
 	if b, ok := j.rd.(*pebble.Batch); ok {
 		j.rd = j.db
 		b.Close()
@@ -558,7 +566,8 @@ func goid() uint64 {
 	return id
 }
 
-// memTableSize is Pebble's memtable size. Pebble keeps up to three retired
-// WAL files of about this size for reuse, a fixed cost on disk; events
-// are small and bodies are not in the LSM, so 1 MiB is plenty.
-const memTableSize = 1 << 20
+// memTableSize is the index's memtable size. The index has no WAL: what a
+// crash takes from the memtable (at most this much index, some 40,000
+// records) is re-indexed from the log at Open, and a read-only Open
+// re-indexes in memory what the server has not flushed yet.
+const memTableSize = 4 << 20

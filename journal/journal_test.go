@@ -166,7 +166,7 @@ func TestCorruptRecordReportedWithSeq(t *testing.T) {
 	bad := append([]byte(nil), v...)
 	closer.Close()
 	bad[20] ^= 0x40
-	if err := j.db.Set(eventKey(3), bad, pebble.Sync); err != nil {
+	if err := j.db.Set(eventKey(3), bad, pebble.NoSync); err != nil {
 		t.Fatal(err)
 	}
 	var n int
@@ -188,7 +188,7 @@ func TestCorruptRecordReportedWithSeq(t *testing.T) {
 		t.Fatalf("tolerant scan: err=%v n=%d reported=%v", err, n, reported)
 	}
 	// A deleted record is a gap, reported as missing.
-	if err := j.db.Delete(eventKey(4), pebble.Sync); err != nil {
+	if err := j.db.Delete(eventKey(4), pebble.NoSync); err != nil {
 		t.Fatal(err)
 	}
 	reported = nil
@@ -213,7 +213,7 @@ func TestChainBreakDetected(t *testing.T) {
 	// Replace record 2 with a self-consistent record whose chain is wrong.
 	payload, _ := events.Marshal(delivered("E", "forged"))
 	rec, _ := encodeRecord(2, link{crc: 0xdeadbeef}, payload)
-	if err := j.db.Set(eventKey(2), rec, pebble.Sync); err != nil {
+	if err := j.db.Set(eventKey(2), rec, pebble.NoSync); err != nil {
 		t.Fatal(err)
 	}
 	err := j.Scan(1, func(events.Event) error { return nil })
@@ -256,7 +256,7 @@ func TestVerifyWithoutDecoding(t *testing.T) {
 	bad := append([]byte(nil), v...)
 	closer.Close()
 	bad[15] ^= 1
-	j.db.Set(eventKey(2), bad, pebble.Sync)
+	j.db.Set(eventKey(2), bad, pebble.NoSync)
 	var ce *CorruptError
 	if err := j.Verify(5, nil); !errors.As(err, &ce) || ce.Seq != 2 {
 		t.Fatalf("got %v", err)

@@ -467,7 +467,7 @@ func (j *Journal) recoverLog() (err error) {
 		return nil // reads go through the batch
 	}
 	restore()
-	if err := j.commitBatch(batch, pebble.Sync); err != nil {
+	if err := j.persist(batch); err != nil {
 		batch.Close()
 		return fmt.Errorf("journal: recover the log: %w", err)
 	}

@@ -76,11 +76,31 @@ func (j *Journal) put(p *putReq) error {
 	if err := b.Set(p.key, p.value, nil); err != nil {
 		return err
 	}
-	if err := j.commitBatch(b, pebble.Sync); err != nil {
+	if err := j.persist(b); err != nil {
 		j.fail(fmt.Errorf("commit: %w", err))
 		return j.Err()
 	}
 	return nil
+}
+
+// persist commits b and makes it durable. The index has no WAL (the log
+// is its WAL): what is not re-created from the log (a snapshot, the
+// archive mark) is made durable by flushing the memtable to a table.
+func (j *Journal) persist(b *pebble.Batch) error {
+	if err := j.commitBatch(b, pebble.NoSync); err != nil {
+		return err
+	}
+	return j.flush()
+}
+
+// flush writes the memtable to a table, turning a panic into an error.
+func (j *Journal) flush() (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("flush: %v", r)
+		}
+	}()
+	return j.db.Flush()
 }
 
 func (j *Journal) commit(group []*appendReq) {
@@ -185,8 +205,8 @@ func (j *Journal) commit(group []*appendReq) {
 		j.failAll(ok, j.Err())
 		return
 	}
-	// The frame is durable: the index needs no fsync of its own (a crash
-	// that loses it is repaired from the log at Open).
+	// The frame is durable: the index has no WAL and needs no fsync (what
+	// a crash takes from its memtable is re-indexed from the log at Open).
 	if err := j.commitBatch(batch, pebble.NoSync); err != nil {
 		// Pebble may have applied the batch to its memtable and fails on
 		// the next write: fail-stop.

@@ -15,9 +15,9 @@ import (
 )
 
 // CommittedFile is the name, in the journal directory, of the record of the
-// last committed sequence number. It lives outside Pebble's WAL so that a
-// WAL that lost its tail (a flipped byte is taken for a torn write and
-// silently dropped by Pebble) or a damaged MANIFEST cannot take
+// last committed sequence number. It lives outside the log and the index so
+// that a log that lost its tail where the index had not reached (recovery
+// stops at the first damaged frame) or a damaged MANIFEST cannot take
 // acknowledged records away unnoticed.
 const CommittedFile = "COMMITTED"
 
@@ -90,7 +90,7 @@ func (j *Journal) checkCommitted() error {
 	return nil
 }
 
-// writeCommitted records seq in COMMITTED; it is not fsynced (the WAL is,
+// writeCommitted records seq in COMMITTED; it is not fsynced (the log is,
 // before it, so the file can only lag the journal, never lead it).
 func (j *Journal) writeCommitted(seq uint64) error {
 	if j.marker == nil {

@@ -1,16 +1,19 @@
 // Package journal is ledgermail's one durable path: an append-only,
-// checksummed, hash-chained event log, kept in a Pebble database under the
-// data directory, and the message bodies, kept beside it in append-only
-// segment files (bodies.go) that Pebble only points at.
+// checksummed, hash-chained log of event records and message bodies, kept
+// in segment files under the data directory (log.go, bodies.go), and a
+// Pebble database that indexes it.
 //
 // The contract:
-//   - Append returns only after its events and bodies are fsynced (the
-//     bodies first: no durable event ever points at a body that is not);
-//     on error nothing of that Write is visible to readers, now or after a
-//     restart. A body written to a segment by a Write that failed is
-//     garbage that nothing refers to.
-//   - A write or fsync error on the shared body segment fails the journal
-//     like one on the WAL (fail-stop, below).
+//   - Append returns only after its events and bodies are fsynced: its
+//     records and small bodies in the group's frame of the log, a large
+//     body in its own segment before that; on error nothing of that Write
+//     is visible to readers, now or after a restart. A body written to a
+//     segment by a Write that failed is garbage that nothing refers to.
+//   - The index (Pebble) has no WAL: what a crash takes from it is
+//     re-indexed from the log by Open (writable: durably; read-only: in
+//     memory), checking every frame and record.
+//   - A write or fsync error on the log fails the journal (fail-stop,
+//     below).
 //   - Sequence numbers start at 1 and increase by one per event, without gaps.
 //   - Every record carries its sequence number, the SHA-256 link of the
 //     record before it (a cryptographic chain; records of the older format 1
@@ -21,27 +24,29 @@
 //   - Bodies are checked by OpenBody (streaming) and BodyChecked against the
 //     SHA-256 that their Received event records; a segment that is shorter
 //     than a pointer into it is a *BodyCorruptError too. A segment file is
-//     deleted once no body refers to it (ReclaimSegments).
-//   - Concurrent Appends are grouped by one writer goroutine into one Pebble
-//     batch and one fsync (group commit). No lock is held while an Append
+//     deleted once no body refers to it and none of its records is in the
+//     hot journal (ReclaimSegments); a dropped body inside a segment that
+//     stays is punched out.
+//   - Concurrent Appends are grouped by one writer goroutine into one frame
+//     and one fsync (group commit). No lock is held while an Append
 //     waits for room in the writer's bounded queue: a full queue makes
 //     callers wait, it never deadlocks them. Close answers every Append
 //     already admitted, then returns.
 //   - Subscribers see every committed event exactly once, in sequence order,
 //     after it is durable.
-//   - Fail-stop: a failed commit (an fsync or write error: Pebble has then
-//     applied the batch to its memtable but cannot promise it is on disk, and
-//     panics on the next write) or a background error (a flush or compaction
+//   - Fail-stop: a failed commit (a write or fsync error on the log, after
+//     which its state is unknown; or Pebble failing to apply the index) or a
+//     background error (a flush or compaction
 //     that cannot write) fails the journal for good. That commit's Appends and
 //     every later one return an error wrapping ErrFailed, Failed() is closed,
 //     and the process is expected to exit; nothing is acknowledged that is not
 //     durable. Pebble's own fatal errors (Fatalf) call Options.OnFatal, which
 //     by default logs one line and exits with status 1.
 //   - Acknowledged records never disappear silently: after each commit the
-//     last committed sequence number is written to the COMMITTED file beside
-//     Pebble's files (no extra fsync: it only ever lags the WAL). Open
-//     refuses, with a *LostError, a journal that ends before it (a torn or
-//     corrupt WAL, MANIFEST damage), unless Options.AllowLost.
+//     last committed sequence number is written to the COMMITTED file (no
+//     extra fsync: it only ever lags the log). Open refuses, with a
+//     *LostError, a journal that ends before it (a damaged log tail after a
+//     crash, MANIFEST damage), unless Options.AllowLost.
 //   - Options.ReadOnly opens without modifying anything in the directory
 //     (Pebble's read-only mode; no COMMITTED update): what `mta queue`,
 //     `mta replay` and `check-config` use.

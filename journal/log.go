@@ -23,11 +23,11 @@ import (
 // record.go). Pebble is the index of the log: a pointer per record
 // (e/<seq>), the per-envelope index, the body pointers and references, the
 // last record of each log segment (l/<seg>) and the end of the last frame
-// it holds (m/logpos). Pebble's batch is written without an fsync of its
-// own: whatever of it a crash loses, Open rebuilds from the frames after
-// m/logpos (recoverLog), so Pebble's WAL costs no fsync, and a record is
-// written once (to the log) rather than through the WAL, a flush and
-// compactions.
+// it holds (m/logpos). Pebble runs without a WAL: whatever of its memtable a
+// crash loses, Open rebuilds from the frames after m/logpos (recoverLog).
+// So a commit costs one fsync, and a record is written once (to the log)
+// rather than through a WAL, a flush and compactions; what the index
+// writes is small pointers.
 //
 // A log segment starts with logMagic; segments without it hold one large
 // body each (CreateBodyFile), or bodies from before the log existed.
@@ -373,7 +373,7 @@ func (j *Journal) stageFrame(b *pebble.Batch, seg uint64, p *parsedFrame, evs []
 }
 
 // recoverLog re-indexes the frames that follow the last one Pebble holds
-// (m/logpos): those whose index a crash took from Pebble's unsynced WAL.
+// (m/logpos): those whose index a crash took from Pebble's memtable.
 // It stops at the first place where no intact frame continues the
 // sequence and the chain (a torn write: never acknowledged, or else the
 // COMMITTED check reports the loss). Writable, the result is committed;

@@ -142,7 +142,7 @@ func (j *Journal) readForSalvage(seq uint64) (e events.Event, payload []byte, wh
 		}
 	}()
 	if lo, hi := j.Lost(); lo != 0 && seq >= lo && seq <= hi {
-		return e, nil, "lost from a damaged write-ahead log or MANIFEST"
+		return e, nil, "lost from a damaged log or MANIFEST"
 	}
 	v, closer, err := j.rd.Get(eventKey(seq))
 	if errors.Is(err, pebble.ErrNotFound) {

@@ -195,6 +195,21 @@ func corruptKey(t *testing.T, dir string, key []byte) {
 	}
 	bad := bytes.Clone(v)
 	closer.Close()
+	if len(bad) == 25 && bad[0] == 4 {
+		// A pointer into a compressed frame of the log: flip a byte of
+		// the frame's content.
+		seg := filepath.Join(dir, "bodies", fmt.Sprintf("%012d.seg", binary.BigEndian.Uint64(bad[1:])))
+		frame := int(binary.BigEndian.Uint64(bad[9:]))
+		b, err := os.ReadFile(seg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b[frame+16+int(binary.BigEndian.Uint32(b[frame+4:]))+3] ^= 0x01
+		if err := os.WriteFile(seg, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
 	if len(bad) == 21 && bad[0] == 3 {
 		// A pointer into the log: flip a byte of the record there.
 		seg := filepath.Join(dir, "bodies", fmt.Sprintf("%012d.seg", binary.BigEndian.Uint64(bad[1:])))

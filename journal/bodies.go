@@ -222,9 +222,10 @@ func (s *bodyStore) beginFrame() (seg uint64, start int64, err error) {
 	return s.curSeg, start, nil
 }
 
-// endFrame writes the frame's content after its bodies and then its
-// header; it returns the offset of the content. The caller syncs.
-func (s *bodyStore) endFrame(start int64, content []byte) (int64, error) {
+// endFrame writes the frame's content (compressed with zstd when zipped)
+// after its bodies and then its header; it returns the offset of the
+// content. The caller syncs.
+func (s *bodyStore) endFrame(start int64, content []byte, zipped bool) (int64, error) {
 	s.inFrame = false
 	if s.cur == nil {
 		return 0, errors.New("journal: the log segment was closed during a frame")
@@ -232,6 +233,9 @@ func (s *bodyStore) endFrame(start int64, content []byte) (int64, error) {
 	coff := s.curOff
 	var h [frameHeader]byte
 	binary.BigEndian.PutUint32(h[0:], frameMagic)
+	if zipped {
+		binary.BigEndian.PutUint32(h[0:], frameMagicZ)
+	}
 	binary.BigEndian.PutUint32(h[4:], uint32(coff-start-frameHeader))
 	binary.BigEndian.PutUint32(h[8:], uint32(len(content)))
 	binary.BigEndian.PutUint32(h[12:], crc32.Checksum(content, castagnoli))

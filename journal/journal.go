@@ -113,6 +113,10 @@ type Options struct {
 	// ArchiveDir holds the archive segments; "" means "archive" beside
 	// Dir.
 	ArchiveDir string
+	// CommitWindow: when the last group commit carried more than one
+	// Append, the writer waits up to this long for more before the next
+	// one (fewer, larger commits under load); 0 commits at once.
+	CommitWindow time.Duration
 }
 
 // ErrReadOnly is returned by Append on a journal opened with ReadOnly.
@@ -169,6 +173,7 @@ type Journal struct {
 	marker        *os.File               // COMMITTED; nil when read-only
 	bodies        *bodyStore
 	segs          *segCache    // open segment files, for reading records
+	frames        frameCache   // compressed frames read last, decompressed
 	rd            pebbleReader // j.db, or the read-only overlay (recoverLog)
 	recovered     int          // frames recoverLog re-indexed at Open
 	punchWarned   atomic.Bool
@@ -207,6 +212,9 @@ func Open(opts Options) (*Journal, error) {
 	}
 	if opts.QueueSize <= 0 {
 		opts.QueueSize = 1024
+	}
+	if d, err := time.ParseDuration(os.Getenv("LEDGERMAIL_COMMIT_WINDOW")); err == nil && opts.CommitWindow == 0 {
+		opts.CommitWindow = d // EXPERIMENT
 	}
 	j := &Journal{opts: opts, reqs: make(chan *appendReq, opts.QueueSize), stopped: make(chan struct{}), failed: make(chan struct{})}
 	// No WAL: the log (log.go) is the index's write-ahead log.

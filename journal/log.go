@@ -42,27 +42,45 @@ import (
 // uvarint count, then per record uvarint length, record.
 const (
 	logMagic    = "LMLOG01\n"
-	frameMagic  = 0x4c4d4631 // "LMF1"
+	frameMagic  = 0x4c4d4631 // "LMF1": content as is
+	frameMagicZ = 0x4c4d4632 // "LMF2": content compressed with zstd
 	frameHeader = 16
 	prefixLog   = "l/" // l/<seg:8 BE> -> last sequence number recorded in it
 	// ptrFormat marks an e/<seq> value that points into the log rather
 	// than holding the record (records written before the log existed).
 	ptrFormat = 3
 	ptrLen    = 1 + 8 + 8 + 4
+	// ptrFormatZ points at a record inside a compressed frame: segment,
+	// the frame's offset, the record's offset in the frame's content once
+	// decompressed, and its length.
+	ptrFormatZ = 4
+	ptrLenZ    = 1 + 8 + 8 + 4 + 4
 )
 
 var metaLogPosKey = []byte(prefixMeta + "logpos")
 
 func logSegKey(seg uint64) []byte { return binary.BigEndian.AppendUint64([]byte(prefixLog), seg) }
 
-// recordPtr says where a record is in the log.
+// recordPtr says where a record is in the log: at off in segment seg, or,
+// with frame set, at off in the content of the compressed frame that
+// starts at offset frame.
 type recordPtr struct {
-	seg uint64
-	off int64
-	n   uint32
+	seg    uint64
+	off    int64
+	n      uint32
+	frame  int64
+	zipped bool
 }
 
 func (p recordPtr) encode() []byte {
+	if p.zipped {
+		b := make([]byte, 0, ptrLenZ)
+		b = append(b, ptrFormatZ)
+		b = binary.BigEndian.AppendUint64(b, p.seg)
+		b = binary.BigEndian.AppendUint64(b, uint64(p.frame))
+		b = binary.BigEndian.AppendUint32(b, uint32(p.off))
+		return binary.BigEndian.AppendUint32(b, p.n)
+	}
 	b := make([]byte, 0, ptrLen)
 	b = append(b, ptrFormat)
 	b = binary.BigEndian.AppendUint64(b, p.seg)
@@ -70,9 +88,15 @@ func (p recordPtr) encode() []byte {
 	return binary.BigEndian.AppendUint32(b, p.n)
 }
 
-func isPtr(v []byte) bool { return len(v) == ptrLen && v[0] == ptrFormat }
+func isPtr(v []byte) bool {
+	return len(v) == ptrLen && v[0] == ptrFormat || len(v) == ptrLenZ && v[0] == ptrFormatZ
+}
 
 func decodePtr(v []byte) recordPtr {
+	if v[0] == ptrFormatZ {
+		return recordPtr{seg: binary.BigEndian.Uint64(v[1:]), frame: int64(binary.BigEndian.Uint64(v[9:])),
+			off: int64(binary.BigEndian.Uint32(v[17:])), n: binary.BigEndian.Uint32(v[21:]), zipped: true}
+	}
 	return recordPtr{seg: binary.BigEndian.Uint64(v[1:]), off: int64(binary.BigEndian.Uint64(v[9:])), n: binary.BigEndian.Uint32(v[17:])}
 }
 
@@ -129,8 +153,17 @@ type parsedFrame struct {
 	refs    []frameRef
 	drops   []string
 	records [][]byte
-	recOff  []int64 // absolute offsets of the records in the segment
-	end     int64
+	// recOff are the records' offsets: in the segment, or, for a
+	// compressed frame (zipped), in its decompressed content.
+	recOff []int64
+	start  int64 // the frame's offset
+	end    int64
+	zipped bool
+}
+
+// ptr is where record i of the frame is.
+func (p *parsedFrame) ptr(seg uint64, i int) recordPtr {
+	return recordPtr{seg: seg, off: p.recOff[i], n: uint32(len(p.records[i])), frame: p.start, zipped: p.zipped}
 }
 
 // parseContent decodes a frame's content found at offset base.
@@ -219,7 +252,8 @@ func readFrame(f *os.File, off, size int64) (*parsedFrame, bool) {
 	if _, err := f.ReadAt(h[:], off); err != nil {
 		return nil, false
 	}
-	if binary.BigEndian.Uint32(h[0:]) != frameMagic {
+	magic := binary.BigEndian.Uint32(h[0:])
+	if magic != frameMagic && magic != frameMagicZ {
 		return nil, false
 	}
 	bl, cl := int64(binary.BigEndian.Uint32(h[4:])), int64(binary.BigEndian.Uint32(h[8:]))
@@ -234,10 +268,19 @@ func readFrame(f *os.File, off, size int64) (*parsedFrame, bool) {
 	if crc32.Checksum(c, castagnoli) != binary.BigEndian.Uint32(h[12:]) {
 		return nil, false
 	}
-	p, err := parseContent(c, coff)
+	base := coff
+	if magic == frameMagicZ {
+		var err error
+		if c, err = unzip(c); err != nil {
+			return nil, false
+		}
+		base = 0
+	}
+	p, err := parseContent(c, base)
 	if err != nil {
 		return nil, false
 	}
+	p.start, p.zipped = off, magic == frameMagicZ
 	p.end = coff + cl
 	return p, true
 }
@@ -306,6 +349,16 @@ func (j *Journal) recordBytes(seq uint64, v []byte) ([]byte, error) {
 		return v, nil
 	}
 	p := decodePtr(v)
+	if p.zipped {
+		c, err := j.frameContent(seq, p.seg, p.frame)
+		if err != nil {
+			return nil, err
+		}
+		if p.off+int64(p.n) > int64(len(c)) {
+			return nil, &CorruptError{Seq: seq, Reason: fmt.Sprintf("its frame at %s offset %d is shorter than its pointer", segmentName(p.seg), p.frame)}
+		}
+		return c[p.off : p.off+int64(p.n)], nil
+	}
 	f, err := j.segs.get(p.seg)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
@@ -355,8 +408,7 @@ func (j *Journal) stageFrame(b *pebble.Batch, seg uint64, p *parsedFrame, evs []
 	}
 	var last uint64
 	for i, e := range evs {
-		ptr := recordPtr{seg: seg, off: p.recOff[i], n: uint32(len(p.records[i]))}
-		if err := b.Set(eventKey(e.Seq), ptr.encode(), nil); err != nil {
+		if err := b.Set(eventKey(e.Seq), p.ptr(seg, i).encode(), nil); err != nil {
 			return nil, err
 		}
 		if err := b.Set(indexKey(e.Envelope, e.Seq), nil, nil); err != nil {

@@ -18,11 +18,22 @@ func (j *Journal) writer() {
 	defer close(j.stopped)
 	j.writerID.Store(goid())
 	defer j.bodies.closeShared()
+	busy := false // the last group had company: more are likely on the way
+	var window *time.Timer
 	for req := range j.reqs {
 		if j.special(req) {
 			continue
 		}
 		group := []*appendReq{req}
+		var wait <-chan time.Time
+		if busy && j.opts.CommitWindow > 0 {
+			if window == nil {
+				window = time.NewTimer(j.opts.CommitWindow)
+			} else {
+				window.Reset(j.opts.CommitWindow)
+			}
+			wait = window.C
+		}
 	drain:
 		for len(group) < j.opts.MaxBatch {
 			select {
@@ -38,9 +49,31 @@ func (j *Journal) writer() {
 				}
 				group = append(group, r)
 			default:
-				break drain
+				if wait == nil {
+					break drain
+				}
+				select {
+				case r, ok := <-j.reqs:
+					if !ok {
+						break drain
+					}
+					if r.put != nil || r.run != nil {
+						j.commit(group)
+						group = group[:0]
+						j.special(r)
+						continue
+					}
+					group = append(group, r)
+				case <-wait:
+					wait = nil
+					break drain
+				}
 			}
 		}
+		if wait != nil && !window.Stop() {
+			<-window.C
+		}
+		busy = len(group) > 1
 		if len(group) > 0 {
 			j.commit(group)
 		}
@@ -177,7 +210,8 @@ func (j *Journal) commit(group []*appendReq) {
 		all = append(all, evs...)
 	}
 	content, recOff := fr.content()
-	coff, err := j.bodies.endFrame(fr.start, content)
+	zipped := zip(content)
+	coff, err := j.bodies.endFrame(fr.start, zipped, true)
 	if err != nil {
 		j.fail(fmt.Errorf("write the log: %w", err))
 		j.failAll(ok, j.Err())
@@ -195,9 +229,9 @@ func (j *Journal) commit(group []*appendReq) {
 			return
 		}
 	}
-	pf := &parsedFrame{refs: fr.refs, drops: fr.drops, records: fr.records, end: coff + int64(len(content))}
+	pf := &parsedFrame{refs: fr.refs, drops: fr.drops, records: fr.records, start: fr.start, zipped: true, end: coff + int64(len(zipped))}
 	for _, o := range recOff {
-		pf.recOff = append(pf.recOff, coff+int64(o))
+		pf.recOff = append(pf.recOff, int64(o))
 	}
 	dropped, err := j.stageFrame(batch, seg, pf, all)
 	if err != nil {

@@ -150,23 +150,23 @@ func TestCorruptJournalRefusesToStart(t *testing.T) {
 	waitDelivered(t, sk, s, "delivery", 1)
 	waitFor(t, "empty queue", 10*time.Second, func() bool { return len(s.queue().Envelopes) == 0 })
 	s.stop()
-	corruptRecord(t, filepath.Join(s.dir, "data", "journal"), 3)
+	bad := corruptRecord(t, filepath.Join(s.dir, "data", "journal"), 3)
 	_, errs, code := s.mta("", "replay")
-	if code != 1 || !strings.Contains(errs, "corrupt record at sequence 3") {
+	if code != 1 || !strings.Contains(errs, fmt.Sprintf("corrupt record at sequence %d", bad)) {
 		t.Fatalf("replay of a corrupt journal: exit %d, %q", code, errs)
 	}
 	out, _, code := s.mta("", "replay", "--verify")
-	if code != 1 || !strings.Contains(out, "corrupt record at sequence 3") {
+	if code != 1 || !strings.Contains(out, fmt.Sprintf("corrupt record at sequence %d", bad)) {
 		t.Fatalf("replay --verify: exit %d\n%s", code, out)
 	}
 	_, errs, code = run(t, "serve", "-c", s.config)
-	if code != 1 || !strings.Contains(errs, "sequence 3") || !strings.Contains(errs, "refusing to start") {
+	if code != 1 || !strings.Contains(errs, fmt.Sprintf("sequence %d", bad)) || !strings.Contains(errs, "refusing to start") {
 		t.Fatalf("serve on a corrupt journal: exit %d, %q", code, errs)
 	}
 	// Told to, it starts anyway and names the record it skipped.
 	s.startArgs("--ignore-corrupt")
 	b, _ := os.ReadFile(s.logFile)
-	if !strings.Contains(string(b), "corrupt journal record ignored") || !strings.Contains(string(b), `"seq": 3`) {
+	if !strings.Contains(string(b), "corrupt journal record ignored") || !strings.Contains(string(b), fmt.Sprintf(`"seq": %d`, bad)) {
 		t.Fatalf("--ignore-corrupt log:\n%s", b)
 	}
 	s.stop()
@@ -176,9 +176,47 @@ func TestCorruptJournalRefusesToStart(t *testing.T) {
 // stopped server's Pebble database directly: a record-level corruption that
 // Pebble's own block checksums do not see (a bug, a bad copy, a bit flip
 // before the write).
-func corruptRecord(t *testing.T, dir string, seq uint64) {
+//
+// The log compresses each group commit's frame as a whole: damage inside it
+// takes every record of the frame. corruptRecord returns the first of
+// them, the one readers name.
+func corruptRecord(t *testing.T, dir string, seq uint64) uint64 {
 	t.Helper()
+	first := firstOfFrame(t, dir, seq)
 	corruptKey(t, dir, binary.BigEndian.AppendUint64([]byte("e/"), seq))
+	return first
+}
+
+// firstOfFrame returns the first sequence number whose record shares
+// seq's compressed frame (seq itself when it is stored otherwise).
+func firstOfFrame(t *testing.T, dir string, seq uint64) uint64 {
+	t.Helper()
+	db, err := pebble.Open(dir, &pebble.Options{Logger: quietLogger{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	get := func(s uint64) []byte {
+		v, closer, err := db.Get(binary.BigEndian.AppendUint64([]byte("e/"), s))
+		if err != nil {
+			return nil
+		}
+		defer closer.Close()
+		return bytes.Clone(v)
+	}
+	v := get(seq)
+	if len(v) != 25 || v[0] != 4 {
+		return seq
+	}
+	first := seq
+	for s := seq - 1; s > 0; s-- {
+		o := get(s)
+		if len(o) != 25 || !bytes.Equal(o[:17], v[:17]) {
+			break
+		}
+		first = s
+	}
+	return first
 }
 
 // corruptKey flips one bit in the middle of a stored value.

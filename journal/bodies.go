@@ -222,7 +222,7 @@ func (s *bodyStore) beginFrame() (seg uint64, start int64, err error) {
 	return s.curSeg, start, nil
 }
 
-// endFrame writes the frame's content (compressed with zstd when zipped)
+// endFrame writes the frame's content (compressed with S2 when zipped)
 // after its bodies and then its header; it returns the offset of the
 // content. The caller syncs.
 func (s *bodyStore) endFrame(start int64, content []byte, zipped bool) (int64, error) {

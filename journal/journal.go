@@ -213,9 +213,6 @@ func Open(opts Options) (*Journal, error) {
 	if opts.QueueSize <= 0 {
 		opts.QueueSize = 1024
 	}
-	if d, err := time.ParseDuration(os.Getenv("LEDGERMAIL_COMMIT_WINDOW")); err == nil && opts.CommitWindow == 0 {
-		opts.CommitWindow = d // EXPERIMENT
-	}
 	j := &Journal{opts: opts, reqs: make(chan *appendReq, opts.QueueSize), stopped: make(chan struct{}), failed: make(chan struct{})}
 	// No WAL: the log (log.go) is the index's write-ahead log.
 	po := &pebble.Options{Logger: pebbleLogger{l: opts.Logger, fatal: j.fatal}, ReadOnly: opts.ReadOnly, MemTableSize: memTableSize, DisableWAL: !opts.ReadOnly}

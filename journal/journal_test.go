@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 
@@ -263,5 +264,60 @@ func TestVerifyWithoutDecoding(t *testing.T) {
 	}
 	if err := j.Verify(1, nil); err != nil {
 		t.Fatalf("record 1 alone: %v", err)
+	}
+}
+
+// Under load (the last group carried more than one Append), the writer
+// waits up to CommitWindow for more before committing: two Appends 20 ms
+// apart share one commit.
+func TestCommitWindow(t *testing.T) {
+	var mu sync.Mutex
+	var sizes []int
+	j, err := Open(Options{Dir: t.TempDir(), CommitWindow: 500 * time.Millisecond, OnCommit: func(_ time.Duration, n int) {
+		mu.Lock()
+		sizes = append(sizes, n)
+		mu.Unlock()
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	appendOne := func(env string, wg *sync.WaitGroup) {
+		defer wg.Done()
+		if _, err := j.Append(Write{Events: []events.Event{delivered(env, "r")}}); err != nil {
+			t.Error(err)
+		}
+	}
+	// Two Appends queued while the writer is held: one group of two.
+	release := make(chan struct{})
+	held := make(chan struct{})
+	go j.onWriter(func() error { close(held); <-release; return nil })
+	<-held
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go appendOne("A", &wg)
+	go appendOne("B", &wg)
+	waitUntil(t, func() bool { return len(j.reqs) == 2 })
+	close(release)
+	wg.Wait()
+	// Busy now: C, then D 20 ms later, go in one commit.
+	wg.Add(2)
+	go appendOne("C", &wg)
+	time.Sleep(20 * time.Millisecond) // D comes later, inside the window
+	go appendOne("D", &wg)
+	wg.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	if fmt.Sprint(sizes) != "[2 2]" {
+		t.Fatalf("events per commit %v, want [2 2]", sizes)
+	}
+}
+
+func waitUntil(t *testing.T, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("timed out")
+		}
 	}
 }

@@ -43,7 +43,7 @@ import (
 const (
 	logMagic    = "LMLOG01\n"
 	frameMagic  = 0x4c4d4631 // "LMF1": content as is
-	frameMagicZ = 0x4c4d4632 // "LMF2": content compressed with zstd
+	frameMagicZ = 0x4c4d4632 // "LMF2": content compressed with S2
 	frameHeader = 16
 	prefixLog   = "l/" // l/<seg:8 BE> -> last sequence number recorded in it
 	// ptrFormat marks an e/<seq> value that points into the log rather

@@ -9,23 +9,31 @@ import (
 	"os"
 	"sync"
 
-	"github.com/klauspost/compress/zstd"
+	"github.com/klauspost/compress/s2"
 )
 
 // Compressed frames: the content of a frame (body pointers, drops and
 // records: JSON, mostly alike from one record to the next) is compressed
-// with zstd at its fastest level; a record is read by decompressing its
+// with S2 (Snappy's successor: some 5 µs to compress and 10 µs to
+// decompress a frame of a few KB); a record is read by decompressing its
 // frame, and the frames read last are kept (frameCache) since readers go
 // through neighbouring records.
 
-var (
-	zEncoder, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
-	zDecoder, _ = zstd.NewReader(nil, zstd.WithDecoderMaxMemory(64<<20))
-)
+// maxFrameContent bounds what a damaged frame may claim to decompress to.
+const maxFrameContent = 64 << 20
 
-func zip(b []byte) []byte { return zEncoder.EncodeAll(b, make([]byte, 0, len(b)/2)) }
+func zip(b []byte) []byte { return s2.EncodeBetter(nil, b) }
 
-func unzip(b []byte) ([]byte, error) { return zDecoder.DecodeAll(b, nil) }
+func unzip(b []byte) ([]byte, error) {
+	n, err := s2.DecodedLen(b)
+	if err != nil {
+		return nil, err
+	}
+	if n > maxFrameContent {
+		return nil, fmt.Errorf("claims %d bytes", n)
+	}
+	return s2.Decode(nil, b)
+}
 
 // frameCache keeps the decompressed content of the frames read last.
 type frameCache struct {

@@ -180,6 +180,10 @@ type JournalConfig struct {
 	// Archive keeps what leaves the hot journal in compressed archive
 	// segments under <data_dir>/archive; false drops it.
 	Archive bool `toml:"archive"`
+	// CommitWindow: under load (the last group commit carried more than
+	// one write), the journal waits up to this long for more writes
+	// before the next fsync; "0" commits at once.
+	CommitWindow Duration `toml:"commit_window"`
 }
 
 // ByteSize is a TOML size: an integer number of bytes or a string like
@@ -344,7 +348,7 @@ func Defaults() Config {
 			ConnectTimeout: dur("20s"), CommandTimeout: dur("10s"), DataTimeout: dur("20s"), IdleTimeout: dur("30s"),
 			MaxConnectionsPerDomain: 20},
 		Queue:   QueueConfig{Retry: retry, MaxAge: dur("120h"), DelayWarning: dur("4h"), KeepBodies: true},
-		Journal: JournalConfig{MinFree: ByteSize{Bytes: 256 << 20}, Retention: dur("720h"), Archive: true},
+		Journal: JournalConfig{MinFree: ByteSize{Bytes: 256 << 20}, Retention: dur("720h"), Archive: true, CommitWindow: dur("3ms")},
 		Policies: PoliciesConfig{AddDateHeader: true, AddMessageIDHeader: true, AddReceivedHeader: true, Split: "domain", Forward: []ForwardRule{}, DKIM: []DKIMKey{},
 			SpamAction: "tag", SpamTimeout: dur("10s")},
 		Admin: AdminConfig{Listen: "127.0.0.1:8025", MetricsPublic: true},
@@ -399,7 +403,7 @@ var hostnameRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$`)
 func (c *Config) Validate() error {
 	for key, d := range map[string]Duration{
 		"shutdown_grace": c.ShutdownGrace, "relay.connect_timeout": c.Relay.ConnectTimeout, "relay.command_timeout": c.Relay.CommandTimeout,
-		"policies.spamassassin_timeout": c.Policies.SpamTimeout, "relay.data_timeout": c.Relay.DataTimeout, "limits.command_timeout": c.Limits.CommandTimeout, "limits.data_timeout": c.Limits.DataTimeout, "limits.tls_handshake_timeout": c.Limits.TLSHandshakeTimeout, "relay.idle_timeout": c.Relay.IdleTimeout, "queue.max_age": c.Queue.MaxAge, "queue.delay_warning": c.Queue.DelayWarning, "journal.retention": c.Journal.Retention,
+		"policies.spamassassin_timeout": c.Policies.SpamTimeout, "relay.data_timeout": c.Relay.DataTimeout, "limits.command_timeout": c.Limits.CommandTimeout, "limits.data_timeout": c.Limits.DataTimeout, "limits.tls_handshake_timeout": c.Limits.TLSHandshakeTimeout, "relay.idle_timeout": c.Relay.IdleTimeout, "queue.max_age": c.Queue.MaxAge, "queue.delay_warning": c.Queue.DelayWarning, "journal.retention": c.Journal.Retention, "journal.commit_window": c.Journal.CommitWindow,
 	} {
 		if err := d.check(key); err != nil {
 			return err
@@ -410,6 +414,9 @@ func (c *Config) Validate() error {
 	}
 	if err := c.Limits.BodyMemory.check("limits.body_memory"); err != nil {
 		return err
+	}
+	if w := c.Journal.CommitWindow.Duration; w < 0 || w > 100*time.Millisecond {
+		return configErrorf("journal.commit_window %s must be between 0 and 100ms", w)
 	}
 	if c.Journal.Retention.Duration < 0 {
 		return configErrorf("journal.retention must not be negative (\"0\" keeps everything)")

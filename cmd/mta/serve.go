@@ -203,7 +203,8 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 		log.Info("privileges dropped", zap.String("user", acct.user), zap.Int("uid", acct.uid), zap.Int("gid", acct.gid))
 	}
 
-	j, err := journal.Open(journal.Options{Dir: cfg.JournalDir(), ArchiveDir: cfg.ArchiveDir(), Logger: log.Named("journal"), MinFree: cfg.Journal.MinFree.Bytes})
+	j, err := journal.Open(journal.Options{Dir: cfg.JournalDir(), ArchiveDir: cfg.ArchiveDir(), Logger: log.Named("journal"), MinFree: cfg.Journal.MinFree.Bytes,
+		CommitWindow: cfg.Journal.CommitWindow.Duration})
 	if err != nil {
 		if errors.Is(err, journal.ErrLocked) {
 			return fmt.Errorf("data_dir %s is in use by another mta process", cfg.DataDir)

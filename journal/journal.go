@@ -215,7 +215,8 @@ func Open(opts Options) (*Journal, error) {
 	}
 	j := &Journal{opts: opts, reqs: make(chan *appendReq, opts.QueueSize), stopped: make(chan struct{}), failed: make(chan struct{})}
 	// No WAL: the log (log.go) is the index's write-ahead log.
-	po := &pebble.Options{Logger: pebbleLogger{l: opts.Logger, fatal: j.fatal}, ReadOnly: opts.ReadOnly, MemTableSize: memTableSize, DisableWAL: !opts.ReadOnly}
+	po := &pebble.Options{Logger: pebbleLogger{l: opts.Logger, fatal: j.fatal}, ReadOnly: opts.ReadOnly, MemTableSize: memTableSize, DisableWAL: !opts.ReadOnly,
+		L0CompactionThreshold: 8, L0StopWritesThreshold: 32}
 	po.EventListener = &pebble.EventListener{
 		BackgroundError: func(err error) {
 			j.fail(fmt.Errorf("storage background error: %w", err))
@@ -577,7 +578,11 @@ func goid() uint64 {
 }
 
 // memTableSize is the index's memtable size. The index has no WAL: what a
-// crash takes from the memtable (at most this much index, some 40,000
+// crash takes from the memtable (at most this much index, some 150,000
 // records) is re-indexed from the log at Open, and a read-only Open
-// re-indexes in memory what the server has not flushed yet.
-const memTableSize = 4 << 20
+// re-indexes in memory what the server has not flushed yet. Large, with
+// L0 compactions postponed (8 files rather than 4), because every flush
+// spans the whole key space (records, bodies, per-envelope index) and so
+// each L0 compaction rewrites most of the level below: fewer flushes and
+// compactions are what keep the index's writes small (docs/BENCHMARKS.md).
+const memTableSize = 16 << 20

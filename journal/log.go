@@ -1,7 +1,6 @@
 package journal
 
 import (
-	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -536,4 +535,11 @@ type pebbleReader interface {
 	NewIter(o *pebble.IterOptions) (*pebble.Iterator, error)
 }
 
-var _ = bytes.Equal
+
+
+// IndexWriteBytes is what the index has written to its tables so far
+// (flushes and compactions): its share of the journal's device writes.
+func (j *Journal) IndexWriteBytes() uint64 {
+	t := j.db.Metrics().Total()
+	return t.TableBytesFlushed + t.TableBytesCompacted
+}

@@ -277,6 +277,9 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 	metrics.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ledgermail_body_memory_bytes",
 		Help: "Memory reserved by message bodies being received ([limits] body_memory caps it)."},
 		func() float64 { return float64(bodyMemory.Used()) }))
+	metrics.Registry.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "ledgermail_journal_index_written_bytes_total",
+		Help: "Bytes the journal's index (Pebble) has written to its tables, flushes and compactions, since start."},
+		func() float64 { return float64(j.IndexWriteBytes()) }))
 	drop := &maildrop.Ingester{Dir: cfg.MaildropDir(), Journal: j, Accepted: sys.Enqueue, Log: log.Named("maildrop"), MaxBytes: cfg.Limits.MaxMessageBytes, Memory: bodyMemory}
 	go drop.Run(time.Second, snapDone)
 

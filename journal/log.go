@@ -535,8 +535,6 @@ type pebbleReader interface {
 	NewIter(o *pebble.IterOptions) (*pebble.Iterator, error)
 }
 
-
-
 // IndexWriteBytes is what the index has written to its tables so far
 // (flushes and compactions): its share of the journal's device writes.
 func (j *Journal) IndexWriteBytes() uint64 {

@@ -90,24 +90,20 @@ func (a *envelope) later(c actor.Context, what string, err error) {
 }
 
 func (a *envelope) start(c actor.Context) {
-	root := a.id
-	if i := strings.IndexByte(root, '.'); i >= 0 {
-		root = root[:i]
+	// The queue projection holds the envelope's state, folded by the same
+	// Fold from every committed event before the Append that created the
+	// envelope returned: no need to read and decode the family's history
+	// from the journal again (that cost some 14 % of the CPU under load).
+	env, ok := a.o.Queue.Get(a.id)
+	if ok && env.Received == nil {
+		// Not expected (snapshots keep it); the history has it.
+		env, ok = a.fromJournal(c)
 	}
-	evs, err := a.o.Journal.EnvelopeEvents(root, true)
-	if err != nil {
-		a.later(c, "load", err)
-		return
-	}
-	set := map[string]*projections.Envelope{}
-	for _, e := range evs {
-		projections.Fold(set, e)
-	}
-	a.env = set[a.id]
-	if a.env == nil || !a.env.State.Live() {
+	if !ok || !env.State.Live() {
 		a.stop(c)
 		return
 	}
+	a.env = env
 	// A root envelope (no "." in its ID) is only ever split; its children
 	// deliver. A root deferred by a policy error comes back here too.
 	if !strings.Contains(a.id, ".") {
@@ -116,6 +112,22 @@ func (a *envelope) start(c actor.Context) {
 		return
 	}
 	a.startAttempt(c)
+}
+
+// fromJournal folds the envelope's state from its family's history.
+func (a *envelope) fromJournal(c actor.Context) (*projections.Envelope, bool) {
+	root, _, _ := strings.Cut(a.id, ".")
+	evs, err := a.o.Journal.EnvelopeEvents(root, true)
+	if err != nil {
+		a.later(c, "load", err)
+		return nil, false
+	}
+	set := map[string]*projections.Envelope{}
+	for _, e := range evs {
+		projections.Fold(set, e)
+	}
+	env := set[a.id]
+	return env, env != nil
 }
 
 // applyPolicies journals PoliciesApplied and Split in one write, then hands

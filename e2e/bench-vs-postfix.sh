@@ -50,20 +50,33 @@ postfix -c "$W/pf/conf" start >/dev/null
 wait_port "$SINK"; wait_port "$LM"; wait_port "$PF"
 
 now() { date +%s.%N; }
-measure() { # name addr empty-check
-  local t0 t1 t2
+# cpu_ticks PID...: user + system clock ticks of the processes and of
+# their children (a process tree: Postfix's master and its daemons, whose
+# exited children are counted in the master's cutime/cstime).
+cpu_ticks() {
+  local pids="$*" p sum=0
+  for p in $(ps -e -o pid=,ppid= | awk -v roots=" $pids " 'index(roots, " " $2 " ") { print $1 }') $pids; do
+    [ -r "/proc/$p/stat" ] || continue
+    sum=$((sum + $(awk '{ sub(/^.*\) /, ""); print $12 + $13 + $14 + $15 }' "/proc/$p/stat" 2>/dev/null || echo 0)))
+  done
+  echo "$sum"
+}
+measure() { # name addr empty-check pid
+  local t0 t1 t2 c0 c1
+  c0=$(cpu_ticks "$4")
   t0=$(now)
   smtp-source -s "$SESSIONS" -l "$SIZE" -m "$COUNT" -f a@src.test -t b@dest.test "$2"
   t1=$(now)
+  c1=$(cpu_ticks "$4") # before the queue is polled (that costs the MTA too)
   until eval "$3" 2>/dev/null | grep -q "empty"; do sleep 0.05; done
   t2=$(now)
-  awk -v n="$1" -v c="$COUNT" -v a="$(echo "$t1 - $t0" | bc)" -v e="$(echo "$t2 - $t0" | bc)" \
-    'BEGIN { printf "%-10s accepted %d in %6.2f s (%5.0f msg/s), relayed all in %6.2f s (%5.0f msg/s)\n", n, c, a, c/a, e, c/e }'
+  awk -v n="$1" -v c="$COUNT" -v a="$(echo "$t1 - $t0" | bc)" -v e="$(echo "$t2 - $t0" | bc)" -v cpu="$((c1 - c0))" -v hz="$(getconf CLK_TCK)" \
+    'BEGIN { printf "%-10s accepted %d in %6.2f s (%5.0f msg/s), relayed all in %6.2f s (%5.0f msg/s); CPU while accepting %.0f us/msg\n", n, c, a, c/a, e, c/e, 1e6*cpu/hz/c }'
 }
 echo "load: $COUNT messages x $SIZE bytes, $SESSIONS sessions, $(nproc) cores; Postfix $(postconf -h mail_version)"
 for r in $(seq 1 "$ROUNDS"); do
-  measure postfix "$PF" "postqueue -c $W/pf/conf -p"
-  measure ledgermail "$LM" "$W/mta queue -c $W/mta.toml"
+  measure postfix "$PF" "postqueue -c $W/pf/conf -p" "$(tr -d ' ' < "$W/pf/spool/pid/master.pid")"
+  measure ledgermail "$LM" "$W/mta queue -c $W/mta.toml" "$MTA_PID"
 done
 # End-of-DATA -> 250 latency under the same concurrency (a Python client:
 # both MTAs see the same one).

@@ -5,7 +5,7 @@ BIN      ?= bin/mta
 VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -X main.version=$(VERSION)
 
-.PHONY: profile crashtest build run test test-unit test-e2e bench bench-postfix bench-large bench-wamp lint deps fmt fuzz fuzz-brief
+.PHONY: profile crashtest build run test test-unit test-e2e bench bench-postfix bench-large bench-deferred bench-wamp lint deps fmt fuzz fuzz-brief
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/mta
@@ -64,6 +64,10 @@ bench-postfix: deps
 # Peak memory with 100 sessions each sending a 10 MiB message at once.
 bench-large: deps
 	bash e2e/bench-large.sh
+
+# RSS and restart time with a large deferred queue (200,000 envelopes).
+bench-deferred: deps
+	bash e2e/bench-deferred.sh
 
 # Device bytes written per accepted body byte (100,000 x 4 KiB messages).
 bench-wamp: deps

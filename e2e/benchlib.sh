@@ -43,7 +43,7 @@ listen = []
 mode = "static"
 smarthost = "$sink"
 [log]
-level = "warn"
+level = "${BENCH_LOG_LEVEL:-warn}"
 [admin]
 listen = "$admin"
 $(printf '%s\n' "$@")

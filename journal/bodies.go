@@ -234,7 +234,7 @@ func (s *bodyStore) endFrame(start int64, content []byte, zipped bool) (int64, e
 	var h [frameHeader]byte
 	binary.BigEndian.PutUint32(h[0:], frameMagic)
 	if zipped {
-		binary.BigEndian.PutUint32(h[0:], frameMagicZ)
+		binary.BigEndian.PutUint32(h[0:], frameMagicE)
 	}
 	binary.BigEndian.PutUint32(h[4:], uint32(coff-start-frameHeader))
 	binary.BigEndian.PutUint32(h[8:], uint32(len(content)))

@@ -204,6 +204,7 @@ func (j *Journal) commit(group []*appendReq) {
 			rec, sum = encodeRecord(seq, sum, frames[i])
 			evs[i].Seq = seq
 			fr.records = append(fr.records, rec)
+			fr.envs = append(fr.envs, evs[i].Envelope)
 		}
 		ok = append(ok, req)
 		results[req] = evs

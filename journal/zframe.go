@@ -98,7 +98,7 @@ func (j *Journal) frameContent(seq, seg uint64, off int64) ([]byte, error) {
 		}
 		return nil, fmt.Errorf("journal: read record %d: %w", seq, err)
 	}
-	if binary.BigEndian.Uint32(h[0:]) != frameMagicZ {
+	if m := binary.BigEndian.Uint32(h[0:]); m != frameMagicZ && m != frameMagicE {
 		return nil, corrupt("has a damaged header")
 	}
 	bl, cl := int64(binary.BigEndian.Uint32(h[4:])), int64(binary.BigEndian.Uint32(h[8:]))

@@ -467,3 +467,35 @@ func TestBodyChecked(t *testing.T) {
 		t.Fatalf("unchecked read: %v", err)
 	}
 }
+
+// A frame header whose content length was damaged upwards is reported as
+// a corrupt record (cut short), without allocating what it claims.
+func TestFrameLengthDamageIsReported(t *testing.T) {
+	dir := t.TempDir()
+	j := openT(t, dir)
+	appendN(t, j, 3)
+	v, closer, err := j.db.Get(eventKey(2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := decodePtr(v)
+	closer.Close()
+	j.Close()
+	if !p.zipped {
+		t.Fatal("record 2 is not in a compressed frame")
+	}
+	path := j.bodies.path(p.seg)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	copy(b[p.frame+8:], []byte{0xff, 0xff, 0xff, 0xf0}) // content length
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	j = openT(t, dir)
+	defer j.Close()
+	if _, err := j.Event(2); !isCorruptAt(err, 2) || !strings.Contains(err.Error(), "cut short") {
+		t.Fatalf("Event(2): %v", err)
+	}
+}

@@ -194,16 +194,20 @@ func parseContent(c []byte, base int64, withEnvs bool) (*parsedFrame, error) {
 		pos += n
 		return b, nil
 	}
+	str := func() (string, error) { // uvarint length, bytes
+		n, err := uv()
+		if err != nil {
+			return "", err
+		}
+		b, err := bytesOf(n)
+		return string(b), err
+	}
 	n, err := uv()
 	if err != nil {
 		return nil, err
 	}
 	for i := 0; i < n; i++ {
-		kl, err := uv()
-		if err != nil {
-			return nil, err
-		}
-		k, err := bytesOf(kl)
+		k, err := str()
 		if err != nil {
 			return nil, err
 		}
@@ -212,36 +216,28 @@ func parseContent(c []byte, base int64, withEnvs bool) (*parsedFrame, error) {
 			return nil, err
 		}
 		ref, _ := decodeBodyRef(rb)
-		p.refs = append(p.refs, frameRef{key: string(k), ref: ref})
+		p.refs = append(p.refs, frameRef{key: k, ref: ref})
 	}
 	if n, err = uv(); err != nil {
 		return nil, err
 	}
 	for i := 0; i < n; i++ {
-		kl, err := uv()
+		k, err := str()
 		if err != nil {
 			return nil, err
 		}
-		k, err := bytesOf(kl)
-		if err != nil {
-			return nil, err
-		}
-		p.drops = append(p.drops, string(k))
+		p.drops = append(p.drops, k)
 	}
 	if n, err = uv(); err != nil {
 		return nil, err
 	}
 	for i := 0; i < n; i++ {
 		if withEnvs {
-			el, err := uv()
+			env, err := str()
 			if err != nil {
 				return nil, err
 			}
-			env, err := bytesOf(el)
-			if err != nil {
-				return nil, err
-			}
-			p.envs = append(p.envs, string(env))
+			p.envs = append(p.envs, env)
 		}
 		rl, err := uv()
 		if err != nil {
@@ -261,46 +257,59 @@ func parseContent(c []byte, base int64, withEnvs bool) (*parsedFrame, error) {
 	return p, nil
 }
 
-// readFrame reads the frame at off in f (size bytes long); ok is false
-// where no whole, intact frame is (the end of the log, or a torn write).
-func readFrame(f *os.File, off, size int64) (*parsedFrame, bool) {
+// frameAt reads and checks the frame at off in f (size bytes long): its
+// content (decompressed when the frame is compressed), where the stored
+// content starts, where the frame ends, and its magic. why says what is
+// wrong with a frame that is damaged or cut short; err is an I/O error.
+func frameAt(f *os.File, off, size int64) (c []byte, coff, end int64, magic uint32, why string, err error) {
+	const short = "is cut short (the segment is truncated)"
 	if off+frameHeader > size {
-		return nil, false
+		return nil, 0, 0, 0, short, nil
 	}
 	var h [frameHeader]byte
 	if _, err := f.ReadAt(h[:], off); err != nil {
-		return nil, false
+		return nil, 0, 0, 0, "", err
 	}
-	magic := binary.BigEndian.Uint32(h[0:])
+	magic = binary.BigEndian.Uint32(h[0:])
 	if magic != frameMagic && magic != frameMagicZ && magic != frameMagicE {
-		return nil, false
+		return nil, 0, 0, 0, "has a damaged header", nil
 	}
 	bl, cl := int64(binary.BigEndian.Uint32(h[4:])), int64(binary.BigEndian.Uint32(h[8:]))
-	coff := off + frameHeader + bl
+	coff = off + frameHeader + bl
 	if coff+cl > size {
-		return nil, false
+		return nil, 0, 0, 0, short, nil
 	}
-	c := make([]byte, cl)
+	c = make([]byte, cl)
 	if _, err := f.ReadAt(c, coff); err != nil {
-		return nil, false
+		return nil, 0, 0, 0, "", err
 	}
-	if crc32.Checksum(c, castagnoli) != binary.BigEndian.Uint32(h[12:]) {
+	if got, want := crc32.Checksum(c, castagnoli), binary.BigEndian.Uint32(h[12:]); got != want {
+		return nil, 0, 0, 0, fmt.Sprintf("fails its checksum (stored %08x, computed %08x)", want, got), nil
+	}
+	if magic != frameMagic {
+		if c, err = unzip(c); err != nil {
+			return nil, 0, 0, 0, fmt.Sprintf("does not decompress: %v", err), nil
+		}
+	}
+	return c, coff, coff + cl, magic, "", nil
+}
+
+// readFrame reads the frame at off in f (size bytes long); ok is false
+// where no whole, intact frame is (the end of the log, or a torn write).
+func readFrame(f *os.File, off, size int64) (*parsedFrame, bool) {
+	c, coff, end, magic, why, err := frameAt(f, off, size)
+	if why != "" || err != nil {
 		return nil, false
 	}
 	base := coff
 	if magic != frameMagic {
-		var err error
-		if c, err = unzip(c); err != nil {
-			return nil, false
-		}
-		base = 0
+		base = 0 // offsets within the decompressed content
 	}
 	p, err := parseContent(c, base, magic == frameMagicE)
 	if err != nil {
 		return nil, false
 	}
-	p.start, p.zipped = off, magic != frameMagic
-	p.end = coff + cl
+	p.start, p.end, p.zipped = off, end, magic != frameMagic
 	return p, true
 }
 
@@ -378,12 +387,9 @@ func (j *Journal) recordBytes(seq uint64, v []byte) ([]byte, error) {
 		}
 		return c[p.off : p.off+int64(p.n)], nil
 	}
-	f, err := j.segs.get(p.seg)
+	f, err := j.segmentOf(seq, p.seg)
 	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil, &CorruptError{Seq: seq, Reason: fmt.Sprintf("its log segment %s is gone", segmentName(p.seg))}
-		}
-		return nil, fmt.Errorf("journal: read record %d: %w", seq, err)
+		return nil, err
 	}
 	b := make([]byte, p.n)
 	if n, err := f.ReadAt(b, p.off); err != nil {
@@ -393,6 +399,19 @@ func (j *Journal) recordBytes(seq uint64, v []byte) ([]byte, error) {
 		return nil, fmt.Errorf("journal: read record %d: %w", seq, err)
 	}
 	return b, nil
+}
+
+// segmentOf opens the log segment that record seq is in (one that is gone
+// is a *CorruptError).
+func (j *Journal) segmentOf(seq, seg uint64) (*os.File, error) {
+	f, err := j.segs.get(seg)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, &CorruptError{Seq: seq, Reason: fmt.Sprintf("its log segment %s is gone", segmentName(seg))}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("journal: read record %d: %w", seq, err)
+	}
+	return f, nil
 }
 
 // loadRecord decodes the record stored for seq (see recordBytes).

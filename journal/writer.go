@@ -36,39 +36,31 @@ func (j *Journal) writer() {
 		}
 	drain:
 		for len(group) < j.opts.MaxBatch {
+			var r *appendReq
+			var ok bool
 			select {
-			case r, ok := <-j.reqs:
-				if !ok {
-					break drain
-				}
-				if r.put != nil || r.run != nil {
-					j.commit(group)
-					group = group[:0]
-					j.special(r)
-					continue
-				}
-				group = append(group, r)
+			case r, ok = <-j.reqs:
 			default:
 				if wait == nil {
 					break drain
 				}
-				select {
-				case r, ok := <-j.reqs:
-					if !ok {
-						break drain
-					}
-					if r.put != nil || r.run != nil {
-						j.commit(group)
-						group = group[:0]
-						j.special(r)
-						continue
-					}
-					group = append(group, r)
+				select { // in the window: wait for more, or for its end
+				case r, ok = <-j.reqs:
 				case <-wait:
 					wait = nil
 					break drain
 				}
 			}
+			if !ok {
+				break drain
+			}
+			if r.put != nil || r.run != nil {
+				j.commit(group)
+				group = group[:0]
+				j.special(r)
+				continue
+			}
+			group = append(group, r)
 		}
 		if wait != nil && !window.Stop() {
 			<-window.C

@@ -1,12 +1,7 @@
 package journal
 
 import (
-	"encoding/binary"
-	"errors"
 	"fmt"
-	"hash/crc32"
-	"io"
-	"os"
 	"sync"
 
 	"github.com/klauspost/compress/s2"
@@ -81,40 +76,25 @@ func (j *Journal) frameContent(seq, seg uint64, off int64) ([]byte, error) {
 	if c, ok := j.frames.get(k); ok {
 		return c, nil
 	}
-	f, err := j.segs.get(seg)
+	f, err := j.segmentOf(seq, seg)
 	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil, &CorruptError{Seq: seq, Reason: fmt.Sprintf("its log segment %s is gone", segmentName(seg))}
-		}
-		return nil, fmt.Errorf("journal: read record %d: %w", seq, err)
+		return nil, err
 	}
-	corrupt := func(why string) error {
-		return &CorruptError{Seq: seq, Reason: fmt.Sprintf("its frame at %s offset %d %s", segmentName(seg), off, why)}
-	}
-	var h [frameHeader]byte
-	if _, err := f.ReadAt(h[:], off); err != nil {
-		if errors.Is(err, io.EOF) {
-			return nil, corrupt("is cut short (the segment is truncated)")
-		}
-		return nil, fmt.Errorf("journal: read record %d: %w", seq, err)
-	}
-	if m := binary.BigEndian.Uint32(h[0:]); m != frameMagicZ && m != frameMagicE {
-		return nil, corrupt("has a damaged header")
-	}
-	bl, cl := int64(binary.BigEndian.Uint32(h[4:])), int64(binary.BigEndian.Uint32(h[8:]))
-	c := make([]byte, cl)
-	if _, err := f.ReadAt(c, off+frameHeader+bl); err != nil {
-		if errors.Is(err, io.EOF) {
-			return nil, corrupt("is cut short (the segment is truncated)")
-		}
-		return nil, fmt.Errorf("journal: read record %d: %w", seq, err)
-	}
-	if got, want := crc32.Checksum(c, castagnoli), binary.BigEndian.Uint32(h[12:]); got != want {
-		return nil, corrupt(fmt.Sprintf("fails its checksum (stored %08x, computed %08x)", want, got))
-	}
-	plain, err := unzip(c)
+	st, err := f.Stat()
 	if err != nil {
-		return nil, corrupt(fmt.Sprintf("does not decompress: %v", err))
+		return nil, fmt.Errorf("journal: read record %d: %w", seq, err)
+	}
+	// frameAt checks the stored lengths against the file's size before it
+	// allocates: a damaged header cannot claim gigabytes.
+	plain, _, _, magic, why, err := frameAt(f, off, st.Size())
+	if err != nil {
+		return nil, fmt.Errorf("journal: read record %d: %w", seq, err)
+	}
+	if why == "" && magic == frameMagic {
+		why = "has a damaged header" // a compressed frame's pointer, an uncompressed frame
+	}
+	if why != "" {
+		return nil, &CorruptError{Seq: seq, Reason: fmt.Sprintf("its frame at %s offset %d %s", segmentName(seg), off, why)}
 	}
 	j.frames.put(k, plain)
 	return plain, nil

@@ -3,9 +3,6 @@ package mxrelay
 import (
 	"sync"
 	"time"
-
-	"github.com/emersion/go-smtp"
-	"net"
 )
 
 // Pool keeps open SMTP connections for reuse by the next message to the
@@ -22,8 +19,7 @@ type Pool struct {
 }
 
 type pooled struct {
-	c     *smtp.Client
-	raw   net.Conn
+	c     *client
 	tls   string
 	since time.Time
 	uses  int // transactions run on it
@@ -147,7 +143,5 @@ func (p *Pool) Close() {
 }
 
 func (pc *pooled) close() {
-	pc.raw.SetDeadline(time.Now().Add(2 * time.Second))
-	pc.c.Quit()
-	pc.c.Close()
+	pc.c.quit()
 }

@@ -49,7 +49,7 @@ func (s *sink) count(t *testing.T) int {
 	return len(m)
 }
 
-func freePort(t *testing.T, ip string) string {
+func freePort(t testing.TB, ip string) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", ip+":0")
 	if err != nil {

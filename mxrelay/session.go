@@ -1,18 +1,14 @@
 package mxrelay
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"net"
-	"net/textproto"
 	"strings"
 	"time"
 
-	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 )
 
@@ -23,7 +19,7 @@ import (
 func deliverHost(ctx context.Context, o Options, addr string, useAuth bool, m Message, pool *Pool, sec *hostSecurity) (res Result) {
 	key := sec.poolKey(addr)
 	if pc := pool.get(key); pc != nil {
-		out, healthy := transaction(o, pc.c, pc.raw, m)
+		out, healthy := transaction(pc.c, m)
 		if !connectionLost(out) {
 			if healthy {
 				pool.put(key, pc)
@@ -32,7 +28,7 @@ func deliverHost(ctx context.Context, o Options, addr string, useAuth bool, m Me
 			}
 			return Result{Host: addr, TLS: pc.tls, Rcpts: out, Reused: true, Security: pc.sec}
 		}
-		pc.c.Close() // the peer closed it while idle: dial afresh
+		pc.c.close() // the peer closed it while idle: dial afresh
 	}
 	res = Result{Host: addr}
 	var st *Security
@@ -76,25 +72,23 @@ func deliverHost(ctx context.Context, o Options, addr string, useAuth bool, m Me
 		return res
 	}
 	res.TLS = tlsVersion
-	c.CommandTimeout = o.CommandTimeout
-	c.SubmissionTimeout = o.DataTimeout
 
 	if useAuth && o.Username != "" {
 		if tlsVersion == "" {
-			c.Close()
+			c.close()
 			res.Rcpts = allRcpts(m.Recipients, temporary("%s: not authenticating without TLS", addr))
 			return res
 		}
-		if err := c.Auth(sasl.NewPlainClient("", o.Username, o.Password)); err != nil {
-			c.Close()
+		if err := c.auth(o.Username, o.Password); err != nil {
+			c.close()
 			res.Rcpts = allRcpts(m.Recipients, classify(err))
 			return res
 		}
 	}
-	out, healthy := transaction(o, c, conn, m)
+	out, healthy := transaction(c, m)
 	res.Rcpts = out
 	if healthy && stop() {
-		pc := &pooled{c: c, raw: conn, tls: tlsVersion}
+		pc := &pooled{c: c, tls: tlsVersion}
 		if st != nil {
 			pc.sec = *st
 			if pc.sec.Result == "" {
@@ -103,9 +97,7 @@ func deliverHost(ctx context.Context, o Options, addr string, useAuth bool, m Me
 		}
 		pool.put(key, pc)
 	} else {
-		conn.SetDeadline(time.Now().Add(2 * time.Second))
-		c.Quit()
-		c.Close()
+		c.quit()
 	}
 	return res
 }
@@ -121,42 +113,38 @@ func connectionLost(out map[string]Outcome) bool {
 	return true
 }
 
-// transaction sends MAIL, every RCPT and DATA, and classifies each
-// recipient. healthy reports whether the connection can carry another
-// transaction (every step got an SMTP reply and the session is reset).
-func transaction(o Options, c *smtp.Client, raw net.Conn, m Message) (out map[string]Outcome, healthy bool) {
+// transaction sends MAIL, every RCPT and DATA (pipelined when offered),
+// then the body, and classifies each recipient. healthy reports whether
+// the connection can carry another transaction (every step got an SMTP
+// reply and the session is reset).
+func transaction(c *client, m Message) (out map[string]Outcome, healthy bool) {
 	out = make(map[string]Outcome, len(m.Recipients))
-	opts := &smtp.MailOptions{}
-	if ok, _ := c.Extension("SIZE"); ok && m.Size > 0 {
-		opts.Size = m.Size
-	}
-	if ok, _ := c.Extension("SMTPUTF8"); ok && !isASCII(m.From, m.Recipients) {
-		opts.UTF8 = true
-	}
-	if err := c.Mail(m.From, opts); err != nil {
-		o := classify(err)
-		return allRcpts(m.Recipients, o), o.Code != 0 && o.Code != 421 && c.Reset() == nil
+	e := c.envelope(c.mailCommand(m.From, m.Size, !isASCII(m.From, m.Recipients)), m.Recipients)
+	usable := func(o Outcome) bool { return o.Code != 0 && o.Code != 421 }
+	if e.mail != nil {
+		o := classify(e.mail)
+		return allRcpts(m.Recipients, o), usable(o) && c.reset() == nil
 	}
 	var accepted []string
-	for _, r := range m.Recipients {
-		if err := c.Rcpt(r, nil); err != nil {
-			o := classify(err)
-			out[r] = o
-			if o.Code == 0 || o.Code == 421 {
-				// The session is gone: the rest fail the same way.
-				for _, rest := range m.Recipients {
-					if _, done := out[rest]; !done {
-						out[rest] = o
-					}
-				}
-				return out, false
-			}
+	for i, r := range m.Recipients {
+		if e.rcpt[i] == nil {
+			accepted = append(accepted, r)
 			continue
 		}
-		accepted = append(accepted, r)
+		o := classify(e.rcpt[i])
+		out[r] = o
+		if !usable(o) {
+			// The session is gone: the rest fail the same way.
+			for _, rest := range m.Recipients {
+				if _, done := out[rest]; !done {
+					out[rest] = o
+				}
+			}
+			return out, false
+		}
 	}
 	if len(accepted) == 0 {
-		return out, c.Reset() == nil
+		return out, !isTransport(e.data) && c.reset() == nil
 	}
 	finish := func(o Outcome, ok bool) (map[string]Outcome, bool) {
 		for _, r := range accepted {
@@ -164,23 +152,17 @@ func transaction(o Options, c *smtp.Client, raw net.Conn, m Message) (out map[st
 		}
 		return out, ok
 	}
-	w, err := c.Data()
+	if e.data != nil {
+		o := classify(e.data)
+		return finish(o, usable(o) && c.reset() == nil)
+	}
+	// The whole body must be written, and answered, within data_timeout.
+	text, err := c.body(m.Body())
 	if err != nil {
 		o := classify(err)
-		return finish(o, o.Code != 0 && o.Code != 421 && c.Reset() == nil)
+		return finish(o, usable(o))
 	}
-	// The whole body must be written within data_timeout.
-	raw.SetWriteDeadline(time.Now().Add(o.DataTimeout))
-	if _, err := io.Copy(w, m.Body()); err != nil {
-		return finish(classify(err), false)
-	}
-	resp, err := w.CloseWithResponse()
-	raw.SetWriteDeadline(time.Time{})
-	if err != nil {
-		o := classify(err)
-		return finish(o, o.Code != 0 && o.Code != 421)
-	}
-	code, enh, text := 250, "", resp.StatusText
+	code, enh := 250, ""
 	if f := strings.Fields(text); len(f) > 0 && looksEnhanced(f[0]) {
 		enh, text = f[0], strings.TrimSpace(strings.TrimPrefix(text, f[0]))
 	}
@@ -190,55 +172,27 @@ func transaction(o Options, c *smtp.Client, raw net.Conn, m Message) (out map[st
 // openClient greets the peer and negotiates STARTTLS per o.TLS and sec
 // (a policy that requires TLS refuses a peer without it, or whose
 // certificate fails the policy's check; one that does not records the
-// failure in st and goes on). go-smtp's
-// client has no public STARTTLS after EHLO, and NewClientStartTLS would say
-// "EHLO localhost"; so the plaintext EHLO and STARTTLS are done here on the
-// raw connection, and the go-smtp client takes over after the handshake.
-func openClient(o Options, conn net.Conn, addr string, sec *hostSecurity, st *Security) (*smtp.Client, string, *openFailure) {
-	conn.SetDeadline(time.Now().Add(o.CommandTimeout))
-	defer conn.SetDeadline(time.Time{})
+// failure in st and goes on).
+func openClient(o Options, conn net.Conn, addr string, sec *hostSecurity, st *Security) (*client, string, *openFailure) {
 	fail := func(result, detail string) {
 		if st != nil && st.Result == "" {
 			st.Result, st.Detail = result, detail
 		}
 	}
+	c := newClient(conn, o.CommandTimeout, o.DataTimeout)
+	if _, err := c.greeting(); err != nil {
+		return nil, "", &openFailure{Outcome: classify(err)}
+	}
+	if err := c.hello(o.Hostname); err != nil {
+		return nil, "", &openFailure{Outcome: classify(err)}
+	}
 	if o.TLS == TLSNone && sec == nil {
-		c := smtp.NewClient(conn)
-		c.CommandTimeout = o.CommandTimeout
-		if err := c.Hello(o.Hostname); err != nil {
-			return nil, "", &openFailure{Outcome: classify(err)}
-		}
 		return c, "", nil
 	}
-	br := bufio.NewReader(conn)
-	tp := textproto.NewReader(br)
-	greeting, err := readReply(tp, 220)
-	if err != nil {
-		return nil, "", &openFailure{Outcome: classify(err)}
-	}
-	if _, err := fmt.Fprintf(conn, "EHLO %s\r\n", o.Hostname); err != nil {
-		return nil, "", &openFailure{Outcome: classify(err)}
-	}
-	ehlo, err := readReply(tp, 250)
-	if err != nil {
-		return nil, "", &openFailure{Outcome: classify(err)}
-	}
-	offered := false
-	for _, l := range strings.Split(ehlo, "\n")[1:] {
-		if strings.EqualFold(strings.TrimSpace(l), "STARTTLS") {
-			offered = true
-		}
-	}
-	var next net.Conn = conn
+	_, offered := c.extension("STARTTLS")
 	version := ""
 	switch {
 	case offered:
-		if _, err := io.WriteString(conn, "STARTTLS\r\n"); err != nil {
-			return nil, "", &openFailure{Outcome: classify(err)}
-		}
-		if _, err := readReply(tp, 220); err != nil {
-			return nil, "", &openFailure{Outcome: classify(err)}
-		}
 		cfg := tlsConfig(o, addr)
 		refused := ""
 		if sec != nil {
@@ -256,7 +210,11 @@ func openClient(o Options, conn net.Conn, addr string, sec *hostSecurity, st *Se
 				return nil
 			}
 		}
-		tc := tls.Client(conn, cfg)
+		tc, err := c.startTLS(cfg)
+		if err != nil {
+			return nil, "", &openFailure{Outcome: classify(err)}
+		}
+		tc.SetDeadline(time.Now().Add(o.CommandTimeout))
 		if err := tc.Handshake(); err != nil {
 			if refused != "" {
 				return nil, "", &openFailure{Outcome: temporary("%s: certificate refused by the %s policy (%s): %v", addr, sec.Policy, refused, err), tlsBroken: true}
@@ -264,7 +222,10 @@ func openClient(o Options, conn net.Conn, addr string, sec *hostSecurity, st *Se
 			fail(resultValidationFailed, "TLS handshake failed: "+err.Error())
 			return nil, "", &openFailure{Outcome: temporary("%s: TLS handshake failed: %v", addr, err), tlsBroken: true}
 		}
-		next, version = tc, tls.VersionName(tc.ConnectionState().Version)
+		version = tls.VersionName(tc.ConnectionState().Version)
+		if err := c.hello(o.Hostname); err != nil {
+			return nil, "", &openFailure{Outcome: classify(err)}
+		}
 	case sec != nil && sec.require:
 		fail(resultNoSTARTTLS, addr+" does not offer STARTTLS")
 		return nil, "", &openFailure{Outcome: temporary("%s does not offer STARTTLS, which the %s policy of its domain requires", addr, sec.Policy)}
@@ -272,12 +233,6 @@ func openClient(o Options, conn net.Conn, addr string, sec *hostSecurity, st *Se
 		fail(resultNoSTARTTLS, addr+" does not offer STARTTLS")
 	case o.TLS == TLSRequired:
 		return nil, "", &openFailure{Outcome: temporary("%s does not offer STARTTLS and relay.tls is \"required\"", addr)}
-	}
-	// Hand the connection to go-smtp, which expects to read a greeting.
-	c := smtp.NewClient(&greetedConn{Conn: next, greeting: "220 " + firstLine(greeting) + "\r\n"})
-	c.CommandTimeout = o.CommandTimeout
-	if err := c.Hello(o.Hostname); err != nil {
-		return nil, "", &openFailure{Outcome: classify(err)}
 	}
 	return c, version, nil
 }
@@ -302,34 +257,6 @@ func tlsConfig(o Options, addr string) *tls.Config {
 	// passive listeners without verifying the peer (RFC 7435), unless
 	// TLSVerify asks for a certificate valid for the host.
 	return &tls.Config{ServerName: host, InsecureSkipVerify: !o.TLSVerify, RootCAs: o.RootCAs, MinVersion: tls.VersionTLS12}
-}
-
-// greetedConn replays a greeting line before the connection's own data.
-type greetedConn struct {
-	net.Conn
-	greeting string
-}
-
-func (g *greetedConn) Read(p []byte) (int, error) {
-	if g.greeting != "" {
-		n := copy(p, g.greeting)
-		g.greeting = g.greeting[n:]
-		return n, nil
-	}
-	return g.Conn.Read(p)
-}
-
-func readReply(tp *textproto.Reader, want int) (string, error) {
-	code, msg, err := tp.ReadResponse(want)
-	if err != nil {
-		var te *textproto.Error
-		if errors.As(err, &te) {
-			return "", replyError(te.Code, te.Msg)
-		}
-		return "", err
-	}
-	_ = code
-	return msg, nil
 }
 
 func replyError(code int, msg string) *smtp.SMTPError {

@@ -42,6 +42,13 @@ type Script struct {
 	// TLS serves STARTTLS with this configuration (e.g. a certificate
 	// from a CA); nil: a self-signed certificate for "mxtest".
 	TLS *tls.Config
+	// NoPipelining does not offer PIPELINING and, like Postfix with
+	// reject_unauth_pipelining, answers a MAIL or RCPT that arrives with
+	// more commands behind it "554 5.5.0".
+	NoPipelining bool
+	// DataWithoutRcpt answers DATA 354 even when no RCPT was accepted (a
+	// server that RFC 2920 §3.1 warns about).
+	DataWithoutRcpt bool
 }
 
 // Peer is a running scripted server.
@@ -56,6 +63,8 @@ type Peer struct {
 	mu       sync.Mutex
 	messages []string
 	wg       sync.WaitGroup
+	batched  atomic.Int32
+	commands []string
 }
 
 // Start listens on 127.0.0.1 (or addr when given, e.g. "127.0.0.9:0").
@@ -87,6 +96,17 @@ func (p *Peer) Connections() int { return int(p.conns.Load()) }
 
 // MaxConcurrent returns the most sessions that were open at once.
 func (p *Peer) MaxConcurrent() int { return int(p.peak.Load()) }
+
+// Pipelined returns how many MAIL commands arrived in one read together
+// with the DATA of the same transaction (a pipelining client's envelope).
+func (p *Peer) Pipelined() int { return int(p.batched.Load()) }
+
+// Commands returns every command line the peer received, in order.
+func (p *Peer) Commands() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]string(nil), p.commands...)
+}
 
 // Messages returns the bodies of the transactions the peer accepted.
 func (p *Peer) Messages() []string {
@@ -151,16 +171,24 @@ func (p *Peer) session(c net.Conn, n int32) {
 			return
 		}
 		cmd := strings.ToUpper(strings.TrimSpace(line))
+		p.mu.Lock()
+		p.commands = append(p.commands, strings.TrimSpace(line))
+		p.mu.Unlock()
+		behind := r.Buffered() > 0
+		if s.NoPipelining && behind && (strings.HasPrefix(cmd, "MAIL") || strings.HasPrefix(cmd, "RCPT")) {
+			w("554 5.5.0 improper use of SMTP command pipelining")
+			continue
+		}
 		switch {
 		case strings.HasPrefix(cmd, "EHLO"):
-			if offerTLS && !inTLS {
-				w("250-mxtest")
+			w("250-mxtest")
+			if !s.NoPipelining {
 				w("250-PIPELINING")
-				w("250 STARTTLS")
-			} else {
-				w("250-mxtest")
-				w("250 PIPELINING")
 			}
+			if offerTLS && !inTLS {
+				w("250-STARTTLS")
+			}
+			w("250 SIZE 10240000")
 		case strings.HasPrefix(cmd, "HELO"):
 			w("250 mxtest")
 		case cmd == "STARTTLS":
@@ -177,6 +205,9 @@ func (p *Peer) session(c net.Conn, n int32) {
 			r = bufio.NewReader(conn)
 		case strings.HasPrefix(cmd, "MAIL FROM:"):
 			rcptOK = 0
+			if peek, _ := r.Peek(r.Buffered()); strings.Contains(string(peek), "DATA\r\n") {
+				p.batched.Add(1)
+			}
 			w(or(s.Mail, "250 2.1.0 ok"))
 		case strings.HasPrefix(cmd, "RCPT TO:"):
 			addr := strings.Trim(strings.TrimSpace(line[len("RCPT TO:"):]), "<>\r\n ")
@@ -192,7 +223,7 @@ func (p *Peer) session(c net.Conn, n int32) {
 			}
 			w(reply)
 		case cmd == "DATA":
-			if rcptOK == 0 {
+			if rcptOK == 0 && !s.DataWithoutRcpt {
 				w("554 5.5.1 no valid recipients")
 				continue
 			}
@@ -215,6 +246,9 @@ func (p *Peer) session(c net.Conn, n int32) {
 			}
 			time.Sleep(s.DataDelay)
 			reply := or(s.DataEnd, "250 2.0.0 queued")
+			if rcptOK == 0 {
+				reply = "554 5.5.1 no valid recipients"
+			}
 			if strings.HasPrefix(reply, "2") {
 				p.mu.Lock()
 				p.messages = append(p.messages, body.String())

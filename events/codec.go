@@ -21,13 +21,25 @@ func Marshal(e Event) ([]byte, error) {
 	if e.Payload == nil {
 		return nil, fmt.Errorf("events: envelope %s: event has no payload", e.Envelope)
 	}
-	data, err := payloadJSON(e.Payload)
-	if err != nil {
-		return nil, fmt.Errorf("events: encode %s: %w", e.Type(), err)
-	}
 	v := e.Version
 	if v == 0 {
 		v = CurrentVersion
+	}
+	if b, ok, err := marshalFast(e, v); ok {
+		if err != nil {
+			return nil, fmt.Errorf("events: encode %s: %w", e.Type(), err)
+		}
+		return b, nil
+	}
+	return marshalReflect(e, v)
+}
+
+// marshalReflect is Marshal by encoding/json, for the types without a fast
+// codec (and the reference the fast one is tested against).
+func marshalReflect(e Event, v int) ([]byte, error) {
+	data, err := payloadJSON(e.Payload)
+	if err != nil {
+		return nil, fmt.Errorf("events: encode %s: %w", e.Type(), err)
 	}
 	return json.Marshal(wire{Type: e.Type(), Version: v, Envelope: e.Envelope, Time: e.Time.UTC(), Data: data})
 }
@@ -35,6 +47,15 @@ func Marshal(e Event) ([]byte, error) {
 // Unmarshal decodes an event written by Marshal of this or any other
 // version. Unknown types decode to a Raw payload; unknown fields are ignored.
 func Unmarshal(b []byte) (Event, error) {
+	if e, err := unmarshalFast(b); err == nil {
+		return e, nil
+	}
+	return unmarshalReflect(b)
+}
+
+// unmarshalReflect is Unmarshal by encoding/json: every record the fast
+// reader gives up on, and the reference it is tested against.
+func unmarshalReflect(b []byte) (Event, error) {
 	var w wire
 	if err := json.Unmarshal(b, &w); err != nil {
 		return Event{}, fmt.Errorf("events: decode: %w", err)

@@ -21,13 +21,16 @@ test: deps lint
 	$(MAKE) fuzz-brief
 
 # A few seconds of coverage-guided fuzzing of the SMTP session (go-smtp's
-# command parser and DATA reader with our session) and of the line-ending
-# normaliser; `make fuzz` runs them longer.
+# command parser and DATA reader with our session), of the line-ending
+# normaliser and the DATA spool, and of the events' fast JSON codec against
+# encoding/json; `make fuzz` runs them longer.
 FUZZTIME ?= 5s
 fuzz-brief:
 	$(GO) test -run '^$$' -fuzz '^FuzzSession$$' -fuzztime $(FUZZTIME) ./smtpedge/
 	$(GO) test -run '^$$' -fuzz '^FuzzNormalizeLineEndings$$' -fuzztime $(FUZZTIME) ./smtpedge/
 	$(GO) test -run '^$$' -fuzz '^FuzzSpool$$' -fuzztime $(FUZZTIME) ./smtpedge/
+	$(GO) test -run '^$$' -fuzz '^FuzzFastReader$$' -fuzztime $(FUZZTIME) ./events/
+	$(GO) test -run '^$$' -fuzz '^FuzzFastWriter$$' -fuzztime $(FUZZTIME) ./events/
 
 fuzz:
 	$(MAKE) fuzz-brief FUZZTIME=2m
@@ -48,14 +51,22 @@ test-unit:
 test-e2e: deps
 	$(GO) test -race -count=1 -v ./e2e/
 
-bench:
+bench: deps
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./journal/
+	$(GO) test -run '^$$' -bench . -benchtime 1s ./events/
+	$(GO) test -run '^$$' -bench SubmitToJournal -benchtime 2000x ./smtpedge/
+	$(GO) test -run '^$$' -bench RelayTransaction -benchtime 3000x ./mxrelay/
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./projections/
 	$(GO) test -run '^$$' -bench AcceptLatency -benchtime 3x ./queue/
 
 # CPU and allocation profiles under the benchmark load ([admin] pprof).
 profile: deps
 	bash e2e/profile.sh
+
+# The submission path as clients drive it (STARTTLS/implicit TLS, AUTH,
+# several messages per session; e2e/loadgen), ledgermail beside Postfix.
+bench-submission: deps
+	bash e2e/bench-submission.sh
 
 # ledgermail against a private Postfix instance, same load, same sink (root).
 bench-postfix: deps

@@ -12,40 +12,10 @@ COUNT=${COUNT:-5000} SESSIONS=${SESSIONS:-20} SIZE=${SIZE:-4096} ROUNDS=${ROUNDS
 source "$(dirname "$0")/benchlib.sh"
 SINK=127.0.0.1:23525 LM=127.0.0.1:23587 PF=127.0.0.1:24587 ADMIN=127.0.0.1:28025
 bench_init bench
-BENCH_CLEANUP_HOOK='postfix -c "$W/pf/conf" stop >/dev/null 2>&1 || true'
 bench_sink "$SINK"
 bench_mta "$LM" "$SINK" "$ADMIN"
 
-# Postfix: a private instance (its own config and queue directories).
-mkdir -p "$W/pf/conf" "$W/pf/spool" "$W/pf/data"
-chown postfix "$W/pf/data"
-[ -f /etc/postfix/main.cf ] || : > /etc/postfix/main.cf   # postfix refuses to run without one
-cp /etc/postfix/master.cf "$W/pf/conf/"
-# Write our listener rather than edit Debian's: with "No configuration" its
-# smtp inet line may be commented out, and an edit would find nothing.
-sed -i '/^#\?smtp[[:space:]]\+inet[[:space:]]/d' "$W/pf/conf/master.cf"
-echo "$PF inet n - n - - smtpd" >> "$W/pf/conf/master.cf"
-grep -q '^postlog' "$W/pf/conf/master.cf" || echo "postlog   unix-dgram n  -       n       -       1       postlogd" >> "$W/pf/conf/master.cf"
-cat > "$W/pf/conf/main.cf" <<CF
-compatibility_level = 3.6
-queue_directory = $W/pf/spool
-data_directory = $W/pf/data
-meta_directory = /etc/postfix
-myhostname = pf.test
-mydestination =
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-mynetworks = 127.0.0.0/8
-relayhost = [127.0.0.1]:${SINK##*:}
-maillog_file = $W/pf/maillog
-maillog_file_prefixes = /tmp
-smtp_tls_security_level = none
-smtpd_tls_security_level = none
-alias_maps =
-local_recipient_maps =
-smtpd_relay_restrictions = permit_mynetworks, reject
-CF
-postfix -c "$W/pf/conf" start >/dev/null
+bench_postfix "$PF" "$SINK"
 
 wait_port "$SINK"; wait_port "$LM"; wait_port "$PF"
 

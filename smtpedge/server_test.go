@@ -15,7 +15,7 @@ import (
 	"github.com/ledgermail/ledgermail/journal"
 )
 
-func startEdge(t *testing.T, j *journal.Journal, accepted func(string)) *Server {
+func startEdge(t testing.TB, j *journal.Journal, accepted func(string)) *Server {
 	t.Helper()
 	srv, err := New(Options{
 		Hostname: "edge.test", Submission: []string{"127.0.0.1:0"}, TLS: testTLS(t), Auth: &UsersFile{users: map[string]User{}},

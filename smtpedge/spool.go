@@ -41,6 +41,19 @@ type BodyMemory struct {
 	used    int64
 	max     int64
 	changed chan struct{}
+	// scratch keeps the spools' read and normalisation buffers for the
+	// next message, which would otherwise allocate ~100 KiB each.
+	scratch sync.Pool
+}
+
+// spoolScratch are the buffers a Spool needs only while it reads.
+type spoolScratch struct{ read, out, sep []byte }
+
+func (m *BodyMemory) getScratch() *spoolScratch {
+	if sc, ok := m.scratch.Get().(*spoolScratch); ok {
+		return sc
+	}
+	return &spoolScratch{read: make([]byte, spoolReadBuf)}
 }
 
 // NewBodyMemory makes a budget of max bytes (0: DefaultBodyMemory).
@@ -144,7 +157,14 @@ func NewSpool(j *journal.Journal, m *BodyMemory) *Spool {
 // caller maps it to a reply); running out of body memory or storage is
 // not: the rest of the message is read and dropped, and Accept refuses it.
 func (sp *Spool) ReadFrom(r io.Reader) (int64, error) {
-	buf := make([]byte, spoolReadBuf)
+	sc := sp.budget.getScratch()
+	sp.out, sp.sep = sc.out[:0], sc.sep[:0]
+	defer func() {
+		sc.out, sc.sep = sp.out[:0], sp.sep[:0]
+		sp.out, sp.sep = nil, nil
+		sp.budget.scratch.Put(sc)
+	}()
+	buf := sc.read
 	var total int64
 	for {
 		n, err := r.Read(buf)

@@ -122,20 +122,40 @@ func Fold(j *journal.Journal) (*projections.Queue, error) {
 	return q, Rebuild(j, q, zap.NewNop(), false)
 }
 
-// RunSnapshots saves a snapshot every interval when at least every events
-// have come since the last one, until done is closed.
-func RunSnapshots(j *journal.Journal, q *projections.Queue, log *zap.Logger, interval time.Duration, every uint64, done <-chan struct{}) {
-	t := time.NewTicker(interval)
+// Snapshots saves queue snapshots while the server runs: every Interval
+// when at least Every events have come since the last one, and as soon as
+// Max events have (checked every Check, default 5 s), so that a kill -9
+// under a heavy load replays at most about Max events at start-up. The
+// first check counts from sequence 0: a start-up that replayed more than
+// Max events saves one at once.
+type Snapshots struct {
+	Journal    *journal.Journal
+	Queue      *projections.Queue
+	Log        *zap.Logger
+	Interval   time.Duration
+	Every, Max uint64
+	Check      time.Duration
+}
+
+// Run saves snapshots until done is closed.
+func (s Snapshots) Run(done <-chan struct{}) {
+	check := s.Check
+	if check <= 0 {
+		check = min(s.Interval, 5*time.Second)
+	}
+	t := time.NewTicker(check)
 	defer t.Stop()
 	var lastSeq uint64
+	lastTime := time.Now()
 	for {
 		select {
 		case <-done:
 			return
 		case <-t.C:
-			if j.LastSeq() >= lastSeq+every {
-				if s := SaveSnapshot(j, q, log); s != 0 {
-					lastSeq = s
+			since := s.Journal.LastSeq() - min(lastSeq, s.Journal.LastSeq())
+			if (since >= s.Every && time.Since(lastTime) >= s.Interval) || since >= s.Max {
+				if n := SaveSnapshot(s.Journal, s.Queue, s.Log); n != 0 {
+					lastSeq, lastTime = n, time.Now()
 				}
 			}
 		}

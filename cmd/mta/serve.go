@@ -262,8 +262,9 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 	}()
 	snapDone := make(chan struct{})
 	defer close(snapDone)
-	// Every 10 minutes, when 50,000 events have come since the last one.
-	go queue.RunSnapshots(j, q, log, 10*time.Minute, 50000, snapDone)
+	// Every 10 minutes when 50,000 events have come since the last one, and
+	// whenever 250,000 have.
+	go queue.Snapshots{Journal: j, Queue: q, Log: log, Interval: 10 * time.Minute, Every: 50000, Max: 250000}.Run(snapDone)
 	retention := &queue.Retention{Journal: j, Queue: q, Period: cfg.Journal.Retention.Duration, Archive: cfg.Journal.Archive,
 		Bodies: cfg.Queue.KeepBodies, Log: log.Named("retention")}
 	if retention.Period > 0 {

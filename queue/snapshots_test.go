@@ -1,0 +1,57 @@
+package queue
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/ledgermail/ledgermail/events"
+	"github.com/ledgermail/ledgermail/journal"
+	"github.com/ledgermail/ledgermail/projections"
+	"go.uber.org/zap"
+)
+
+// A snapshot is saved as soon as Max events have come, long before the
+// interval; fewer than Every events never make one.
+func TestSnapshotsByEventCount(t *testing.T) {
+	j, err := journal.Open(journal.Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	q := projections.NewQueue()
+	j.Subscribe(q.Apply)
+	appendN := func(n int) {
+		for i := 0; i < n; i++ {
+			id := fmt.Sprintf("E%d-%d", j.LastSeq(), i)
+			if _, err := j.Append(journal.Write{Events: []events.Event{{Envelope: id,
+				Payload: events.Received{Sender: "a@x.test", Recipients: []string{"b@y.test"}, BodyKey: id}}}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	snapSeq := func() uint64 {
+		seq, _, err := j.Snapshot(SnapshotName)
+		if err != nil {
+			return 0
+		}
+		return seq
+	}
+	done := make(chan struct{})
+	defer close(done)
+	go Snapshots{Journal: j, Queue: q, Log: zap.NewNop(), Interval: time.Hour, Every: 5, Max: 40, Check: 10 * time.Millisecond}.Run(done)
+
+	appendN(30)                        // over Every, under Max, within the interval: none
+	time.Sleep(100 * time.Millisecond) // ten checks
+	if s := snapSeq(); s != 0 {
+		t.Fatalf("snapshot at %d after 30 events (max 40, interval 1h)", s)
+	}
+	appendN(15)
+	deadline := time.Now().Add(5 * time.Second)
+	for snapSeq() < 40 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no snapshot within 5 s of %d events (max 40); last at %d", j.LastSeq(), snapSeq())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

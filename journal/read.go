@@ -5,8 +5,10 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"runtime"
 	"sort"
 	"strings"
+	"sync"
 
 	"github.com/cockroachdb/pebble/v2"
 
@@ -225,36 +227,72 @@ func (j *Journal) Verify(seq uint64, report func(*CorruptError) error) (err erro
 		}
 		return ce
 	}
+	// Records are read in order and checked in batches whose SHA-256 links
+	// are computed on every core (the hashing is most of the cost); the
+	// checks themselves, and so the reports, stay in sequence order.
 	prev := mark.link
 	expect, havePrev := mark.seq+1, true
+	batch := make([]verifyItem, 0, verifyBatch)
+	check := func() error {
+		hashLinks(batch)
+		for i := range batch {
+			v := &batch[i]
+			if v.gap != nil {
+				if err := fail(v.gap); err != nil {
+					return err
+				}
+				havePrev = false
+			}
+			if v.bad != nil {
+				if err := fail(v.bad); err != nil {
+					return err
+				}
+				havePrev = false
+				continue
+			}
+			if havePrev && !v.r.follows(prev) {
+				if err := fail(chainBroken(v.r.seq, prev, v.r)); err != nil {
+					return err
+				}
+			}
+			prev, havePrev = v.link, true
+		}
+		batch = batch[:0]
+		return nil
+	}
 	for ok := it.First(); ok; ok = it.Next() {
 		n, err := seqFromKey(it.Key())
 		if err != nil {
 			return err
 		}
+		var v verifyItem
 		if n != expect {
-			if err := fail(&CorruptError{Seq: expect, Reason: fmt.Sprintf("missing (next record is %d)", n)}); err != nil {
-				return err
-			}
-			havePrev = false
+			v.gap = &CorruptError{Seq: expect, Reason: fmt.Sprintf("missing (next record is %d)", n)}
 		}
 		expect = n + 1
 		r, _, err := j.loadRecord(n, it.Value())
 		if err != nil {
 			var ce *CorruptError
-			errors.As(err, &ce)
-			if err := fail(ce); err != nil {
+			if !errors.As(err, &ce) {
 				return err
 			}
-			havePrev = false
-			continue
+			v.bad = ce
+		} else {
+			v.r = r
+			if !isPtr(it.Value()) {
+				// An inline record's bytes live only until the iterator moves.
+				v.link, v.hashed = r.linkOf(), true
+			}
 		}
-		if havePrev && !r.follows(prev) {
-			if err := fail(chainBroken(n, prev, r)); err != nil {
+		batch = append(batch, v)
+		if len(batch) == cap(batch) {
+			if err := check(); err != nil {
 				return err
 			}
 		}
-		prev, havePrev = r.linkOf(), true
+	}
+	if err := check(); err != nil {
+		return err
 	}
 	if err := it.Error(); err != nil {
 		return j.storageError(expect-1, err)
@@ -263,6 +301,41 @@ func (j *Journal) Verify(seq uint64, report func(*CorruptError) error) (err erro
 		return fail(&CorruptError{Seq: expect, Reason: "missing (journal ends before it)"})
 	}
 	return nil
+}
+
+// verifyBatch is how many records Verify hashes at a time.
+const verifyBatch = 2048
+
+// verifyItem is one record on its way through Verify: a gap before it, a
+// record that could not be read, or the record and its link.
+type verifyItem struct {
+	gap, bad *CorruptError
+	r        record
+	link     link
+	hashed   bool
+}
+
+// hashLinks computes the links of a batch's records on every core.
+func hashLinks(batch []verifyItem) {
+	workers := min(runtime.GOMAXPROCS(0), 8)
+	if len(batch) < 64 || workers < 2 {
+		workers = 1
+	}
+	var wg sync.WaitGroup
+	per := (len(batch) + workers - 1) / workers
+	for w := 0; w < workers; w++ {
+		part := batch[min(w*per, len(batch)):min((w+1)*per, len(batch))]
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range part {
+				if v := &part[i]; v.bad == nil && !v.hashed {
+					v.link, v.hashed = v.r.linkOf(), true
+				}
+			}
+		}()
+	}
+	wg.Wait()
 }
 
 // Event reads one event by sequence number (checksum verified).

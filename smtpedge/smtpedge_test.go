@@ -4,6 +4,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ledgermail/ledgermail/events"
 	"github.com/ledgermail/ledgermail/journal"
@@ -59,7 +60,7 @@ func TestUsersFileRoundTripAndAuth(t *testing.T) {
 	if err := WriteUsers(path, []User{{Name: "bob", Hash: h, Addresses: []string{"bob@x.test", "*@y.test"}}}); err != nil {
 		t.Fatal(err)
 	}
-	u, err := OpenUsersFile(path)
+	u, err := OpenUsersFile(path, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,7 +77,7 @@ func TestUsersFileRoundTripAndAuth(t *testing.T) {
 	if err := WriteUsers(path, []User{{Name: "a:b", Hash: h}}); err == nil {
 		t.Error("name with ':' written")
 	}
-	missing, err := OpenUsersFile(filepath.Join(t.TempDir(), "none"))
+	missing, err := OpenUsersFile(filepath.Join(t.TempDir(), "none"), time.Hour)
 	if err != nil {
 		t.Fatalf("missing users file: %v", err)
 	}

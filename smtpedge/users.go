@@ -3,12 +3,16 @@ package smtpedge
 import (
 	"bufio"
 	"bytes"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"os"
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/crypto/bcrypt"
 
@@ -61,15 +65,75 @@ type UsersFile struct {
 	// dummy is checked for an unknown user, at the cost of the file's
 	// hashes, so that a wrong name takes as long as a wrong password.
 	dummy []byte
+
+	// The cache of successful authentications (like Dovecot's auth
+	// cache): per user, an HMAC of the password under a key drawn at
+	// start (never the password), the hash it was checked against and
+	// until when it stands. A wrong password is never cached and always
+	// costs a bcrypt comparison; a changed hash (Reload) misses.
+	cacheTTL time.Duration
+	cacheKey [32]byte
+	cacheMu  sync.Mutex
+	cache    map[string]cachedAuth
+	// compare is bcrypt.CompareHashAndPassword (tests count its calls).
+	compare func(hash, password []byte) error
+}
+
+type cachedAuth struct {
+	mac   [sha256.Size]byte
+	hash  string
+	until time.Time
 }
 
 // OpenUsersFile reads path; a missing file is an empty user list.
-func OpenUsersFile(path string) (*UsersFile, error) {
-	u := &UsersFile{path: path}
+// Successful authentications are cached for cacheTTL (0: not at all), so
+// that a client's next session skips the bcrypt comparison.
+func OpenUsersFile(path string, cacheTTL time.Duration) (*UsersFile, error) {
+	u := &UsersFile{path: path, cacheTTL: cacheTTL, cache: map[string]cachedAuth{}, compare: bcrypt.CompareHashAndPassword}
+	if _, err := rand.Read(u.cacheKey[:]); err != nil {
+		return nil, fmt.Errorf("users file: %w", err)
+	}
 	return u, u.Reload()
 }
 
-// Reload re-reads the file.
+func (u *UsersFile) mac(username, password string) [sha256.Size]byte {
+	h := hmac.New(sha256.New, u.cacheKey[:])
+	h.Write([]byte(username))
+	h.Write([]byte{0})
+	h.Write([]byte(password))
+	var out [sha256.Size]byte
+	h.Sum(out[:0])
+	return out
+}
+
+// cached reports whether this user authenticated with this password
+// against hash within the cache's TTL.
+func (u *UsersFile) cached(username, password, hash string) bool {
+	if u.cacheTTL <= 0 {
+		return false
+	}
+	u.cacheMu.Lock()
+	c, ok := u.cache[username]
+	u.cacheMu.Unlock()
+	if !ok || c.hash != hash || time.Now().After(c.until) {
+		return false
+	}
+	m := u.mac(username, password)
+	return hmac.Equal(m[:], c.mac[:])
+}
+
+func (u *UsersFile) remember(username, password, hash string) {
+	if u.cacheTTL <= 0 {
+		return
+	}
+	c := cachedAuth{mac: u.mac(username, password), hash: hash, until: time.Now().Add(u.cacheTTL)}
+	u.cacheMu.Lock()
+	u.cache[username] = c
+	u.cacheMu.Unlock()
+}
+
+// Reload re-reads the file. A user whose hash changed (or who is gone)
+// misses the cache from then on.
 func (u *UsersFile) Reload() error {
 	users, err := ReadUsers(u.path)
 	if err != nil {
@@ -97,6 +161,13 @@ func (u *UsersFile) Reload() error {
 	u.mu.Lock()
 	u.users, u.dummy = m, dummy
 	u.mu.Unlock()
+	u.cacheMu.Lock()
+	for name := range u.cache {
+		if _, ok := m[name]; !ok {
+			delete(u.cache, name)
+		}
+	}
+	u.cacheMu.Unlock()
 	return nil
 }
 
@@ -106,12 +177,19 @@ func (u *UsersFile) Authenticate(username, password string) (Identity, error) {
 	x, ok := u.users[username]
 	dummy := u.dummy
 	u.mu.RUnlock()
+	compare := u.compare
+	if compare == nil {
+		compare = bcrypt.CompareHashAndPassword
+	}
 	if !ok {
-		bcrypt.CompareHashAndPassword(dummy, []byte(password))
+		compare(dummy, []byte(password))
 		return Identity{}, ErrBadCredentials
 	}
-	if bcrypt.CompareHashAndPassword([]byte(x.Hash), []byte(password)) != nil {
-		return Identity{}, ErrBadCredentials
+	if !u.cached(username, password, x.Hash) {
+		if compare([]byte(x.Hash), []byte(password)) != nil {
+			return Identity{}, ErrBadCredentials
+		}
+		u.remember(username, password, x.Hash)
 	}
 	return Identity{Name: x.Name, Addresses: x.Addresses}, nil
 }

@@ -65,6 +65,10 @@ type AuthConfig struct {
 	UsersFile              string `toml:"users_file"`
 	AllowInsecureAuth      bool   `toml:"allow_insecure_auth"`
 	RequireSenderOwnership bool   `toml:"require_sender_ownership"`
+	// CacheTTL keeps a successful authentication (an HMAC of the password
+	// under a per-process key) so that the client's next sessions skip
+	// bcrypt; "0" turns it off.
+	CacheTTL Duration `toml:"cache_ttl"`
 }
 
 type LimitsConfig struct {
@@ -341,7 +345,7 @@ func Defaults() Config {
 		ShutdownGrace: dur("30s"),
 		Submission:    SubmissionConfig{Listen: []string{"127.0.0.1:2587"}, TrustedNetworks: []string{}},
 		Submissions:   SubmissionsConfig{Listen: []string{"127.0.0.1:2465"}},
-		Auth:          AuthConfig{RequireSenderOwnership: true},
+		Auth:          AuthConfig{RequireSenderOwnership: true, CacheTTL: dur("10m")},
 		Limits: LimitsConfig{MaxMessageBytes: 26214400, MaxRecipients: 100, MaxConnections: 1000, MaxAuthFailuresPerIP: 10,
 			CommandTimeout: dur("5m"), DataTimeout: dur("10m"), TLSHandshakeTimeout: dur("10s"), BodyMemory: ByteSize{Bytes: 256 << 20}},
 		Relay: RelayConfig{Mode: "mx", MXPort: 25, TLS: "opportunistic", DNSServers: []string{}, Destinations: []DestinationConfig{}, MTASTS: true, MTASTSPort: 443,
@@ -417,6 +421,9 @@ func (c *Config) Validate() error {
 	}
 	if w := c.Journal.CommitWindow.Duration; w < 0 || w > 100*time.Millisecond {
 		return configErrorf("journal.commit_window %s must be between 0 and 100ms", w)
+	}
+	if c.Auth.CacheTTL.Duration < 0 {
+		return configErrorf("auth.cache_ttl must not be negative (\"0\" turns the cache off)")
 	}
 	if c.Journal.Retention.Duration < 0 {
 		return configErrorf("journal.retention must not be negative (\"0\" keeps everything)")

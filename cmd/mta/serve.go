@@ -130,7 +130,7 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 		return err
 	}
 	// A bad users file is a configuration problem: refuse before anything.
-	users, err := smtpedge.OpenUsersFile(cfg.UsersFile())
+	users, err := smtpedge.OpenUsersFile(cfg.UsersFile(), cfg.Auth.CacheTTL.Duration)
 	if err != nil {
 		return err
 	}

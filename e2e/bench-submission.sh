@@ -29,7 +29,12 @@ bench_postfix "$PF" "$SINK" \
   "smtpd_tls_security_level = may" "smtpd_tls_cert_file = $W/cert.pem" "smtpd_tls_key_file = $W/key.pem"
 wait_port "$SINK"; wait_port "$LM"; wait_port "$LMS"; wait_port "$PF"
 
-lg() { "$W/loadgen" -sessions "$SESSIONS" -messages "$COUNT" -per-session "$PER_SESSION" -size "$SIZE" "$@"; }
+# Each run starts with both queues empty, so that no run relays another's
+# mail while it is measured.
+drained() {
+  until "$W/mta" queue -c "$W/mta.toml" 2>/dev/null | grep -q empty && postqueue -c "$W/pf/conf" -p 2>/dev/null | grep -q empty; do sleep 0.2; done
+}
+lg() { drained; "$W/loadgen" -sessions "$SESSIONS" -messages "$COUNT" -per-session "$PER_SESSION" -size "$SIZE" "$@"; }
 echo "load: $COUNT messages x $SIZE bytes, $SESSIONS sessions, $PER_SESSION messages per session, $(nproc) cores; Postfix $(postconf -h mail_version)"
 echo "ledgermail users file: bcrypt cost 10 (the default); every session authenticates once"
 for r in 1 2; do

@@ -232,11 +232,9 @@ func (j *Journal) Verify(seq uint64, report func(*CorruptError) error) (err erro
 	// checks themselves, and so the reports, stay in sequence order.
 	prev := mark.link
 	expect, havePrev := mark.seq+1, true
-	batch := make([]verifyItem, 0, verifyBatch)
-	check := func() error {
-		hashLinks(batch)
-		for i := range batch {
-			v := &batch[i]
+	check := func(items []verifyItem) error {
+		for i := range items {
+			v := &items[i]
 			if v.gap != nil {
 				if err := fail(v.gap); err != nil {
 					return err
@@ -257,7 +255,30 @@ func (j *Journal) Verify(seq uint64, report func(*CorruptError) error) (err erro
 			}
 			prev, havePrev = v.link, true
 		}
-		batch = batch[:0]
+		return nil
+	}
+	// One batch is hashed while the next is read: two buffers take turns.
+	batch, spare := make([]verifyItem, 0, verifyBatch), make([]verifyItem, 0, verifyBatch)
+	var pending []verifyItem
+	var hashed chan struct{}
+	flush := func() error {
+		if pending != nil {
+			<-hashed
+			if err := check(pending); err != nil {
+				return err
+			}
+			spare = pending[:0]
+		}
+		pending = nil
+		if len(batch) > 0 {
+			pending, hashed = batch, make(chan struct{})
+			go func(items []verifyItem, done chan struct{}) {
+				hashLinks(items)
+				close(done)
+			}(pending, hashed)
+			batch = spare
+			spare = nil
+		}
 		return nil
 	}
 	for ok := it.First(); ok; ok = it.Next() {
@@ -286,13 +307,15 @@ func (j *Journal) Verify(seq uint64, report func(*CorruptError) error) (err erro
 		}
 		batch = append(batch, v)
 		if len(batch) == cap(batch) {
-			if err := check(); err != nil {
+			if err := flush(); err != nil {
 				return err
 			}
 		}
 	}
-	if err := check(); err != nil {
-		return err
+	for pending != nil || len(batch) > 0 {
+		if err := flush(); err != nil {
+			return err
+		}
 	}
 	if err := it.Error(); err != nil {
 		return j.storageError(expect-1, err)

@@ -5,7 +5,7 @@ BIN      ?= bin/mta
 VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -X main.version=$(VERSION)
 
-.PHONY: profile crashtest build run test test-unit test-e2e bench bench-postfix bench-large bench-deferred bench-wamp lint deps fmt fuzz fuzz-brief
+.PHONY: profile crashtest build run test test-unit test-e2e bench bench-postfix bench-large bench-deferred bench-wamp bench-submission lint deps fmt fuzz fuzz-brief
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/mta

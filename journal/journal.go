@@ -173,6 +173,7 @@ type Journal struct {
 	marker        *os.File               // COMMITTED; nil when read-only
 	bodies        *bodyStore
 	segs          *segCache    // open segment files, for reading records
+	zbuf          []byte       // the writer goroutine's compression buffer
 	frames        frameCache   // compressed frames read last, decompressed
 	rd            pebbleReader // j.db, or the read-only overlay (recoverLog)
 	recovered     int          // frames recoverLog re-indexed at Open

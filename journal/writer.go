@@ -203,7 +203,10 @@ func (j *Journal) commit(group []*appendReq) {
 		all = append(all, evs...)
 	}
 	content, recOff := fr.content()
-	zipped := zip(content)
+	zipped := zip(j.zbuf, content)
+	if cap(zipped) <= 1<<20 {
+		j.zbuf = zipped[:0] // kept for the next commit; a rare huge one is not
+	}
 	coff, err := j.bodies.endFrame(fr.start, zipped, true)
 	if err != nil {
 		j.fail(fmt.Errorf("write the log: %w", err))

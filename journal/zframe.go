@@ -17,7 +17,14 @@ import (
 // maxFrameContent bounds what a damaged frame may claim to decompress to.
 const maxFrameContent = 64 << 20
 
-func zip(b []byte) []byte { return s2.EncodeBetter(nil, b) }
+// zip compresses b into dst when dst has room for the worst case (the
+// writer passes its own buffer back each commit), into a new slice if not.
+func zip(dst, b []byte) []byte {
+	if n := s2.MaxEncodedLen(len(b)); n > 0 && cap(dst) >= n {
+		return s2.EncodeBetter(dst[:n], b)
+	}
+	return s2.EncodeBetter(nil, b)
+}
 
 func unzip(b []byte) ([]byte, error) {
 	n, err := s2.DecodedLen(b)

@@ -32,6 +32,7 @@ type client struct {
 	ext         map[string]string // EHLO keywords (upper case) → parameters
 	timeout     time.Duration
 	dataTimeout time.Duration
+	buf         []byte // for copying bodies, kept with the connection
 }
 
 func newClient(conn net.Conn, timeout, dataTimeout time.Duration) *client {
@@ -227,7 +228,13 @@ func (c *client) envelope(mail string, rcpts []string) (e envelopeReplies) {
 func (c *client) body(r io.Reader) (string, error) {
 	c.conn.SetDeadline(time.Now().Add(c.dataTimeout))
 	dw := textproto.NewWriter(c.w).DotWriter()
-	if _, err := io.Copy(dw, r); err != nil {
+	if c.buf == nil {
+		c.buf = make([]byte, 16<<10)
+	}
+	// The connection's own buffer: io.Copy would allocate 32 KiB per
+	// message (the body is a MultiReader, whose WriteTo copies each part
+	// through a fresh buffer), so that path is hidden from it.
+	if _, err := io.CopyBuffer(dw, struct{ io.Reader }{r}, c.buf); err != nil {
 		return "", err
 	}
 	if err := dw.Close(); err != nil { // writes ".\r\n" and flushes

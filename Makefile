@@ -5,7 +5,7 @@ BIN      ?= bin/mta
 VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -X main.version=$(VERSION)
 
-.PHONY: profile crashtest build run test test-unit test-e2e bench bench-postfix bench-large bench-deferred bench-wamp bench-submission lint deps fmt fuzz fuzz-brief
+.PHONY: profile crashtest build run test test-unit test-e2e bench bench-postfix bench-large bench-deferred bench-wamp bench-submission screens lint deps fmt fuzz fuzz-brief
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/mta
@@ -62,6 +62,11 @@ bench: deps
 # CPU and allocation profiles under the benchmark load ([admin] pprof).
 profile: deps
 	bash e2e/profile.sh
+
+# Screenshots of the operator console's pages, from headless Chromium
+# against a server with real traffic (not committed).
+screens: deps
+	LEDGERMAIL_SCREENS=$(CURDIR)/e2e/testdata/screens $(GO) test -count=1 -run '^TestConsoleInChromium$$' -v ./e2e/
 
 # The submission path as clients drive it (STARTTLS/implicit TLS, AUTH,
 # several messages per session; e2e/loadgen), ledgermail beside Postfix.

@@ -15,6 +15,7 @@
 //	POST /queue/delete?id=ID            journal Deleted
 //	POST /queue/suspend?domain=D[&until=RFC3339]   journal Suspended
 //	POST /queue/resume?domain=D         journal Resumed, retry its envelopes now
+//	/, /login, /destinations, /search, /messages/...  the operator console (package console)
 //
 // Every request needs Deps.Token as a bearer token, except /metrics,
 // /healthz and /readyz when Deps.MetricsPublic. State-changing requests are
@@ -38,6 +39,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ledgermail/ledgermail/actors"
+	"github.com/ledgermail/ledgermail/console"
 	"github.com/ledgermail/ledgermail/events"
 	"github.com/ledgermail/ledgermail/journal"
 	"github.com/ledgermail/ledgermail/projections"
@@ -75,6 +77,10 @@ type Deps struct {
 	// /journal/prune); nil when retention is off.
 	Retention *queue.Retention
 	Log       *zap.Logger
+	// Console, when set, serves the operator console's pages (package
+	// console decides which paths, and checks the token itself: a page
+	// also takes the session cookie that its login sets).
+	Console http.Handler
 }
 
 // New returns the admin API handler.
@@ -282,6 +288,10 @@ func New(d Deps) http.Handler {
 	}
 	want := "Bearer " + d.Token
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if d.Console != nil && console.Paths(r.URL.Path) {
+			d.Console.ServeHTTP(w, r)
+			return
+		}
 		public := r.URL.Path == "/healthz" || r.URL.Path == "/readyz" || r.URL.Path == "/metrics"
 		if !(public && d.MetricsPublic) &&
 			subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), []byte(want)) != 1 {

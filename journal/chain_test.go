@@ -188,3 +188,18 @@ func TestVerifyAcrossBatches(t *testing.T) {
 		t.Fatalf("first problem: %v", err)
 	}
 }
+
+// VerifyRecords checks the records asked for, each against the one before.
+func TestVerifyRecords(t *testing.T) {
+	j := openT(t, t.TempDir())
+	defer j.Close()
+	appendN(t, j, 6)
+	if p, err := j.VerifyRecords([]uint64{1, 2, 3, 6}); err != nil || len(p) != 0 {
+		t.Fatalf("intact: %v %v", p, err)
+	}
+	j.db.Set(eventKey(3), editWithCRC(rawRecord(t, j, 3)), pebble.NoSync)
+	p, err := j.VerifyRecords([]uint64{1, 3, 4, 9})
+	if err != nil || len(p) != 2 || !strings.Contains(p[4], "record 3 was altered") || !strings.Contains(p[9], "missing") {
+		t.Fatalf("edited 3, asked 1, 3, 4, 9: %v %v", p, err)
+	}
+}

@@ -419,3 +419,58 @@ func seqFromIndex(k []byte) uint64 {
 	}
 	return s
 }
+
+// VerifyRecords checks, for each of seqs in the hot journal, the record's
+// checksum and that it carries the link of the record before it (the
+// chain at that point); an archived record or the first one is checked
+// against the archive mark or alone. It returns the problems found, by
+// sequence number (none: nil). What the operator console shows beside a
+// message's events.
+func (j *Journal) VerifyRecords(seqs []uint64) (problems map[uint64]string, err error) {
+	defer recoverRead(&err)
+	mark := *j.mark.Load()
+	load := func(n uint64) (record, error) {
+		v, closer, err := j.rd.Get(eventKey(n))
+		if err != nil {
+			return record{}, &CorruptError{Seq: n, Reason: "missing: " + err.Error()}
+		}
+		defer closer.Close()
+		r, _, err := j.loadRecord(n, v)
+		if err == nil && !isPtr(v) {
+			r.body = append([]byte(nil), r.body...) // v is Pebble's until closer.Close
+		}
+		return r, err
+	}
+	for _, n := range seqs {
+		if n <= mark.seq {
+			continue // archived: checked when the archive is read
+		}
+		r, err := load(n)
+		if err != nil {
+			var ce *CorruptError
+			if !errors.As(err, &ce) {
+				return nil, err
+			}
+			if problems == nil {
+				problems = map[uint64]string{}
+			}
+			problems[n] = ce.Reason
+			continue
+		}
+		prev := mark.link // the first hot record follows the archive mark
+		if n > mark.seq+1 {
+			p, err := load(n - 1)
+			if err != nil {
+				continue // reported for n-1 when it is asked for
+			}
+			prev = p.linkOf()
+		}
+		if !r.follows(prev) {
+			if problems == nil {
+				problems = map[uint64]string{}
+			}
+			problems[n] = chainBroken(n, prev, r).Reason
+		}
+	}
+	return problems, nil
+}

@@ -25,6 +25,7 @@ import (
 
 	"github.com/ledgermail/ledgermail/actors"
 	"github.com/ledgermail/ledgermail/admin"
+	"github.com/ledgermail/ledgermail/console"
 	"github.com/ledgermail/ledgermail/events"
 	"github.com/ledgermail/ledgermail/httpedge"
 	"github.com/ledgermail/ledgermail/journal"
@@ -225,7 +226,12 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 	j.Subscribe(q.Apply)
 	metrics := projections.NewMetrics(q)
 	j.Subscribe(metrics.Apply)
-	j.SetOnCommit(metrics.Commit)
+	activity := console.NewActivity()
+	j.Subscribe(activity.Apply)
+	j.SetOnCommit(func(d time.Duration, n int) {
+		metrics.Commit(d, n)
+		activity.Commit(d, n)
+	})
 
 	roots, err := cfg.RelayRoots()
 	if err != nil {
@@ -304,7 +310,8 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 	var state admin.State
 	if adminLn != nil {
 		adminSrv = &http.Server{Handler: admin.New(admin.Deps{Journal: j, Queue: q, Actors: sys, Metrics: metrics, State: &state,
-			Token: token, MetricsPublic: cfg.Admin.MetricsPublic, Pprof: cfg.Admin.Pprof, Health: hooksHealth(hooks), KeepBodies: cfg.Queue.KeepBodies, Retention: retention, Log: log.Named("admin")}),
+			Token: token, MetricsPublic: cfg.Admin.MetricsPublic, Pprof: cfg.Admin.Pprof, Health: hooksHealth(hooks), KeepBodies: cfg.Queue.KeepBodies, Retention: retention, Log: log.Named("admin"),
+			Console: console.New(console.Deps{Journal: j, Queue: q, Actors: sys, Activity: activity, Token: token, Log: log.Named("console")})}),
 			ReadHeaderTimeout: 10 * time.Second}
 		go adminSrv.Serve(adminLn)
 	}

@@ -1,6 +1,7 @@
 // Package console serves the operator console on the admin listener: the
 // queue, the destinations and every message's story, as server-rendered
-// HTML (html/template, assets embedded; no JavaScript, no CDN, no fonts):
+// HTML (html/template, assets embedded; no CDN, no fonts; one small script
+// for live refresh, without which everything works):
 //
 //	GET  /                          overview: counts by state, the last hour per minute, the journal
 //	GET  /destinations              one row per destination domain, with suspend/resume/retry
@@ -10,6 +11,7 @@
 //	GET  /search?q=                 an envelope ID, or live envelopes by sender or recipient
 //	GET  /messages/{id}             a message's story: its events and its children's, chain-checked
 //	GET  /messages/{id}/raw         the stored message as relayed (policies' headers, then the body)
+//	GET  /events                    Server-Sent Events: the overview's counts as they change
 //	GET  /login, POST /login        the admin token, once; POST /logout
 //
 // The contract: every page and action needs the admin token, either as an
@@ -64,7 +66,7 @@ type Deps struct {
 // Paths reports whether the admin listener should hand path to the
 // console rather than to the JSON API.
 func Paths(path string) bool {
-	if path == "/" || path == "/login" || path == "/logout" || path == "/search" || path == "/destinations" {
+	if path == "/" || path == "/login" || path == "/logout" || path == "/search" || path == "/destinations" || path == "/events" {
 		return true
 	}
 	for _, p := range []string{"/destinations/", "/messages/", "/static/"} {
@@ -77,6 +79,7 @@ func Paths(path string) bool {
 
 type console struct {
 	d       Deps
+	live    *notifier
 	pages   map[string]*template.Template
 	session string // the cookie's value
 	csrf    string
@@ -87,7 +90,7 @@ func New(d Deps) http.Handler {
 	if d.Log == nil {
 		d.Log = zap.NewNop()
 	}
-	c := &console{d: d, pages: map[string]*template.Template{},
+	c := &console{d: d, pages: map[string]*template.Template{}, live: &notifier{subs: map[chan struct{}]struct{}{}},
 		session: mac(d.Token, "ledgermail console session"), csrf: mac(d.Token, "ledgermail console csrf")}
 	for _, p := range []string{"overview", "destinations", "search", "message"} {
 		c.pages[p] = template.Must(template.ParseFS(templateFS, "templates/layout.html", "templates/"+p+".html"))
@@ -105,6 +108,10 @@ func New(d Deps) http.Handler {
 	mux.HandleFunc("GET /search", c.guard(c.search))
 	mux.HandleFunc("GET /messages/{id}", c.guard(c.message))
 	mux.HandleFunc("GET /messages/{id}/raw", c.guard(c.raw))
+	mux.HandleFunc("GET /events", c.guard(c.stream))
+	if d.Journal != nil {
+		d.Journal.Subscribe(c.live.notify)
+	}
 	return securityHeaders(mux)
 }
 
@@ -119,7 +126,7 @@ func equal(a, b string) bool { return subtle.ConstantTimeCompare([]byte(a), []by
 // securityHeaders keeps the pages out of frames and scripts out of them.
 func securityHeaders(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Security-Policy", "default-src 'self'; script-src 'none'; style-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'")
+		w.Header().Set("Content-Security-Policy", "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'")
 		w.Header().Set("X-Content-Type-Options", "nosniff")
 		w.Header().Set("Referrer-Policy", "same-origin")
 		h.ServeHTTP(w, r)

@@ -258,3 +258,31 @@ func TestLiveCounts(t *testing.T) {
 		t.Fatalf("/events without the token ended at %s", noAuth.Request.URL.Path)
 	}
 }
+
+// A time window searches the journal (finished messages too): found by
+// sender, not found outside the window or for another address.
+func TestSearchByTimeWindow(t *testing.T) {
+	f := newFixture(t)
+	now := time.Now().UTC()
+	q := func(needle string, from, to time.Time) string {
+		v := url.Values{"q": {needle}, "from": {from.Format(timeLayout)}, "to": {to.Format(timeLayout)}}
+		w := f.do(t, "GET", "/search?"+v.Encode(), nil, bearer)
+		if w.Code != http.StatusOK {
+			t.Fatalf("search: %d", w.Code)
+		}
+		return w.Body.String()
+	}
+	page := q("src.test", now.Add(-time.Hour), now.Add(time.Hour))
+	if !strings.Contains(page, `href="/messages/E1"`) || !strings.Contains(page, "&lt;b&gt;@dest.test") || !strings.Contains(page, "1 message(s)") {
+		t.Fatalf("window around now, by sender: E1 not listed\n%s", page)
+	}
+	if page := q("nobody.test", now.Add(-time.Hour), now.Add(time.Hour)); strings.Contains(page, `href="/messages/E1"`) {
+		t.Fatal("another address found E1")
+	}
+	if page := q("", now.Add(-3*time.Hour), now.Add(-2*time.Hour)); strings.Contains(page, `href="/messages/E1"`) || !strings.Contains(page, "0 message(s)") {
+		t.Fatalf("a window two hours ago listed E1\n%s", page)
+	}
+	if w := f.do(t, "GET", "/search?from=yesterday", nil, bearer); !strings.Contains(w.Body.String(), "from: not a time") {
+		t.Fatalf("a bad time is not reported:\n%s", w.Body.String())
+	}
+}

@@ -217,41 +217,125 @@ func (c *console) retry(ids []string) {
 	}
 }
 
-const maxResults = 500
+const (
+	maxResults = 500
+	// maxScanned bounds the records a time-window search reads.
+	maxScanned = 200000
+)
+
+// received is one message found in a time window.
+type received struct {
+	Seq                   uint64
+	Time, ID, Sender, Via string
+	Recipients            []string
+}
+
+var errEnough = errors.New("enough")
+
+// window finds the messages received in [from, to) whose ID, sender or a
+// recipient contains needle: the window's first record by binary search
+// (journal.SeqAt), then its records in order, at most maxScanned of them.
+func (c *console) window(from, to time.Time, needle string) (out []received, truncated bool, err error) {
+	j := c.d.Journal
+	start, err := j.SeqAt(from)
+	if err != nil {
+		return nil, false, err
+	}
+	end, err := j.SeqAt(to)
+	if err != nil {
+		return nil, false, err
+	}
+	if start >= end {
+		return nil, false, nil
+	}
+	scanned := 0
+	err = j.Scan(start, func(e events.Event) error {
+		if e.Seq >= end {
+			return errEnough
+		}
+		if scanned++; scanned > maxScanned || len(out) >= maxResults {
+			truncated = true
+			return errEnough
+		}
+		rc, ok := e.Payload.(events.Received)
+		if !ok || !matches(needle, e.Envelope, rc.Sender, rc.Recipients) {
+			return nil
+		}
+		via := rc.Listener
+		if rc.AuthUser != "" {
+			via += " as " + rc.AuthUser
+		}
+		out = append(out, received{Seq: e.Seq, Time: e.Time.UTC().Format("2006-01-02 15:04:05"), ID: e.Envelope,
+			Sender: rc.Sender, Recipients: rc.Recipients, Via: via})
+		return nil
+	})
+	if errors.Is(err, errEnough) {
+		err = nil
+	}
+	return out, truncated, err
+}
+
+func matches(needle, id, sender string, rcpts []string) bool {
+	if needle == "" || strings.Contains(strings.ToLower(id), needle) || strings.Contains(strings.ToLower(sender), needle) {
+		return true
+	}
+	for _, rc := range rcpts {
+		if strings.Contains(strings.ToLower(rc), needle) {
+			return true
+		}
+	}
+	return false
+}
+
+// timeLayout is what <input type="datetime-local"> sends (taken as UTC).
+const timeLayout = "2006-01-02T15:04"
 
 func (c *console) search(w http.ResponseWriter, r *http.Request) {
 	qs := strings.TrimSpace(r.URL.Query().Get("q"))
-	if qs != "" && !strings.ContainsAny(qs, "@ ") {
+	fromS, toS := r.URL.Query().Get("from"), r.URL.Query().Get("to")
+	if qs != "" && fromS == "" && toS == "" && !strings.ContainsAny(qs, "@ ") {
 		if evs, err := c.d.Journal.EnvelopeEvents(qs, false); err == nil && len(evs) > 0 {
 			http.Redirect(w, r, "/messages/"+urlPath(qs), http.StatusSeeOther)
 			return
 		}
 	}
-	var results []*projections.Envelope
-	truncated := false
-	if qs != "" {
-		needle := strings.ToLower(qs)
-		results = c.d.Queue.Select(func(e *projections.Envelope) bool {
-			if strings.Contains(strings.ToLower(e.ID), needle) || strings.Contains(strings.ToLower(e.Sender), needle) {
-				return true
+	data := struct {
+		page
+		Q, From, To, Error  string
+		Windowed, Truncated bool
+		Results             []*projections.Envelope
+		History             []received
+	}{page: c.page("Search", "search"), Q: qs, From: fromS, To: toS}
+	needle := strings.ToLower(qs)
+	if fromS != "" || toS != "" {
+		data.Windowed = true
+		to, from := time.Now().UTC(), time.Time{}
+		var err error
+		if toS != "" {
+			if to, err = time.Parse(timeLayout, toS); err != nil {
+				data.Error = "to: not a time (" + timeLayout + ")"
 			}
-			for _, rc := range e.Recipients {
-				if strings.Contains(strings.ToLower(rc), needle) {
-					return true
-				}
+		}
+		if fromS != "" {
+			if from, err = time.Parse(timeLayout, fromS); err != nil {
+				data.Error = "from: not a time (" + timeLayout + ")"
 			}
-			return false
-		})
-		if len(results) > maxResults {
-			results, truncated = results[:maxResults], true
+		} else {
+			from = to.Add(-time.Hour)
+		}
+		if data.Error == "" {
+			data.History, data.Truncated, err = c.window(from, to, needle)
+			if err != nil {
+				data.Error = "the journal could not be read: " + err.Error()
+			}
+		}
+	} else if qs != "" {
+		data.Results = c.d.Queue.Select(func(e *projections.Envelope) bool { return matches(needle, e.ID, e.Sender, e.Recipients) })
+		if len(data.Results) > maxResults {
+			data.Results, data.Truncated = data.Results[:maxResults], true
 		}
 	}
-	c.render(w, http.StatusOK, "search", struct {
-		page
-		Q         string
-		Results   []*projections.Envelope
-		Truncated bool
-	}{c.page("Search", "search"), qs, results, truncated})
+	c.render(w, http.StatusOK, "search", data)
 }
 
 // storyEvent is one row of a message's story.

@@ -8,6 +8,7 @@ import (
 	"hash/crc32"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 
@@ -201,5 +202,24 @@ func TestVerifyRecords(t *testing.T) {
 	p, err := j.VerifyRecords([]uint64{1, 3, 4, 9})
 	if err != nil || len(p) != 2 || !strings.Contains(p[4], "record 3 was altered") || !strings.Contains(p[9], "missing") {
 		t.Fatalf("edited 3, asked 1, 3, 4, 9: %v %v", p, err)
+	}
+}
+
+// SeqAt finds the first record at or after a time by binary search.
+func TestSeqAt(t *testing.T) {
+	j := openT(t, t.TempDir())
+	defer j.Close()
+	base := time.Date(2026, 12, 1, 8, 0, 0, 0, time.UTC)
+	for i := 0; i < 50; i++ {
+		e := delivered(fmt.Sprintf("E%d", i), "r")
+		e.Time = base.Add(time.Duration(i) * time.Minute)
+		if _, err := j.Append(Write{Events: []events.Event{e}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for at, want := range map[time.Duration]uint64{-time.Hour: 1, 0: 1, 30 * time.Second: 2, 17 * time.Minute: 18, 49 * time.Minute: 50, time.Hour: 51} {
+		if got, err := j.SeqAt(base.Add(at)); err != nil || got != want {
+			t.Errorf("SeqAt(base%+v) = %d, %v; want %d", at, got, err, want)
+		}
 	}
 }

@@ -162,3 +162,37 @@ func (r *readyQueues) connLimit(s Shaping) int {
 	}
 	return r.limit
 }
+
+// DestinationState is the scheduler's view of one destination now.
+type DestinationState struct {
+	InFlight int     // deliveries running (each holds one connection)
+	Limit    int     // the connection limit
+	Rate     float64 // messages per second; 0: unlimited
+	Tokens   float64 // what is left of the rate budget (rate-limited only)
+}
+
+// states reports every destination with deliveries running or a rate
+// budget in use.
+func (r *readyQueues) states() map[string]DestinationState {
+	out := map[string]DestinationState{}
+	add := func(key string) {
+		if key == "" {
+			return
+		}
+		s := r.shape(key)
+		st := DestinationState{InFlight: r.inflight[key], Limit: r.connLimit(s), Rate: float64(s.Rate)}
+		if lim := r.limiters[key]; lim != nil && s.Rate > 0 {
+			st.Tokens = lim.Tokens()
+		}
+		out[key] = st
+	}
+	for key, n := range r.inflight {
+		if n > 0 {
+			add(key)
+		}
+	}
+	for key := range r.limiters {
+		add(key)
+	}
+	return out
+}

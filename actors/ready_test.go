@@ -60,6 +60,13 @@ func TestReadyQueuesShaping(t *testing.T) {
 	if h := r.held(); fmt.Sprint(h) != "map[s1:rate s2:rate]" {
 		t.Fatalf("held for the rate budget: %v", h)
 	}
+	st := r.states()
+	if s := st["slow.test"]; s.InFlight != 0 || s.Limit != 1 || s.Rate != 1 || s.Tokens >= 1 {
+		t.Fatalf("slow.test's state %+v: want 0 of 1 connections, rate 1/s, budget spent", s)
+	}
+	if f := st["fast.test"]; f.InFlight != 3 || f.Limit != 20 || f.Rate != 0 {
+		t.Fatalf("fast.test's state %+v: want 3 of 20 connections, no rate", f)
+	}
 }
 
 // startAll takes every envelope the queues hand out now, starting each.

@@ -28,6 +28,8 @@ type (
 	tick     struct{}
 	// countDestinations asks how many delivery actors are alive (tests).
 	countDestinations struct{}
+	// destinationsQuery asks for each destination's DestinationState.
+	destinationsQuery struct{}
 	// heldQuery asks which envelopes wait for their destination's budget.
 	heldQuery struct{}
 	// budget: a destination's rate budget has refilled.
@@ -119,6 +121,8 @@ func (s *supervisor) Receive(c actor.Context) {
 		c.Respond(len(s.dests))
 	case heldQuery:
 		c.Respond(s.ready.held())
+	case destinationsQuery:
+		c.Respond(s.ready.states())
 	case *actor.Terminated:
 		// A destination actor that failed and was stopped: forget it.
 		for key, pid := range s.dests {

@@ -153,6 +153,17 @@ func (s *System) Held() (map[string]string, error) {
 	return res.(map[string]string), nil
 }
 
+// Destinations returns, for each destination with deliveries running or
+// a rate budget in use, the connections in use against its limit and its
+// rate budget (the operator console's destination list).
+func (s *System) Destinations() (map[string]DestinationState, error) {
+	res, err := s.sys.Root.RequestFuture(s.sup, destinationsQuery{}, 5*time.Second).Result()
+	if err != nil {
+		return nil, err
+	}
+	return res.(map[string]DestinationState), nil
+}
+
 // destinations returns how many delivery actors are alive.
 func (s *System) destinations() (int, error) {
 	res, err := s.sys.Root.RequestFuture(s.sup, countDestinations{}, 5*time.Second).Result()

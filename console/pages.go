@@ -89,6 +89,9 @@ type destinationRow struct {
 	lastErrorAt                      time.Time
 	Suspended                        bool
 	Until                            string
+	// From the scheduler: connections in use against the limit, and the
+	// rate budget ("" when the scheduler is not asked or says nothing).
+	Connections, Rate string
 }
 
 // domainOf is the destination of a live envelope: its first pending
@@ -139,6 +142,17 @@ func (c *console) destinationRows() []*destinationRow {
 				r.ErrorCount++
 			case !e.NextAttempt.Before(r.lastErrorAt):
 				r.LastError, r.lastErrorAt, r.ErrorCount = e.LastError, e.NextAttempt, 1
+			}
+		}
+	}
+	if c.d.Actors != nil {
+		if states, err := c.d.Actors.Destinations(); err == nil {
+			for d, st := range states {
+				r := row(d)
+				r.Connections = fmt.Sprintf("%d / %d", st.InFlight, st.Limit)
+				if st.Rate > 0 {
+					r.Rate = fmt.Sprintf("%g/s, %.1f left", st.Rate, max(st.Tokens, 0))
+				}
 			}
 		}
 	}

@@ -71,7 +71,7 @@ func tokenProxy(t *testing.T, s *server) string {
 func TestConsoleInChromium(t *testing.T) {
 	need(t, "chromium", "swaks")
 	sk := startSink(t, freePort(t))
-	s := newServer(t, serverOpts{smarthost: sk.addr})
+	s := newServer(t, serverOpts{smarthost: sk.addr, extra: "[[relay.destinations]]\ndomain = \"dest.test\"\nrate = \"600/m\"\nmax_connections = 3"})
 	s.addUser("alice", "secret", "alice@example.test")
 	s.start()
 	var ids []string
@@ -103,6 +103,11 @@ func TestConsoleInChromium(t *testing.T) {
 	dom = chromium(t, "--dump-dom", base+"/destinations")
 	if !strings.Contains(dom, `data-domain="paused.test"`) || !strings.Contains(dom, `action="/destinations/paused.test/resume"`) {
 		t.Errorf("destinations lacks paused.test and its resume form:\n%s", dom)
+	}
+	// dest.test's shaping, as the scheduler reports it: no connection in
+	// use of its 3, a budget of 10 messages a second.
+	if !strings.Contains(dom, `data-domain="dest.test"`) || !strings.Contains(dom, "0 / 3") || !strings.Contains(dom, "10/s, ") {
+		t.Errorf("destinations lacks dest.test's connections and rate budget:\n%s", dom)
 	}
 	// A message's story: every step, the chain verified, the Subject escaped.
 	dom = chromium(t, "--dump-dom", base+"/messages/"+ids[1])

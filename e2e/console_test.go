@@ -23,11 +23,14 @@ func chromium(t *testing.T, args ...string) string {
 	profile := t.TempDir()
 	base := []string{"--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
 		"--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-		"--user-data-dir=" + profile, "--window-size=1280,800"}
+		"--user-data-dir=" + profile}
 	// No --virtual-time-budget: the overview's live-refresh stream never
 	// ends, and Chromium would wait for it; the DOM is dumped at load.
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
+	if !strings.Contains(strings.Join(args, " "), "--window-size=") {
+		base = append(base, "--window-size=1280,800")
+	}
 	cmd := exec.CommandContext(ctx, "chromium", append(base, args...)...)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
@@ -127,9 +130,14 @@ func TestConsoleInChromium(t *testing.T) {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			t.Fatal(err)
 		}
-		for name, path := range map[string]string{"overview": "/", "destinations": "/destinations", "search": "/search?q=dest.test", "message": "/messages/" + ids[0]} {
+		for name, path := range map[string]string{"overview": "/", "destinations": "/destinations", "search": "/search?q=dest.test", "message": "/messages/" + ids[0],
+			"message-phone": "/messages/" + ids[0], "overview-phone": "/"} {
 			abs, _ := filepath.Abs(filepath.Join(dir, name+".png"))
-			chromium(t, "--screenshot="+abs, base+path)
+			size := "--window-size=1280,800"
+			if strings.HasSuffix(name, "-phone") {
+				size = "--window-size=390,844"
+			}
+			chromium(t, "--screenshot="+abs, size, base+path)
 			if st, err := os.Stat(abs); err != nil || st.Size() == 0 {
 				t.Errorf("screenshot %s: %v", abs, err)
 			}

@@ -273,16 +273,35 @@ func TestSearchByTimeWindow(t *testing.T) {
 		return w.Body.String()
 	}
 	page := q("src.test", now.Add(-time.Hour), now.Add(time.Hour))
-	if !strings.Contains(page, `href="/messages/E1"`) || !strings.Contains(page, "&lt;b&gt;@dest.test") || !strings.Contains(page, "1 message(s)") {
+	if !strings.Contains(page, `href="/messages/E1"`) || !strings.Contains(page, "&lt;b&gt;@dest.test") || !strings.Contains(page, "1 message(s) found") {
 		t.Fatalf("window around now, by sender: E1 not listed\n%s", page)
 	}
 	if page := q("nobody.test", now.Add(-time.Hour), now.Add(time.Hour)); strings.Contains(page, `href="/messages/E1"`) {
 		t.Fatal("another address found E1")
 	}
-	if page := q("", now.Add(-3*time.Hour), now.Add(-2*time.Hour)); strings.Contains(page, `href="/messages/E1"`) || !strings.Contains(page, "0 message(s)") {
+	if page := q("", now.Add(-3*time.Hour), now.Add(-2*time.Hour)); strings.Contains(page, `href="/messages/E1"`) || !strings.Contains(page, "0 message(s) found") {
 		t.Fatalf("a window two hours ago listed E1\n%s", page)
 	}
 	if w := f.do(t, "GET", "/search?from=yesterday", nil, bearer); !strings.Contains(w.Body.String(), "from: not a time") {
 		t.Fatalf("a bad time is not reported:\n%s", w.Body.String())
+	}
+}
+
+// A whole address is looked up in the journal's address index: found in
+// any case, newest first, narrowed by a window when one is given.
+func TestSearchByAddress(t *testing.T) {
+	f := newFixture(t)
+	page := f.do(t, "GET", "/search?q=S@SRC.TEST", nil, bearer).Body.String()
+	if !strings.Contains(page, `href="/messages/E1"`) || !strings.Contains(page, "1 message(s) found") {
+		t.Fatalf("by sender address: E1 not listed\n%s", page)
+	}
+	page = f.do(t, "GET", "/search?q=other@src.test", nil, bearer).Body.String()
+	if strings.Contains(page, `href="/messages/E1"`) {
+		t.Fatal("another address found E1")
+	}
+	past := time.Now().UTC().Add(-3 * time.Hour)
+	v := url.Values{"q": {"s@src.test"}, "from": {past.Format(timeLayout)}, "to": {past.Add(time.Hour).Format(timeLayout)}}
+	if page := f.do(t, "GET", "/search?"+v.Encode(), nil, bearer).Body.String(); strings.Contains(page, `href="/messages/E1"`) {
+		t.Fatal("a window hours ago still listed E1")
 	}
 }

@@ -275,12 +275,8 @@ func (c *console) window(from, to time.Time, needle string) (out []received, tru
 		if !ok || !matches(needle, e.Envelope, rc.Sender, rc.Recipients) {
 			return nil
 		}
-		via := rc.Listener
-		if rc.AuthUser != "" {
-			via += " as " + rc.AuthUser
-		}
-		out = append(out, received{Seq: e.Seq, Time: e.Time.UTC().Format("2006-01-02 15:04:05"), ID: e.Envelope,
-			Sender: rc.Sender, Recipients: rc.Recipients, Via: via})
+		r, _ := receivedRow(e)
+		out = append(out, r)
 		return nil
 	})
 	if errors.Is(err, errEnough) {
@@ -299,6 +295,79 @@ func matches(needle, id, sender string, rcpts []string) bool {
 		}
 	}
 	return false
+}
+
+// isAddress reports whether q is a whole address (searched exactly, in the
+// address index) rather than part of one.
+func isAddress(q string) bool {
+	at := strings.IndexByte(q, '@')
+	return at > 0 && at < len(q)-1 && !strings.ContainsAny(q, " \t<>")
+}
+
+// parseWindow reads the optional window (zero times: unbounded).
+func parseWindow(fromS, toS string) (from, to time.Time, msg string) {
+	var err error
+	if fromS != "" {
+		if from, err = time.Parse(timeLayout, fromS); err != nil {
+			return from, to, "from: not a time (" + timeLayout + ")"
+		}
+	}
+	if toS != "" {
+		if to, err = time.Parse(timeLayout, toS); err != nil {
+			return from, to, "to: not a time (" + timeLayout + ")"
+		}
+	}
+	return from, to, ""
+}
+
+// byAddress lists the messages from or to addr, newest first, from the
+// journal's address index, within [from, to) when those are set.
+func (c *console) byAddress(addr string, from, to time.Time) (out []received, truncated bool, err error) {
+	j := c.d.Journal
+	lo, hi := uint64(0), ^uint64(0)
+	if !from.IsZero() {
+		if lo, err = j.SeqAt(from); err != nil {
+			return nil, false, err
+		}
+	}
+	if !to.IsZero() {
+		if hi, err = j.SeqAt(to); err != nil {
+			return nil, false, err
+		}
+	}
+	hits, err := j.FindByAddress(addr, maxScanned)
+	if err != nil {
+		return nil, false, err
+	}
+	for _, h := range hits {
+		if h.Seq < lo || h.Seq >= hi {
+			continue
+		}
+		if len(out) == maxResults {
+			return out, true, nil
+		}
+		e, err := j.Event(h.Seq)
+		if err != nil {
+			return out, false, err
+		}
+		if r, ok := receivedRow(e); ok {
+			out = append(out, r)
+		}
+	}
+	return out, false, nil
+}
+
+func receivedRow(e events.Event) (received, bool) {
+	rc, ok := e.Payload.(events.Received)
+	if !ok {
+		return received{}, false
+	}
+	via := rc.Listener
+	if rc.AuthUser != "" {
+		via += " as " + rc.AuthUser
+	}
+	return received{Seq: e.Seq, Time: e.Time.UTC().Format("2006-01-02 15:04:05"), ID: e.Envelope,
+		Sender: rc.Sender, Recipients: rc.Recipients, Via: via}, true
 }
 
 // timeLayout is what <input type="datetime-local"> sends (taken as UTC).
@@ -321,6 +390,21 @@ func (c *console) search(w http.ResponseWriter, r *http.Request) {
 		History             []received
 	}{page: c.page("Search", "search"), Q: qs, From: fromS, To: toS}
 	needle := strings.ToLower(qs)
+	if isAddress(qs) {
+		// An address: the journal's address index, newest first, finished
+		// messages too; a window, when given, narrows it.
+		data.Windowed = true
+		from, to, msg := parseWindow(fromS, toS)
+		if data.Error = msg; msg == "" {
+			var err error
+			data.History, data.Truncated, err = c.byAddress(qs, from, to)
+			if err != nil {
+				data.Error = "the journal could not be read: " + err.Error()
+			}
+		}
+		c.render(w, http.StatusOK, "search", data)
+		return
+	}
 	if fromS != "" || toS != "" {
 		data.Windowed = true
 		to, from := time.Now().UTC(), time.Time{}

@@ -188,6 +188,10 @@ func (j *Journal) ArchiveThrough(to uint64, o ArchiveOptions) (res ArchiveResult
 		if err := batch.Delete(indexKey(e.Envelope, seq), nil); err != nil {
 			return res, err
 		}
+		e.Seq = seq
+		if err := unstageAddresses(batch, e); err != nil {
+			return res, err
+		}
 		maxEnv = max(maxEnv, e.Envelope)
 		if rcv, ok := e.Payload.(events.Received); ok && rcv.BodyKey != "" {
 			bodyKeys = append(bodyKeys, rcv.BodyKey)

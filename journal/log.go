@@ -1,6 +1,7 @@
 package journal
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -452,6 +453,9 @@ func (j *Journal) stageFrame(b *pebble.Batch, seg uint64, p *parsedFrame, evs []
 		if err := b.Set(indexKey(e.Envelope, e.Seq), nil, nil); err != nil {
 			return nil, err
 		}
+		if err := stageAddresses(b, e); err != nil {
+			return nil, err
+		}
 		last = e.Seq
 	}
 	if last != 0 {
@@ -524,9 +528,9 @@ func (j *Journal) recoverLog() (err error) {
 					break
 				}
 				e := events.Event{Seq: r.seq}
-				if p.envs != nil {
+				if p.envs != nil && !bytes.HasPrefix(r.data, receivedPrefix) {
 					e.Envelope = p.envs[i] // no need to decode the event
-				} else if e, err = decodeEvent(r); err != nil {
+				} else if e, err = decodeEvent(r); err != nil { // a Received: for its addresses
 					fits = false
 					break
 				}

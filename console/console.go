@@ -35,6 +35,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -77,20 +78,33 @@ func Paths(path string) bool {
 	return false
 }
 
+// Handler is the console: an http.Handler, and Stop, which ends the live
+// streams (call it when the server shuts down: http.Server.Shutdown waits
+// for open connections, and a stream never ends by itself).
+type Handler struct {
+	http.Handler
+	c *console
+}
+
+// Stop ends every live-refresh stream, now and later.
+func (h *Handler) Stop() { h.c.stopOnce.Do(func() { close(h.c.stop) }) }
+
 type console struct {
-	d       Deps
-	live    *notifier
-	pages   map[string]*template.Template
-	session string // the cookie's value
-	csrf    string
+	stop     chan struct{}
+	stopOnce sync.Once
+	d        Deps
+	live     *notifier
+	pages    map[string]*template.Template
+	session  string // the cookie's value
+	csrf     string
 }
 
 // New returns the console's handler.
-func New(d Deps) http.Handler {
+func New(d Deps) *Handler {
 	if d.Log == nil {
 		d.Log = zap.NewNop()
 	}
-	c := &console{d: d, pages: map[string]*template.Template{}, live: &notifier{subs: map[chan struct{}]struct{}{}},
+	c := &console{stop: make(chan struct{}), d: d, pages: map[string]*template.Template{}, live: &notifier{subs: map[chan struct{}]struct{}{}},
 		session: mac(d.Token, "ledgermail console session"), csrf: mac(d.Token, "ledgermail console csrf")}
 	for _, p := range []string{"overview", "destinations", "search", "message"} {
 		c.pages[p] = template.Must(template.ParseFS(templateFS, "templates/layout.html", "templates/"+p+".html"))
@@ -112,7 +126,7 @@ func New(d Deps) http.Handler {
 	if d.Journal != nil {
 		d.Journal.Subscribe(c.live.notify)
 	}
-	return securityHeaders(mux)
+	return &Handler{Handler: securityHeaders(mux), c: c}
 }
 
 func mac(key, msg string) string {

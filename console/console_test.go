@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -251,6 +252,20 @@ func TestLiveCounts(t *testing.T) {
 	}
 	if m := next(); m["live"] != 2 || m["received"] != 1 {
 		t.Fatalf("after a new message %v, want live 2, received 1", m)
+	}
+	f.h.(*Handler).Stop() // as the server's shutdown does: the stream ends
+	done := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(io.Discard, rd)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("the stream ended with %v, want a clean end", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the stream was still open 5 s after Stop")
 	}
 	noAuth, _ := http.Get(srv.URL + "/events")
 	noAuth.Body.Close()

@@ -87,6 +87,8 @@ func (c *console) stream(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-r.Context().Done():
 			return
+		case <-c.stop:
+			return
 		case <-keep.C:
 			if _, err := fmt.Fprint(w, ": keep-alive\n\n"); err != nil {
 				return
@@ -98,6 +100,8 @@ func (c *console) stream(w http.ResponseWriter, r *http.Request) {
 			}
 			select { // at most one update per interval
 			case <-r.Context().Done():
+				return
+			case <-c.stop:
 				return
 			case <-time.After(liveInterval):
 			}

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -126,6 +127,23 @@ func TestConsoleInChromium(t *testing.T) {
 	if !strings.Contains(dom, "Message <span class=\"mono\">"+ids[2]) {
 		t.Errorf("search by ID did not open the story:\n%s", dom)
 	}
+	// A console tab left open (its live stream) does not hold up a
+	// SIGTERM: the server stops well before shutdown_grace (30 s).
+	req, _ := http.NewRequest("GET", base+"/events", nil)
+	stream, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stream.Body.Close()
+	if line, err := bufio.NewReader(stream.Body).ReadString('\n'); err != nil || !strings.HasPrefix(line, "event: counts") {
+		t.Fatalf("live stream: %q %v", line, err)
+	}
+	start := time.Now()
+	s.stop()
+	if took := time.Since(start); took > 15*time.Second {
+		t.Errorf("SIGTERM with a live stream open took %s", took)
+	}
+	s.start()
 	if dir := os.Getenv("LEDGERMAIL_SCREENS"); dir != "" {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			t.Fatal(err)

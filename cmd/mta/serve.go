@@ -309,10 +309,12 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 	var adminSrv *http.Server
 	var state admin.State
 	if adminLn != nil {
+		consoleH := console.New(console.Deps{Journal: j, Queue: q, Actors: sys, Activity: activity, Token: token, Log: log.Named("console")})
 		adminSrv = &http.Server{Handler: admin.New(admin.Deps{Journal: j, Queue: q, Actors: sys, Metrics: metrics, State: &state,
 			Token: token, MetricsPublic: cfg.Admin.MetricsPublic, Pprof: cfg.Admin.Pprof, Health: hooksHealth(hooks), KeepBodies: cfg.Queue.KeepBodies, Retention: retention, Log: log.Named("admin"),
-			Console: console.New(console.Deps{Journal: j, Queue: q, Actors: sys, Activity: activity, Token: token, Log: log.Named("console")})}),
+			Console: consoleH}),
 			ReadHeaderTimeout: 10 * time.Second}
+		adminSrv.RegisterOnShutdown(consoleH.Stop) // Shutdown waits for open streams
 		go adminSrv.Serve(adminLn)
 	}
 	var httpSrv *http.Server

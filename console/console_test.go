@@ -320,3 +320,29 @@ func TestSearchByAddress(t *testing.T) {
 		t.Fatal("a window hours ago still listed E1")
 	}
 }
+
+// A bounce's DSN is linked to its own envelope, and the story of a
+// bounced child shows under its parent.
+func TestStoryLinksDSNs(t *testing.T) {
+	f := newFixture(t)
+	if _, err := f.j.Append(journal.Write{
+		Bodies: []journal.Body{{Key: "P", Data: []byte("Subject: to bounce\r\n\r\nx\r\n")}},
+		Events: []events.Event{
+			{Envelope: "P", Payload: events.Received{Sender: "s@src.test", Recipients: []string{"gone@dest.test"}, BodyKey: "P"}},
+			{Envelope: "P", Payload: events.PoliciesApplied{Policies: []string{"date"}, Recipients: []string{"gone@dest.test"}}},
+			{Envelope: "P", Payload: events.Split{Mode: "domain", Children: []events.Child{{ID: "P.1", Recipients: []string{"gone@dest.test"}}}}},
+			{Envelope: "P.1", Payload: events.AttemptStarted{Attempt: 1, Recipients: []string{"gone@dest.test"}}},
+			{Envelope: "P.1", Payload: events.Attempted{Attempt: 1, Host: "mx.dest.test:25", TLS: "TLS1.3",
+				Results: []events.RcptResult{{Recipient: "gone@dest.test", Code: 550, Enhanced: "5.1.1", Message: "no such user"}}}},
+			{Envelope: "P.1", Payload: events.Bounced{Recipients: []string{"gone@dest.test"}, Reason: "550 5.1.1 no such user", DSN: "D1"}},
+		},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	page := f.do(t, "GET", "/messages/P", nil, bearer).Body.String()
+	for _, want := range []string{`href="/messages/D1"`, "Bounced", "host: mx.dest.test:25", "5.1.1", "no such user", "P.1", "Subject", "to bounce", `<span class="ok">verified</span>`} {
+		if !strings.Contains(page, want) {
+			t.Errorf("story of P lacks %q", want)
+		}
+	}
+}

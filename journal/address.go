@@ -47,14 +47,23 @@ func addressesOf(p events.Received) []string {
 	return out
 }
 
-// stageAddresses adds e's address keys to b when e is a Received.
-func stageAddresses(b *pebble.Batch, e events.Event) error {
+// addressKeys are e's address index keys (none unless e is a Received).
+func addressKeys(e events.Event) [][]byte {
 	p, ok := e.Payload.(events.Received)
 	if !ok {
 		return nil
 	}
+	var keys [][]byte
 	for _, a := range addressesOf(p) {
-		if err := b.Set(addressKey(a, e.Seq), []byte(e.Envelope), nil); err != nil {
+		keys = append(keys, addressKey(a, e.Seq))
+	}
+	return keys
+}
+
+// stageAddresses adds e's address keys to b.
+func stageAddresses(b *pebble.Batch, e events.Event) error {
+	for _, k := range addressKeys(e) {
+		if err := b.Set(k, []byte(e.Envelope), nil); err != nil {
 			return err
 		}
 	}
@@ -63,12 +72,8 @@ func stageAddresses(b *pebble.Batch, e events.Event) error {
 
 // unstageAddresses deletes what stageAddresses added for e.
 func unstageAddresses(b *pebble.Batch, e events.Event) error {
-	p, ok := e.Payload.(events.Received)
-	if !ok {
-		return nil
-	}
-	for _, a := range addressesOf(p) {
-		if err := b.Delete(addressKey(a, e.Seq), nil); err != nil {
+	for _, k := range addressKeys(e) {
+		if err := b.Delete(k, nil); err != nil {
 			return err
 		}
 	}

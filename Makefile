@@ -18,6 +18,9 @@ run: build
 # openssl, dnsmasq, spamd) when they are missing, then runs every test with -race.
 test: deps lint
 	$(GO) test -race -count=1 -timeout 20m ./...
+	# The cluster's in-process tests, without -race: protoactor-go's cluster
+	# has data races of its own (scaleout/node_test.go).
+	$(GO) test -count=1 -timeout 5m ./scaleout/
 	$(MAKE) fuzz-brief
 
 # A few seconds of coverage-guided fuzzing of the SMTP session (go-smtp's

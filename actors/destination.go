@@ -55,7 +55,13 @@ func newDestination(o Options, ctx context.Context, key string, sup *actor.PID) 
 	if o.Shaping != nil {
 		perConn = o.Shaping(key).MaxMessagesPerConnection
 	}
-	return &destination{o: o, ctx: ctx, key: key, sup: sup, pool: mxrelay.NewPool(o.IdleTimeout, perConn)}
+	pool := mxrelay.NewPool(o.IdleTimeout, perConn)
+	if o.Gate != nil {
+		if g := o.Gate(key); g != nil {
+			pool.SetGate(g)
+		}
+	}
+	return &destination{o: o, ctx: ctx, key: key, sup: sup, pool: pool}
 }
 
 // destinationIdle is how long a destination actor waits with nothing to do
@@ -111,6 +117,13 @@ func deliverSafely(ctx context.Context, relay mxrelay.Relay, m mxrelay.Message, 
 			}
 		}
 	}()
+	if err := pool.Admit(ctx); err != nil {
+		res = mxrelay.Result{Rcpts: map[string]mxrelay.Outcome{}}
+		for _, rc := range m.Recipients {
+			res.Rcpts[rc] = mxrelay.TemporaryFailure(err.Error())
+		}
+		return res
+	}
 	return relay.Deliver(ctx, m, pool)
 }
 

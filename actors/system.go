@@ -71,6 +71,10 @@ type Options struct {
 	// and rate budget ([[relay.destinations]]); envelopes over budget wait
 	// in their destination's queue (held), never journaled as Deferred.
 	Shaping func(domain string) Shaping
+	// Gate, if set, gives a destination domain's connection pool a gate
+	// (package scaleout: cluster-wide connection and rate leases); nil
+	// from it, or no Gate, leaves the limits to this process.
+	Gate func(domain string) mxrelay.Gate
 	// IdleTimeout is how long an outbound connection is kept for reuse.
 	IdleTimeout time.Duration
 	// DropBodies deletes a stored body once no live envelope needs it

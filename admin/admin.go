@@ -10,6 +10,7 @@
 //	GET  /debug/pprof/...               Go's profiler, with Deps.Pprof ([admin] pprof)
 //	GET  /journal/head                  {"seq": n, "sha256": hex}: the chain's head
 //	GET  /journal/anchor?seq=&sha256=   200 when the journal extends that head, else 409
+//	GET  /cluster                       the cluster's members (scaleout.Status), 404 without [cluster]
 //	GET  /bodies/{key}/sha256           {"sha256": hex} of a stored body (404: none)
 //	POST /queue/retry?id=ID|all         journal RetryRequested and retry now
 //	POST /queue/delete?id=ID            journal Deleted
@@ -81,6 +82,10 @@ type Deps struct {
 	// console decides which paths, and checks the token itself: a page
 	// also takes the session cookie that its login sets).
 	Console http.Handler
+	// Cluster, when set, answers GET /cluster (the cluster's members as
+	// this node sees them); Readiness adds lines to /readyz.
+	Cluster   func() any
+	Readiness func() []string
 }
 
 // New returns the admin API handler.
@@ -101,6 +106,18 @@ func New(d Deps) http.Handler {
 			return
 		}
 		fmt.Fprintln(w, "ready")
+		if d.Readiness != nil {
+			for _, l := range d.Readiness() {
+				fmt.Fprintln(w, l)
+			}
+		}
+	})
+	mux.HandleFunc("GET /cluster", func(w http.ResponseWriter, _ *http.Request) {
+		if d.Cluster == nil {
+			http.Error(w, "this node is not in a cluster ([cluster] etcd is empty)", http.StatusNotFound)
+			return
+		}
+		writeJSON(w, d.Cluster())
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(d.Metrics.Registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /queue", func(w http.ResponseWriter, r *http.Request) {

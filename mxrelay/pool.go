@@ -16,6 +16,7 @@ type Pool struct {
 	closed  bool
 	stop    chan struct{}
 	started bool
+	gate    Gate // nil: no cluster-wide limit
 }
 
 type pooled struct {
@@ -24,6 +25,7 @@ type pooled struct {
 	since time.Time
 	uses  int // transactions run on it
 	sec   Security
+	lease Lease // released when the connection closes
 }
 
 // NewPool returns a pool that keeps connections idle for at most idle; a
@@ -44,7 +46,7 @@ func (p *Pool) get(addr string) *pooled {
 	for len(list) > 0 {
 		pc := list[len(list)-1]
 		list = list[:len(list)-1]
-		if time.Since(pc.since) < p.idle {
+		if time.Since(pc.since) < p.idle && pc.lease.Valid() {
 			p.conns[addr] = list
 			return pc
 		}
@@ -107,7 +109,7 @@ func (p *Pool) janitor() {
 		for addr, list := range p.conns {
 			keep := list[:0]
 			for _, pc := range list {
-				if time.Since(pc.since) >= p.idle {
+				if time.Since(pc.since) >= p.idle || !pc.lease.Valid() {
 					go pc.close()
 				} else {
 					keep = append(keep, pc)
@@ -142,6 +144,8 @@ func (p *Pool) Close() {
 	}
 }
 
+// close says QUIT and then gives the connection's lease back.
 func (pc *pooled) close() {
 	pc.c.quit()
+	pc.lease.Release()
 }

@@ -29,8 +29,21 @@ func deliverHost(ctx context.Context, o Options, addr string, useAuth bool, m Me
 			return Result{Host: addr, TLS: pc.tls, Rcpts: out, Reused: true, Security: pc.sec}
 		}
 		pc.c.close() // the peer closed it while idle: dial afresh
+		pc.lease.Release()
 	}
 	res = Result{Host: addr}
+	lease, err := pool.lease(ctx)
+	if err != nil {
+		res.Rcpts = allRcpts(m.Recipients, temporary("%s: %v", addr, err))
+		return res
+	}
+	// The lease goes with the connection into the pool; otherwise it is
+	// given back when this function returns (the connection closed).
+	defer func() {
+		if lease != nil {
+			lease.Release()
+		}
+	}()
 	var st *Security
 	if sec != nil {
 		cp := sec.Security
@@ -88,7 +101,8 @@ func deliverHost(ctx context.Context, o Options, addr string, useAuth bool, m Me
 	out, healthy := transaction(c, m)
 	res.Rcpts = out
 	if healthy && stop() {
-		pc := &pooled{c: c, tls: tlsVersion}
+		pc := &pooled{c: c, tls: tlsVersion, lease: lease}
+		lease = nil
 		if st != nil {
 			pc.sec = *st
 			if pc.sec.Result == "" {

@@ -45,6 +45,19 @@ type Config struct {
 	Policies      PoliciesConfig    `toml:"policies"`
 	Admin         AdminConfig       `toml:"admin"`
 	Log           LogConfig         `toml:"log"`
+	Cluster       ClusterConfig     `toml:"cluster"`
+}
+
+// ClusterConfig joins several nodes into one cluster (docs/SCALING.md).
+// Without etcd endpoints the node runs alone and no cluster code runs.
+type ClusterConfig struct {
+	Name      string   `toml:"name"`      // unique; default: hostname
+	Etcd      []string `toml:"etcd"`      // etcd endpoints; empty: a single node
+	Advertise string   `toml:"advertise"` // host:port of this node's cluster endpoint (also bound)
+	// LeaseTTL is how long a destination's connection lease lasts unless
+	// renewed (every third of it); a grain that moves waits this long
+	// before it grants new leases.
+	LeaseTTL Duration `toml:"lease_ttl"`
 }
 
 type SubmissionConfig struct {
@@ -357,7 +370,8 @@ func Defaults() Config {
 			SpamAction: "tag", SpamTimeout: dur("10s")},
 		Admin: AdminConfig{Listen: "127.0.0.1:8025", MetricsPublic: true},
 		HTTP:  HTTPConfig{Listen: "127.0.0.1:2580"}, Webhooks: []WebhookConfig{},
-		Log: LogConfig{Format: "console", Level: "info"},
+		Log:     LogConfig{Format: "console", Level: "info"},
+		Cluster: ClusterConfig{Etcd: []string{}, LeaseTTL: dur("10s")},
 	}
 }
 
@@ -398,6 +412,9 @@ func LoadConfig(path string) (Config, error) {
 	if c.Policies.Postmaster == "" {
 		c.Policies.Postmaster = "postmaster@" + c.Hostname
 	}
+	if c.Cluster.Name == "" {
+		c.Cluster.Name = c.Hostname
+	}
 	return c, c.Validate()
 }
 
@@ -414,6 +431,9 @@ func (c *Config) Validate() error {
 		}
 	}
 	if err := c.Journal.MinFree.check("journal.min_free"); err != nil {
+		return err
+	}
+	if err := c.Cluster.validate(); err != nil {
 		return err
 	}
 	if err := c.Limits.BodyMemory.check("limits.body_memory"); err != nil {
@@ -716,4 +736,31 @@ func durations(ds []Duration) []time.Duration {
 		out[i] = d.Duration
 	}
 	return out
+}
+
+func (c ClusterConfig) validate() error {
+	if err := c.LeaseTTL.check("cluster.lease_ttl"); err != nil {
+		return err
+	}
+	if len(c.Etcd) == 0 {
+		return nil
+	}
+	if c.LeaseTTL.Duration < time.Second {
+		return configErrorf("cluster.lease_ttl must be at least 1s")
+	}
+	if !hostnameRE.MatchString(c.Name) || strings.Contains(c.Name, "@") {
+		return configErrorf("cluster.name %q must be a host-name-like word, unique in the cluster", c.Name)
+	}
+	for i, e := range c.Etcd {
+		if _, _, err := net.SplitHostPort(e); err != nil {
+			return configErrorf("cluster.etcd[%d] %q is not host:port", i, e)
+		}
+	}
+	if c.Advertise == "" {
+		return configErrorf("cluster.advertise is required with cluster.etcd (this node's host:port for the other nodes)")
+	}
+	if _, p, err := net.SplitHostPort(c.Advertise); err != nil || p == "0" {
+		return configErrorf("cluster.advertise %q is not host:port with a fixed port", c.Advertise)
+	}
+	return nil
 }

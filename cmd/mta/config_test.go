@@ -19,7 +19,8 @@ func TestDefaultsMatchSpec(t *testing.T) {
 		c.Limits.MaxAuthFailuresPerIP != 10 || c.Queue.MaxAge.Duration != 120*time.Hour || len(c.Queue.Retry) != 7 ||
 		c.Queue.Retry[0].Duration != time.Minute || c.Policies.Split != "domain" || !c.Auth.RequireSenderOwnership ||
 		c.Journal.MinFree.Bytes != 256<<20 || c.ShutdownGrace.Duration != 30*time.Second || c.Queue.DelayWarning.Duration != 4*time.Hour ||
-		c.Relay.ConnectTimeout.Duration != 20*time.Second || c.Relay.IdleTimeout.Duration != 30*time.Second || c.Hostname == "" {
+		c.Relay.ConnectTimeout.Duration != 20*time.Second || c.Relay.IdleTimeout.Duration != 30*time.Second || c.Hostname == "" ||
+		len(c.Cluster.Etcd) != 0 || c.Cluster.Name != c.Hostname || c.Cluster.Advertise != "" || c.Cluster.LeaseTTL.Duration != 10*time.Second {
 		t.Fatalf("defaults: %+v", c)
 	}
 	if c.UsersFile() != filepath.Join("./mta-data", "users") {
@@ -30,24 +31,27 @@ func TestDefaultsMatchSpec(t *testing.T) {
 func TestConfigErrorsNameTheKey(t *testing.T) {
 	dir := t.TempDir()
 	for body, want := range map[string]string{
-		"[queue]\nretry = [\"1m\", \"often\"]\n":                   "queue.retry",
-		"[queue]\nmax_age = \"-1h\"\n":                             "queue.max_age",
-		"[submission]\ntrusted_networks = [\"10.0.0.0/33\"]\n":     "submission.trusted_networks",
-		"[tls]\ncert = \"/x.pem\"\n":                               "tls.cert and tls.key",
-		"[policies]\nsplit = \"sender\"\n":                         "policies.split",
-		"[[policies.forward]]\npattern = \"(\"\nreplace = \"x\"\n": "policies.forward[0].pattern",
-		"[[policies.dkim]]\ndomain = \"x.test\"\n":                 "policies.dkim[0]",
-		"[policies]\nspamassassin_action = \"quarantine\"\n":       "policies.spamassassin_action",
-		"[log]\nformat = \"xml\"\n":                                "log.format",
-		"hostname = \"bad host\"\n":                                "hostname",
-		"[admin]\nlisten = \"8025\"\n":                             "admin.listen",
-		"[relay]\nmx_port = 70000\n":                               "relay.mx_port",
-		"[limits]\nmax_recipients = 0\n":                           "limits.max_recipients",
-		"[relay]\ntls = \"sometimes\"\n":                           "relay.tls",
-		"[relay]\ndns_servers = [\"8.8.8.8\"]\n":                   "relay.dns_servers",
-		"[unknown_section]\nx = 1\n":                               "unknown key",
-		"[journal]\nmin_free = \"lots\"\n":                         "journal.min_free",
-		"[journal]\nmin_free = -5\n":                               "journal.min_free",
+		"[queue]\nretry = [\"1m\", \"often\"]\n":                              "queue.retry",
+		"[queue]\nmax_age = \"-1h\"\n":                                        "queue.max_age",
+		"[submission]\ntrusted_networks = [\"10.0.0.0/33\"]\n":                "submission.trusted_networks",
+		"[tls]\ncert = \"/x.pem\"\n":                                          "tls.cert and tls.key",
+		"[policies]\nsplit = \"sender\"\n":                                    "policies.split",
+		"[[policies.forward]]\npattern = \"(\"\nreplace = \"x\"\n":            "policies.forward[0].pattern",
+		"[[policies.dkim]]\ndomain = \"x.test\"\n":                            "policies.dkim[0]",
+		"[policies]\nspamassassin_action = \"quarantine\"\n":                  "policies.spamassassin_action",
+		"[log]\nformat = \"xml\"\n":                                           "log.format",
+		"hostname = \"bad host\"\n":                                           "hostname",
+		"[admin]\nlisten = \"8025\"\n":                                        "admin.listen",
+		"[relay]\nmx_port = 70000\n":                                          "relay.mx_port",
+		"[limits]\nmax_recipients = 0\n":                                      "limits.max_recipients",
+		"[relay]\ntls = \"sometimes\"\n":                                      "relay.tls",
+		"[relay]\ndns_servers = [\"8.8.8.8\"]\n":                              "relay.dns_servers",
+		"[unknown_section]\nx = 1\n":                                          "unknown key",
+		"[journal]\nmin_free = \"lots\"\n":                                    "journal.min_free",
+		"[journal]\nmin_free = -5\n":                                          "journal.min_free",
+		"[cluster]\netcd = [\"127.0.0.1:2379\"]\n":                            "cluster.advertise",
+		"[cluster]\netcd = [\"localhost\"]\nadvertise = \"127.0.0.1:7000\"\n": "cluster.etcd[0]",
+		"[cluster]\nlease_ttl = \"soon\"\n":                                   "cluster.lease_ttl",
 	} {
 		p := filepath.Join(dir, "c.toml")
 		os.WriteFile(p, []byte(body), 0o644)

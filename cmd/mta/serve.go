@@ -248,6 +248,13 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 		return configErrorf("%v", err)
 	}
 	trusted, _ := cfg.TrustedNetworks()
+	node, err := startClusterNode(cfg, q, metrics, log)
+	if err != nil {
+		return err
+	}
+	if node != nil {
+		defer node.Stop() // after the actors: deliveries give their leases back first
+	}
 
 	sys, err := actors.Start(actors.Options{
 		Journal: j, Queue: q, Relay: relay, Hostname: cfg.Hostname,
@@ -255,7 +262,7 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 			AddReceived: cfg.Policies.AddReceivedHeader, ReceivedAuthUser: cfg.Policies.ReceivedAuthUser, Split: cfg.Policies.Split, Forward: forward, DKIM: dkimKeys},
 		Retry: durations(cfg.Queue.Retry), MaxAge: cfg.Queue.MaxAge.Duration, DelayWarning: cfg.Queue.DelayWarning.Duration, Logger: log.Named("queue"),
 		MaxConnectionsPerDomain: cfg.Relay.MaxConnectionsPerDomain, Shaping: shaping(cfg.Relay.Destinations), IdleTimeout: cfg.Relay.IdleTimeout.Duration,
-		DropBodies: !cfg.Queue.KeepBodies,
+		DropBodies: !cfg.Queue.KeepBodies, Gate: clusterGate(node, cfg.Relay),
 	})
 	if err != nil {
 		return err
@@ -312,7 +319,7 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 		consoleH := console.New(console.Deps{Journal: j, Queue: q, Actors: sys, Activity: activity, Token: token, Log: log.Named("console")})
 		adminSrv = &http.Server{Handler: admin.New(admin.Deps{Journal: j, Queue: q, Actors: sys, Metrics: metrics, State: &state,
 			Token: token, MetricsPublic: cfg.Admin.MetricsPublic, Pprof: cfg.Admin.Pprof, Health: hooksHealth(hooks), KeepBodies: cfg.Queue.KeepBodies, Retention: retention, Log: log.Named("admin"),
-			Console: consoleH}),
+			Console: consoleH, Cluster: clusterStatus(node), Readiness: clusterReadiness(node)}),
 			ReadHeaderTimeout: 10 * time.Second}
 		adminSrv.RegisterOnShutdown(consoleH.Stop) // Shutdown waits for open streams
 		go adminSrv.Serve(adminLn)

@@ -85,11 +85,7 @@ func openSource(cfg Config, mode access) (source, error) {
 	if cfg.Admin.Listen == "" {
 		return nil, fmt.Errorf("the server holds the journal and admin.listen is empty, so it cannot be asked")
 	}
-	token, err := adminToken(cfg, false)
-	if err != nil {
-		return nil, err
-	}
-	return &adminSource{base: "http://" + cfg.Admin.Listen, token: token, client: &http.Client{Timeout: 5 * time.Minute}}, nil
+	return adminClient(cfg)
 }
 
 // emptySource stands for a data_dir without a journal yet.

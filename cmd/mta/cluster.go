@@ -1,0 +1,145 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+
+	"github.com/ledgermail/ledgermail/mxrelay"
+	"github.com/ledgermail/ledgermail/projections"
+	"github.com/ledgermail/ledgermail/scaleout"
+)
+
+// startClusterNode joins the cluster when [cluster] etcd is set; nil
+// otherwise (a single node runs no cluster code).
+func startClusterNode(cfg Config, q *projections.Queue, metrics *projections.Metrics, log *zap.Logger) (*scaleout.Node, error) {
+	cc := cfg.Cluster
+	if len(cc.Etcd) == 0 {
+		return nil, nil
+	}
+	n, err := scaleout.Start(scaleout.Options{Name: cc.Name, Etcd: cc.Etcd, Advertise: cc.Advertise, LeaseTTL: cc.LeaseTTL.Duration,
+		Live: q.Len, Registry: metrics.Registry, Log: log.Named("cluster")})
+	if err != nil {
+		return nil, fmt.Errorf("cluster: %w", err)
+	}
+	return n, nil
+}
+
+// clusterGate gives each destination's pool the cluster's leases: its
+// max_connections ([[relay.destinations]], else max_connections_per_domain)
+// and rate hold across all nodes.
+func clusterGate(n *scaleout.Node, rc RelayConfig) func(string) mxrelay.Gate {
+	if n == nil {
+		return nil
+	}
+	shape := shaping(rc.Destinations)
+	return func(domain string) mxrelay.Gate {
+		s := shape(domain)
+		limit := s.MaxConnections
+		if limit <= 0 {
+			limit = rc.MaxConnectionsPerDomain
+		}
+		return n.Gate(domain, limit, float64(s.Rate))
+	}
+}
+
+func clusterStatus(n *scaleout.Node) func() any {
+	if n == nil {
+		return nil
+	}
+	return func() any { return n.Status(3 * time.Second) }
+}
+
+func clusterReadiness(n *scaleout.Node) func() []string {
+	if n == nil {
+		return nil
+	}
+	return n.Readiness
+}
+
+func newClusterCmd() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "cluster",
+		Short: "the cluster this node belongs to ([cluster] etcd)",
+	}
+	var path string
+	var asJSON bool
+	status := &cobra.Command{
+		Use:   "status [-c FILE] [--json]",
+		Short: "members of the cluster, whether each answers, and their live envelopes (asks the running server)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := LoadConfig(path)
+			if err != nil {
+				return err
+			}
+			a, err := adminClient(cfg)
+			if err != nil {
+				return err
+			}
+			resp, err := a.do("GET", "/cluster")
+			if err != nil {
+				return err
+			}
+			defer resp.Body.Close()
+			body, err := io.ReadAll(resp.Body)
+			if err != nil {
+				return fmt.Errorf("read the server's answer: %w", err)
+			}
+			if resp.StatusCode != http.StatusOK {
+				return fmt.Errorf("server: %s", strings.TrimSpace(string(body)))
+			}
+			var st scaleout.Status
+			if err := json.Unmarshal(body, &st); err != nil {
+				return fmt.Errorf("server: bad answer: %w", err)
+			}
+			if asJSON {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(st)
+			}
+			return writeClusterStatus(cmd.OutOrStdout(), st)
+		},
+	}
+	status.Flags().StringVarP(&path, "config", "c", "", "config file (TOML); default: embedded defaults")
+	status.Flags().BoolVar(&asJSON, "json", false, `print {"members": [{"name", "address", "alive", "live_envelopes"}], ...}`)
+	c.AddCommand(status)
+	return c
+}
+
+func writeClusterStatus(w io.Writer, st scaleout.Status) error {
+	etcd := "reachable"
+	if !st.EtcdUp {
+		etcd = "UNREACHABLE (this node delivers within its own limits)"
+	}
+	fmt.Fprintf(w, "node %s; etcd %s\n", st.Self, etcd)
+	tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tADDRESS\tALIVE\tLIVE ENVELOPES")
+	for _, m := range st.Members {
+		alive := "yes"
+		if !m.Alive {
+			alive = "no: " + m.Error
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\n", m.Name, m.Address, alive, m.LiveEnvelopes)
+	}
+	return tw.Flush()
+}
+
+// adminClient asks the running server's admin API.
+func adminClient(cfg Config) (*adminSource, error) {
+	if cfg.Admin.Listen == "" {
+		return nil, fmt.Errorf("admin.listen is empty, so the server cannot be asked")
+	}
+	token, err := adminToken(cfg, false)
+	if err != nil {
+		return nil, err
+	}
+	return &adminSource{base: "http://" + cfg.Admin.Listen, token: token, client: &http.Client{Timeout: 5 * time.Minute}}, nil
+}

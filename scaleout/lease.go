@@ -1,0 +1,283 @@
+package scaleout
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"github.com/asynkron/protoactor-go/cluster"
+	"go.uber.org/zap"
+	"golang.org/x/time/rate"
+
+	"github.com/ledgermail/ledgermail/mxrelay"
+)
+
+// destinationKind is the grain kind that owns one destination domain's
+// limits; its identity is the domain.
+const destinationKind = "destination"
+
+// leaseReq is what a node asks a destination grain.
+type leaseReq struct {
+	Op     string        `json:"op"` // acquire, renew, release, message
+	Domain string        `json:"domain"`
+	Node   string        `json:"node"`
+	Lease  string        `json:"lease,omitempty"`
+	Limit  int           `json:"limit,omitempty"` // max_connections
+	Rate   float64       `json:"rate,omitempty"`  // messages per second; 0: none
+	TTL    time.Duration `json:"ttl"`
+}
+
+// leaseResp is a grain's answer.
+type leaseResp struct {
+	Granted bool          `json:"granted"`
+	Lease   string        `json:"lease,omitempty"`
+	Retry   time.Duration `json:"retry,omitempty"` // ask again after this
+	Reason  string        `json:"reason,omitempty"`
+}
+
+// grain owns one destination's connection leases and rate budget for the
+// whole cluster.
+type grain struct {
+	started time.Time
+	leases  map[string]grantInfo
+	lim     *rate.Limiter
+	rate    float64
+}
+
+type grantInfo struct {
+	node    string
+	expires time.Time
+}
+
+func newGrain() *grain { return &grain{leases: map[string]grantInfo{}} }
+
+func (g *grain) Receive(c actor.Context) {
+	if _, ok := c.Message().(*actor.Started); ok {
+		g.started = time.Now()
+		return
+	}
+	var req leaseReq
+	if _, ok := op(c.Message()); !ok || unwrap(c.Message(), &req) != nil {
+		return
+	}
+	c.Respond(wrap(g.handle(req, time.Now())))
+}
+
+// retryBusy is when a node asks again after all connections were taken.
+const retryBusy = 100 * time.Millisecond
+
+func (g *grain) handle(req leaseReq, now time.Time) leaseResp {
+	for id, l := range g.leases {
+		if !now.Before(l.expires) {
+			delete(g.leases, id)
+		}
+	}
+	switch req.Op {
+	case "acquire":
+		// A new activation does not know the leases its predecessor
+		// granted: for one TTL it only adopts them as they are renewed.
+		if warm := g.started.Add(req.TTL); now.Before(warm) {
+			return leaseResp{Retry: warm.Sub(now), Reason: "the destination's grain has just been activated"}
+		}
+		if len(g.leases) >= req.Limit {
+			return leaseResp{Retry: retryBusy, Reason: fmt.Sprintf("all %d connections of the cluster are in use", req.Limit)}
+		}
+		id := newLeaseID(req.Node)
+		g.leases[id] = grantInfo{node: req.Node, expires: now.Add(req.TTL)}
+		return leaseResp{Granted: true, Lease: id}
+	case "renew":
+		if _, ok := g.leases[req.Lease]; !ok && len(g.leases) >= req.Limit {
+			return leaseResp{Reason: "lease expired and the limit is reached"}
+		}
+		g.leases[req.Lease] = grantInfo{node: req.Node, expires: now.Add(req.TTL)}
+		return leaseResp{Granted: true, Lease: req.Lease}
+	case "release":
+		delete(g.leases, req.Lease)
+		return leaseResp{Granted: true}
+	case "message":
+		if req.Rate <= 0 {
+			return leaseResp{Granted: true}
+		}
+		if g.lim == nil || g.rate != req.Rate {
+			g.lim, g.rate = rate.NewLimiter(rate.Limit(req.Rate), 1), req.Rate
+		}
+		if g.lim.AllowN(now, 1) {
+			return leaseResp{Granted: true}
+		}
+		r := g.lim.ReserveN(now, 1)
+		d := r.DelayFrom(now)
+		r.CancelAt(now)
+		return leaseResp{Retry: d, Reason: "the cluster's rate budget is spent"}
+	}
+	return leaseResp{Reason: "unknown request " + req.Op}
+}
+
+func newLeaseID(node string) string {
+	var b [8]byte
+	rand.Read(b[:])
+	return node + "-" + hex.EncodeToString(b[:])
+}
+
+// Gate returns the gate of one destination domain for its connection pool:
+// connection leases of at most limit connections and, when perSecond > 0,
+// a rate budget, both cluster-wide.
+func (n *Node) Gate(domain string, limit int, perSecond float64) mxrelay.Gate {
+	return &gate{n: n, domain: domain, limit: limit, rate: perSecond}
+}
+
+type gate struct {
+	n      *Node
+	domain string
+	limit  int
+	rate   float64
+}
+
+// ask sends one request to the domain's grain.
+func (g *gate) ask(req leaseReq) (leaseResp, error) {
+	req.Domain, req.Node, req.Limit, req.Rate, req.TTL = g.domain, g.n.o.Name, g.limit, g.rate, g.n.o.LeaseTTL
+	res, err := g.n.c.Request(g.domain, destinationKind, wrap(req), cluster.WithTimeout(2*time.Second))
+	if err != nil {
+		return leaseResp{}, err
+	}
+	if res == nil {
+		return leaseResp{}, errors.New("no answer from the destination's grain")
+	}
+	var out leaseResp
+	return out, unwrap(res, &out)
+}
+
+// wait asks with req until it is granted, the node works alone (granted
+// locally), or ctx ends.
+func (g *gate) wait(ctx context.Context, req leaseReq) (leaseResp, bool, error) {
+	var last string
+	for {
+		if g.n.alone() {
+			return leaseResp{}, false, nil
+		}
+		retry := retryBusy
+		if g.n.Clustered() {
+			res, err := g.ask(req)
+			switch {
+			case err != nil:
+				last = err.Error()
+			case res.Granted:
+				return res, true, nil
+			default:
+				last = res.Reason
+				if res.Retry > 0 {
+					retry = res.Retry
+				}
+			}
+		} else {
+			last = "not yet a member of the cluster"
+		}
+		t := time.NewTimer(retry)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return leaseResp{}, false, fmt.Errorf("%s: %w", last, ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+func (g *gate) Connection(ctx context.Context) (mxrelay.Lease, error) {
+	res, clustered, err := g.wait(ctx, leaseReq{Op: "acquire"})
+	if err != nil {
+		return nil, err
+	}
+	if !clustered {
+		return localLease{}, nil
+	}
+	l := &lease{g: g, id: res.Lease, done: make(chan struct{})}
+	l.extend(time.Now())
+	go l.keep()
+	return l, nil
+}
+
+func (g *gate) Message(ctx context.Context) error {
+	if g.rate <= 0 {
+		return nil
+	}
+	_, _, err := g.wait(ctx, leaseReq{Op: "message"})
+	return err
+}
+
+// localLease is what a node that works alone uses: its own limits apply.
+type localLease struct{}
+
+func (localLease) Valid() bool { return true }
+func (localLease) Release()    {}
+
+// lease is one connection lease from a grain, renewed in the background
+// every third of its TTL until released; Valid turns false once a renewal
+// was refused or it ran out.
+type lease struct {
+	g       *gate
+	id      string
+	mu      sync.Mutex
+	expires time.Time
+	revoked bool
+	once    sync.Once
+	done    chan struct{}
+}
+
+func (l *lease) extend(now time.Time) {
+	l.mu.Lock()
+	l.expires = now.Add(l.g.n.o.LeaseTTL)
+	l.mu.Unlock()
+}
+
+func (l *lease) Valid() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return !l.revoked && time.Now().Before(l.expires)
+}
+
+func (l *lease) keep() {
+	t := time.NewTicker(l.g.n.o.LeaseTTL / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-l.done:
+			return
+		case <-t.C:
+		}
+		now := time.Now()
+		res, err := l.g.ask(leaseReq{Op: "renew", Lease: l.id})
+		switch {
+		case err != nil:
+			l.g.n.o.Log.Debug("connection lease not renewed", zap.String("domain", l.g.domain), zap.Error(err))
+		case res.Granted:
+			l.extend(now)
+		default:
+			l.mu.Lock()
+			l.revoked = true
+			l.mu.Unlock()
+			l.g.n.o.Log.Info("connection lease revoked", zap.String("domain", l.g.domain), zap.String("reason", res.Reason))
+			return
+		}
+	}
+}
+
+// Release gives the lease back (once), after its connection closed.
+func (l *lease) Release() {
+	l.once.Do(func() {
+		close(l.done)
+		l.mu.Lock()
+		l.revoked = true
+		l.mu.Unlock()
+		// In the background: the connection is closed already, and a lease
+		// not given back only keeps its slot until it expires.
+		go func() {
+			if _, err := l.g.ask(leaseReq{Op: "release", Lease: l.id}); err != nil {
+				l.g.n.o.Log.Debug("connection lease not released (it expires)", zap.String("domain", l.g.domain), zap.Error(err))
+			}
+		}()
+	})
+}

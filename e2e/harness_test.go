@@ -144,6 +144,7 @@ type server struct {
 	logFile  string
 	logFiles []string
 	waitDone chan error
+	bin      string // the mta binary; "" = mtaBin
 }
 
 type serverOpts struct {
@@ -307,7 +308,11 @@ func (s *server) startNoWait(extra ...string) {
 		s.t.Fatal(err)
 	}
 	defer f.Close()
-	s.cmd = exec.Command(mtaBin, append([]string{"serve", "-c", s.config}, extra...)...)
+	bin := mtaBin
+	if s.bin != "" {
+		bin = s.bin
+	}
+	s.cmd = exec.Command(bin, append([]string{"serve", "-c", s.config}, extra...)...)
 	s.cmd.Stdout, s.cmd.Stderr = f, f
 	if err := s.cmd.Start(); err != nil {
 		s.t.Fatal(err)

@@ -14,12 +14,13 @@ import (
 const bulkScript = `
 import smtplib, sys, threading
 host, port, domain, n, sessions = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), 8
+tag = sys.argv[5] if len(sys.argv) > 5 else ""
 ok, lock = [0], threading.Lock()
 def worker(k):
     s = smtplib.SMTP(host, port, timeout=60)
     s.ehlo("bulk.test")
     for i in range(k, n, sessions):
-        s.sendmail("bulk@example.test", ["user%d@%s" % (i, domain)], "Subject: bulk %d\r\n\r\nbulk\r\n" % i)
+        s.sendmail("bulk@example.test", ["user%d@%s" % (i, domain)], "Subject: bulk %s%d\r\n\r\nbulk\r\n" % (tag, i))
         with lock:
             ok[0] += 1
     s.quit()
@@ -29,10 +30,13 @@ for t in ts: t.join()
 print(ok[0])
 `
 
-func bulk(t *testing.T, s *server, domain string, n int) {
+func bulk(t *testing.T, s *server, domain string, n int) { t.Helper(); bulkTagged(t, s, domain, n, "") }
+
+// bulkTagged is bulk with subjects "bulk <tag><i>".
+func bulkTagged(t *testing.T, s *server, domain string, n int, tag string) {
 	t.Helper()
 	host, port, _ := strings.Cut(s.sub, ":")
-	if out := strings.TrimSpace(python(t, bulkScript, host, port, domain, fmt.Sprint(n))); out != fmt.Sprint(n) {
+	if out := strings.TrimSpace(python(t, bulkScript, host, port, domain, fmt.Sprint(n), tag)); out != fmt.Sprint(n) {
 		t.Fatalf("bulk to %s: %s of %d accepted", domain, out, n)
 	}
 }

@@ -69,11 +69,48 @@ func (p *Pool) put(addr string, pc *pooled) {
 		go pc.close()
 		return
 	}
+	if !pc.lease.Valid() {
+		go pc.close() // the cluster wants the connection back
+		return
+	}
 	pc.since = time.Now()
 	p.conns[addr] = append(p.conns[addr], pc)
+	if y, ok := pc.lease.(yielder); ok {
+		y.OnYield(func() { p.evict(addr, pc) })
+	}
 	if !p.started {
 		p.started = true
 		go p.janitor()
+	}
+}
+
+// yielder is a Lease that can ask for its connection back (package
+// scaleout: another node waits for one of the destination's connections).
+type yielder interface{ OnYield(fn func()) }
+
+// evict closes pc if it is idle in the pool; a connection in use is
+// closed when it comes back (its lease is no longer valid).
+func (p *Pool) evict(addr string, pc *pooled) {
+	p.mu.Lock()
+	list := p.conns[addr]
+	found := false
+	for i, c := range list {
+		if c == pc {
+			list = append(list[:i], list[i+1:]...)
+			found = true
+			break
+		}
+	}
+	if found {
+		if len(list) == 0 {
+			delete(p.conns, addr)
+		} else {
+			p.conns[addr] = list
+		}
+	}
+	p.mu.Unlock()
+	if found {
+		pc.close()
 	}
 }
 

@@ -38,6 +38,9 @@ type leaseResp struct {
 	Lease   string        `json:"lease,omitempty"`
 	Retry   time.Duration `json:"retry,omitempty"` // ask again after this
 	Reason  string        `json:"reason,omitempty"`
+	// Yield, on a renewal, asks the holder to close the connection once it
+	// is idle: another node waits for one.
+	Yield bool `json:"yield,omitempty"`
 }
 
 // grain owns one destination's connection leases and rate budget for the
@@ -47,6 +50,7 @@ type grain struct {
 	leases  map[string]grantInfo
 	lim     *rate.Limiter
 	rate    float64
+	refused time.Time // the last acquire refused for want of a free connection
 }
 
 type grantInfo struct {
@@ -85,6 +89,7 @@ func (g *grain) handle(req leaseReq, now time.Time) leaseResp {
 			return leaseResp{Retry: warm.Sub(now), Reason: "the destination's grain has just been activated"}
 		}
 		if len(g.leases) >= req.Limit {
+			g.refused = now
 			return leaseResp{Retry: retryBusy, Reason: fmt.Sprintf("all %d connections of the cluster are in use", req.Limit)}
 		}
 		id := newLeaseID(req.Node)
@@ -95,7 +100,9 @@ func (g *grain) handle(req leaseReq, now time.Time) leaseResp {
 			return leaseResp{Reason: "lease expired and the limit is reached"}
 		}
 		g.leases[req.Lease] = grantInfo{node: req.Node, expires: now.Add(req.TTL)}
-		return leaseResp{Granted: true, Lease: req.Lease}
+		// Someone was refused since the last round of renewals: idle
+		// connections make way.
+		return leaseResp{Granted: true, Lease: req.Lease, Yield: now.Sub(g.refused) < req.TTL/3+retryBusy}
 	case "release":
 		delete(g.leases, req.Lease)
 		return leaseResp{Granted: true}
@@ -223,6 +230,8 @@ type lease struct {
 	mu      sync.Mutex
 	expires time.Time
 	revoked bool
+	yield   bool
+	onYield []func()
 	once    sync.Once
 	done    chan struct{}
 }
@@ -236,7 +245,21 @@ func (l *lease) extend(now time.Time) {
 func (l *lease) Valid() bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return !l.revoked && time.Now().Before(l.expires)
+	return !l.revoked && !l.yield && time.Now().Before(l.expires)
+}
+
+// OnYield registers fn to run when the grain asks for the connection back
+// (another node waits): the pool closes the connection if it is idle.
+func (l *lease) OnYield(fn func()) {
+	l.mu.Lock()
+	y := l.yield
+	if !y {
+		l.onYield = append(l.onYield, fn)
+	}
+	l.mu.Unlock()
+	if y {
+		go fn() // the caller may hold the pool's lock
+	}
 }
 
 func (l *lease) keep() {
@@ -255,6 +278,16 @@ func (l *lease) keep() {
 			l.g.n.o.Log.Debug("connection lease not renewed", zap.String("domain", l.g.domain), zap.Error(err))
 		case res.Granted:
 			l.extend(now)
+			if res.Yield {
+				l.mu.Lock()
+				l.yield = true
+				fns := l.onYield
+				l.onYield = nil
+				l.mu.Unlock()
+				for _, fn := range fns {
+					fn()
+				}
+			}
 		default:
 			l.mu.Lock()
 			l.revoked = true

@@ -87,6 +87,12 @@ func TestMembershipAndLeases(t *testing.T) {
 	if _, ok := l1.(*lease); !ok {
 		t.Fatalf("a cluster member got a %T, not a cluster lease", l1)
 	}
+	// Leases outlive their TTL (1 s) while renewed.
+	granted := time.Now()
+	waitFor(t, 5*time.Second, "1.5 s to pass", func() bool { return time.Since(granted) > 1500*time.Millisecond })
+	if !l1.Valid() || !l2.Valid() {
+		t.Fatal("renewed leases are no longer valid")
+	}
 	short, cancelShort := context.WithTimeout(context.Background(), 2500*time.Millisecond)
 	defer cancelShort()
 	if l3, err := gb.Connection(short); err == nil {
@@ -94,9 +100,17 @@ func TestMembershipAndLeases(t *testing.T) {
 	} else if !strings.Contains(err.Error(), "all 2 connections") {
 		t.Fatalf("third lease refused for the wrong reason: %v", err)
 	}
-	// Leases outlive their TTL (1 s) while renewed.
-	if !l1.Valid() || !l2.Valid() {
-		t.Fatal("renewed leases are no longer valid")
+	// Another node waited: the holders are asked to give their connections
+	// back once idle (a pool then closes them).
+	yielded := make(chan struct{})
+	l1.(*lease).OnYield(func() { close(yielded) })
+	select {
+	case <-yielded:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a holder was not asked to yield within 5 s while another node waited")
+	}
+	if l1.Valid() {
+		t.Fatal("a lease asked to yield is still valid for reuse")
 	}
 	got3 := make(chan mxrelay.Lease, 1)
 	go func() {
@@ -164,11 +178,20 @@ func TestGrainRules(t *testing.T) {
 		t.Fatalf("third lease of two (one adopted): %+v", r)
 	}
 	// The adopted lease was renewed at t0+2s: it expires at t0+12s.
-	if r := g.handle(req("acquire", ""), t0.Add(12*time.Second)); !r.Granted {
-		t.Fatalf("an expired lease still counts: %+v", r)
+	fresh := g.handle(req("acquire", ""), t0.Add(12*time.Second))
+	if !fresh.Granted {
+		t.Fatalf("an expired lease still counts: %+v", fresh)
 	}
 	if r := g.handle(req("renew", "unknown"), t0.Add(12*time.Second)); r.Granted {
 		t.Fatalf("an unknown lease adopted over the limit: %+v", r)
+	}
+	// A node was just refused: the next renewal asks its holder to give
+	// the connection back when idle; long after, it does not.
+	if r := g.handle(req("renew", fresh.Lease), t0.Add(12500*time.Millisecond)); !r.Granted || !r.Yield {
+		t.Fatalf("renewal while another node waits: %+v", r)
+	}
+	if r := g.handle(req("renew", fresh.Lease), t0.Add(19*time.Second)); !r.Granted || r.Yield {
+		t.Fatalf("renewal with nobody waiting: %+v", r)
 	}
 	// Rate: one message per second.
 	m := leaseReq{Op: "message", Rate: 1, TTL: ttl}

@@ -128,19 +128,24 @@ func (p *Peer) serve() {
 			defer p.wg.Done()
 			defer c.Close()
 			now := p.active.Add(1)
-			defer p.active.Add(-1)
+			var once sync.Once
+			leave := func() { once.Do(func() { p.active.Add(-1) }) }
+			defer leave()
 			for {
 				peak := p.peak.Load()
 				if now <= peak || p.peak.CompareAndSwap(peak, now) {
 					break
 				}
 			}
-			p.session(c, n)
+			p.session(c, n, leave)
 		}()
 	}
 }
 
-func (p *Peer) session(c net.Conn, n int32) {
+// session runs one connection; leave is called when the client has said
+// QUIT, before the 221 goes out, so that a client which opens its next
+// connection only after the 221 is never counted twice.
+func (p *Peer) session(c net.Conn, n int32, leave func()) {
 	s := p.script
 	c.SetDeadline(time.Now().Add(30 * time.Second))
 	if s.Tarpit {
@@ -258,6 +263,7 @@ func (p *Peer) session(c net.Conn, n int32) {
 		case cmd == "RSET" || cmd == "NOOP":
 			w("250 2.0.0 ok")
 		case cmd == "QUIT":
+			leave()
 			w("221 2.0.0 bye")
 			return
 		default:

@@ -1,0 +1,196 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ledgermail/ledgermail/mxrelay/mxtest"
+	"github.com/ledgermail/ledgermail/scaleout/etcdtest"
+)
+
+var (
+	clusterBinOnce sync.Once
+	clusterBin     string
+	clusterBinErr  error
+)
+
+// mtaWithoutRace builds the mta binary without -race for the cluster's
+// tests: protoactor-go's cluster package has data races of its own (see
+// scaleout/node_test.go), which a -race binary would report as ours.
+func mtaWithoutRace(t *testing.T) string {
+	t.Helper()
+	clusterBinOnce.Do(func() {
+		clusterBin = filepath.Join(filepath.Dir(mtaBin), "mta-norace")
+		out, err := exec.Command("go", "build", "-o", clusterBin, "../cmd/mta").CombinedOutput()
+		if err != nil {
+			clusterBinErr = fmt.Errorf("build mta without -race: %v\n%s", err, out)
+		}
+	})
+	if clusterBinErr != nil {
+		t.Fatal(clusterBinErr)
+	}
+	return clusterBin
+}
+
+type clusterStatusJSON struct {
+	Self    string `json:"self"`
+	EtcdUp  bool   `json:"etcd_up"`
+	Members []struct {
+		Name          string `json:"name"`
+		Address       string `json:"address"`
+		Alive         bool   `json:"alive"`
+		LiveEnvelopes int    `json:"live_envelopes"`
+	} `json:"members"`
+}
+
+func (s *server) clusterStatus() (clusterStatusJSON, error) {
+	var st clusterStatusJSON
+	resp := s.adminGet("GET", "/cluster")
+	if resp == nil {
+		return st, fmt.Errorf("no answer")
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		return st, fmt.Errorf("%s: %s", resp.Status, b)
+	}
+	return st, json.Unmarshal(b, &st)
+}
+
+// clusterNode starts one node of a cluster: MX relay through dnsAddr to
+// port, slow.test limited to 2 connections, [cluster] on etcd.
+func clusterNode(t *testing.T, name, etcd, dnsAddr, port string) *server {
+	s := newServer(t, serverOpts{trusted: true, relay: `mode = "mx"
+dns_servers = ["` + dnsAddr + `"]
+mx_port = ` + port + `
+command_timeout = "60s"
+data_timeout = "60s"
+[[relay.destinations]]
+domain = "slow.test"
+max_connections = 2`, extra: fmt.Sprintf(`[cluster]
+name = %q
+etcd = [%q]
+advertise = %q
+lease_ttl = "2s"`, name, etcd, freePort(t))})
+	s.bin = mtaWithoutRace(t)
+	s.start()
+	return s
+}
+
+// Three nodes on one etcd share slow.test's max_connections = 2: with
+// messages submitted to every node at once, the destination never sees
+// more than 2 connections. One node is killed with -9 under that load and
+// started again: every acknowledged message still arrives, and the limit
+// held throughout. `mta cluster status` lists the three nodes.
+func TestClusterSharesDestinationLimit(t *testing.T) {
+	need(t, "etcd", "python3")
+	e := etcdtest.Start(t)
+	port := freePort(t)[len("127.0.0.1:"):]
+	slow, err := mxtest.Start(mxtest.Script{DataDelay: 200 * time.Millisecond}, "127.0.0.2:"+port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(slow.Close)
+	dnsAddr := startDNS(t, map[string][]string{
+		"slow.test.":    {"slow.test. 60 IN MX 10 mx.slow.test."},
+		"mx.slow.test.": {"mx.slow.test. 60 IN A 127.0.0.2"},
+	})
+	names := []string{"a", "b", "c"}
+	nodes := map[string]*server{}
+	for _, n := range names {
+		nodes[n] = clusterNode(t, n, e.Endpoint, dnsAddr, port)
+	}
+	waitFor(t, "every node to see three live members", 30*time.Second, func() bool {
+		for _, s := range nodes {
+			st, err := s.clusterStatus()
+			if err != nil || len(st.Members) != 3 {
+				return false
+			}
+			for _, m := range st.Members {
+				if !m.Alive {
+					return false
+				}
+			}
+		}
+		return true
+	})
+	t0 := time.Now()
+	out, _, code := nodes["a"].mta("", "cluster", "status", "-c", nodes["a"].config)
+	if code != 0 || !strings.Contains(out, "b ") || !strings.Contains(out, "etcd reachable") {
+		t.Fatalf("mta cluster status (exit %d):\n%s", code, out)
+	}
+
+	// 40 messages on each node, submitted at once.
+	const per = 40
+	var wg sync.WaitGroup
+	for _, n := range names {
+		wg.Add(1)
+		go func(n string) {
+			defer wg.Done()
+			bulkTagged(t, nodes[n], "slow.test", per, n)
+		}(n)
+	}
+	wg.Wait()
+	t.Logf("submitted after %s", time.Since(t0))
+	// Under load, b dies and comes back.
+	waitFor(t, "deliveries to be under way", 30*time.Second, func() bool { return len(slow.Messages()) >= 15 })
+	nodes["b"].kill()
+	nodes["b"].start()
+	t.Logf("b restarted after %s, %d delivered", time.Since(t0), len(slow.Messages()))
+
+	want := map[string]bool{}
+	for _, n := range names {
+		for i := 0; i < per; i++ {
+			want[fmt.Sprintf("Subject: bulk %s%d", n, i)] = true
+		}
+	}
+	missing := func() []string {
+		got := map[string]bool{}
+		for _, m := range slow.Messages() {
+			for _, l := range strings.Split(m, "\r\n") {
+				if strings.HasPrefix(l, "Subject: bulk ") {
+					got[l] = true
+				}
+			}
+		}
+		var out []string
+		for w := range want {
+			if !got[w] {
+				out = append(out, w)
+			}
+		}
+		return out
+	}
+	waitFor(t, "every acknowledged message at the destination", 120*time.Second, func() bool { return len(missing()) == 0 })
+	t.Logf("all delivered after %s", time.Since(t0))
+	if peak := slow.MaxConcurrent(); peak > 2 {
+		t.Fatalf("slow.test saw %d connections at once; the cluster's limit is 2", peak)
+	} else if peak < 2 {
+		t.Fatalf("slow.test saw at most %d connection at once: the limit of 2 was never used, so it was not tested", peak)
+	}
+	waitFor(t, "every node's queue to be empty", 30*time.Second, func() bool {
+		st, err := nodes["c"].clusterStatus()
+		if err != nil || len(st.Members) != 3 {
+			return false
+		}
+		for _, m := range st.Members {
+			if !m.Alive || m.LiveEnvelopes != 0 {
+				return false
+			}
+		}
+		return true
+	})
+	t.Logf("%d transactions for %d messages (a kill -9 may repeat one in flight); %d connections in all",
+		len(slow.Messages()), len(want), slow.Connections())
+	if os.Getenv("LEDGERMAIL_KEEP") != "" {
+		t.Log(nodes["a"].logText())
+	}
+}

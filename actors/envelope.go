@@ -99,7 +99,7 @@ func (a *envelope) start(c actor.Context) {
 		// Not expected (snapshots keep it); the history has it.
 		env, ok = a.fromJournal(c)
 	}
-	if !ok || !env.State.Live() {
+	if !ok || !env.State.Live() || env.State == projections.StateTransferring {
 		a.stop(c)
 		return
 	}

@@ -105,6 +105,36 @@ func (r *readyQueues) next() (key, id string, ok bool) {
 	return "", "", false
 }
 
+// remove takes id out of whichever lane holds it; it reports whether one
+// did.
+func (r *readyQueues) remove(id string) bool {
+	for key, q := range r.byKey {
+		for i, x := range q {
+			if x != id {
+				continue
+			}
+			q = append(q[:i:i], q[i+1:]...)
+			r.n--
+			if len(q) > 0 {
+				r.byKey[key] = q
+				return true
+			}
+			delete(r.byKey, key)
+			for j, k := range r.ring {
+				if k == key {
+					r.ring = append(r.ring[:j], r.ring[j+1:]...)
+					if r.cursor > j {
+						r.cursor--
+					}
+					break
+				}
+			}
+			return true
+		}
+	}
+	return false
+}
+
 // started and done count the envelope actors running for key.
 func (r *readyQueues) started(key string) { r.inflight[key]++ }
 

@@ -37,6 +37,11 @@ type (
 	// drain stops the supervisor from starting anything new; done is closed
 	// once no envelope actor runs.
 	drain struct{ done chan struct{} }
+	// withhold takes an envelope out of scheduling (a transfer to another
+	// node); the answer is false while an attempt of it runs.
+	withhold struct{ id string }
+	// release puts a withheld envelope back, ready now.
+	release struct{ id string }
 )
 
 type supervisor struct {
@@ -48,7 +53,9 @@ type supervisor struct {
 	routed map[string]int        // requests given to each delivery actor
 	active map[string]string     // envelope actors running -> their destination lane
 	again  map[string]bool       // became due while its actor was still running
-	timer  *time.Timer
+	// withheld envelopes are being handed to another node: never started.
+	withheld map[string]bool
+	timer    *time.Timer
 	// budgetTimer wakes fill when a rate-limited destination may go on.
 	budgetTimer *time.Timer
 	// drained is set by drain (shutdown): nothing new starts, and it is
@@ -60,7 +67,7 @@ type supervisor struct {
 
 func newSupervisor(o Options, ctx context.Context) *supervisor {
 	sup := &supervisor{o: o, ctx: ctx, ready: newReadyQueues(o.MaxConnectionsPerDomain), active: map[string]string{},
-		again: map[string]bool{}, dests: map[string]*actor.PID{}, routed: map[string]int{}}
+		again: map[string]bool{}, dests: map[string]*actor.PID{}, routed: map[string]int{}, withheld: map[string]bool{}}
 	if o.Shaping != nil {
 		sup.ready.shape = o.Shaping
 	}
@@ -92,6 +99,19 @@ func (s *supervisor) Receive(c actor.Context) {
 		s.arm(c)
 	case retryNow:
 		s.retry(c, m.id)
+	case withhold:
+		if _, running := s.active[m.id]; running {
+			c.Respond(false)
+			return
+		}
+		s.withheld[m.id] = true
+		s.due.remove(m.id)
+		s.ready.remove(m.id)
+		delete(s.again, m.id)
+		c.Respond(true)
+	case release:
+		delete(s.withheld, m.id)
+		s.makeReady(c, m.id)
 	case finished:
 		if key, ok := s.active[m.id]; ok {
 			s.ready.done(key)
@@ -153,6 +173,10 @@ func (s *supervisor) recover(c actor.Context) {
 		case projections.StateDeferred:
 			heap.Push(&s.due, dueItem{at: e.NextAttempt, id: e.ID})
 			deferred++
+		case projections.StateTransferring:
+			// Resolved by asking the peer (package scaleout); Release
+			// brings it back if the peer does not have it.
+			s.withheld[e.ID] = true
 		default: // received, queued, or an attempt cut short by a crash
 			s.ready.push(laneOf(e), e.ID)
 		}
@@ -169,6 +193,9 @@ func (s *supervisor) makeReady(c actor.Context, id string) {
 
 // push queues id in its destination's lane.
 func (s *supervisor) push(id string) {
+	if s.withheld[id] {
+		return
+	}
 	key := ""
 	if e, ok := s.o.Queue.Get(id); ok {
 		key = laneOf(e)

@@ -145,6 +145,22 @@ func (s *System) Enqueue(id string) { s.sys.Root.Send(s.sup, enqueue{id: id}) }
 // is "".
 func (s *System) RetryNow(id string) { s.sys.Root.Send(s.sup, retryNow{id: id}) }
 
+// Withhold takes envelope id out of scheduling before it is handed to
+// another node (journal TransferStarted only after it returned true): no
+// attempt of it starts until Release. It returns false while an attempt
+// runs; ask again after it.
+func (s *System) Withhold(id string) (bool, error) {
+	res, err := s.sys.Root.RequestFuture(s.sup, withhold{id: id}, 5*time.Second).Result()
+	if err != nil {
+		return false, err
+	}
+	return res.(bool), nil
+}
+
+// Release schedules a withheld envelope again, now (TransferAborted was
+// journaled).
+func (s *System) Release(id string) { s.sys.Root.Send(s.sup, release{id: id}) }
+
 // Held returns the envelopes waiting for their destination's budget
 // ([[relay.destinations]] max_connections or rate), each with which
 // ("connections" or "rate"). They are not deferred: they start as soon as

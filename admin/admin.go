@@ -11,6 +11,7 @@
 //	GET  /journal/head                  {"seq": n, "sha256": hex}: the chain's head
 //	GET  /journal/anchor?seq=&sha256=   200 when the journal extends that head, else 409
 //	GET  /cluster                       the cluster's members (scaleout.Status), 404 without [cluster]
+//	POST /drain?timeout=10m             stop accepting, hand the queue to the other nodes (scaleout.DrainReport)
 //	GET  /bodies/{key}/sha256           {"sha256": hex} of a stored body (404: none)
 //	POST /queue/retry?id=ID|all         journal RetryRequested and retry now
 //	POST /queue/delete?id=ID            journal Deleted
@@ -26,6 +27,7 @@ package admin
 
 import (
 	"bufio"
+	"context"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
@@ -86,6 +88,9 @@ type Deps struct {
 	// this node sees them); Readiness adds lines to /readyz.
 	Cluster   func() any
 	Readiness func() []string
+	// Drain, when set, serves POST /drain: stop accepting and hand the
+	// queue to the other nodes, within ctx.
+	Drain func(ctx context.Context) (any, error)
 }
 
 // New returns the admin API handler.
@@ -111,6 +116,29 @@ func New(d Deps) http.Handler {
 				fmt.Fprintln(w, l)
 			}
 		}
+	})
+	mux.HandleFunc("POST /drain", func(w http.ResponseWriter, r *http.Request) {
+		if d.Drain == nil {
+			http.Error(w, "this node is not in a cluster ([cluster] etcd is empty): nothing to drain to", http.StatusNotFound)
+			return
+		}
+		timeout := 10 * time.Minute
+		if v := r.URL.Query().Get("timeout"); v != "" {
+			t, err := time.ParseDuration(v)
+			if err != nil || t <= 0 {
+				http.Error(w, "timeout: not a duration like 10m", http.StatusBadRequest)
+				return
+			}
+			timeout = t
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), timeout)
+		defer cancel()
+		rep, err := d.Drain(ctx)
+		out := map[string]any{"report": rep}
+		if err != nil {
+			out["error"] = err.Error()
+		}
+		writeJSON(w, out)
 	})
 	mux.HandleFunc("GET /cluster", func(w http.ResponseWriter, _ *http.Request) {
 		if d.Cluster == nil {

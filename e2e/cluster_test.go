@@ -68,7 +68,11 @@ func (s *server) clusterStatus() (clusterStatusJSON, error) {
 // clusterNode starts one node of a cluster: MX relay through dnsAddr to
 // port, slow.test limited to 2 connections, [cluster] on etcd.
 func clusterNode(t *testing.T, name, etcd, dnsAddr, port string) *server {
-	s := newServer(t, serverOpts{trusted: true, relay: `mode = "mx"
+	return clusterNodeRetry(t, name, etcd, dnsAddr, port, `"1s"`)
+}
+
+func clusterNodeRetry(t *testing.T, name, etcd, dnsAddr, port, retry string) *server {
+	s := newServer(t, serverOpts{trusted: true, retry: retry, relay: `mode = "mx"
 dns_servers = ["` + dnsAddr + `"]
 mx_port = ` + port + `
 command_timeout = "60s"
@@ -123,7 +127,7 @@ func TestClusterSharesDestinationLimit(t *testing.T) {
 		return true
 	})
 	t0 := time.Now()
-	out, _, code := nodes["a"].mta("", "cluster", "status", "-c", nodes["a"].config)
+	out, _, code := nodes["a"].mta("", "cluster", "status")
 	if code != 0 || !strings.Contains(out, "b ") || !strings.Contains(out, "etcd reachable") {
 		t.Fatalf("mta cluster status (exit %d):\n%s", code, out)
 	}
@@ -192,5 +196,112 @@ func TestClusterSharesDestinationLimit(t *testing.T) {
 		len(slow.Messages()), len(want), slow.Connections())
 	if os.Getenv("LEDGERMAIL_KEEP") != "" {
 		t.Log(nodes["a"].logText())
+	}
+}
+
+// waitMembers waits until every node sees n live members.
+func waitMembers(t *testing.T, nodes []*server, n int) {
+	t.Helper()
+	waitFor(t, fmt.Sprintf("every node to see %d live members", n), 30*time.Second, func() bool {
+		for _, s := range nodes {
+			st, err := s.clusterStatus()
+			if err != nil || len(st.Members) != n {
+				return false
+			}
+			for _, m := range st.Members {
+				if !m.Alive {
+					return false
+				}
+			}
+		}
+		return true
+	})
+}
+
+// subjects counts the "Subject: bulk ..." lines of the stored messages.
+func subjects(msgs []string) map[string]int {
+	got := map[string]int{}
+	for _, m := range msgs {
+		for _, l := range strings.Split(m, "\r\n") {
+			if strings.HasPrefix(l, "Subject: bulk ") {
+				got[l]++
+			}
+		}
+	}
+	return got
+}
+
+// mta drain on a node whose destination is down hands every deferred
+// envelope to the other two: afterwards its queue is empty, and once the
+// destination is up each message arrives exactly once, from the other
+// nodes. Replay shows the handoff on both sides.
+func TestDrainHandsTheQueueToPeers(t *testing.T) {
+	need(t, "etcd", "python3")
+	e := etcdtest.Start(t)
+	port := freePort(t)[len("127.0.0.1:"):]
+	dnsAddr := startDNS(t, map[string][]string{
+		"later.test.":    {"later.test. 60 IN MX 10 mx.later.test."},
+		"mx.later.test.": {"mx.later.test. 60 IN A 127.0.0.2"},
+	})
+	a := clusterNodeRetry(t, "a", e.Endpoint, dnsAddr, port, `"2s"`)
+	b := clusterNodeRetry(t, "b", e.Endpoint, dnsAddr, port, `"2s"`)
+	c := clusterNodeRetry(t, "c", e.Endpoint, dnsAddr, port, `"2s"`)
+	waitMembers(t, []*server{a, b, c}, 3)
+
+	const n = 30
+	bulkTagged(t, a, "later.test", n, "d")
+	waitFor(t, "a's envelopes to be deferred (the destination is down)", 30*time.Second, func() bool {
+		return a.queue().Counts["deferred"] == n
+	})
+	out, errs, code := a.mta("", "drain", "--timeout", "2m")
+	if code != 0 || !strings.Contains(out, "drained") {
+		t.Fatalf("mta drain: exit %d\n%s%s", code, out, errs)
+	}
+	if !strings.Contains(out, "to b") || !strings.Contains(out, "to c") {
+		t.Fatalf("the queue did not go to both peers:\n%s", out)
+	}
+	if q := a.queue(); len(q.Envelopes) != 0 {
+		t.Fatalf("a's queue after the drain: %+v", q.Counts)
+	}
+	if canConnect(a.sub) {
+		t.Fatal("a drained node still accepts SMTP connections")
+	}
+
+	sink, err := mxtest.Start(mxtest.Script{}, "127.0.0.2:"+port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sink.Close)
+	waitFor(t, "every message at the destination", 60*time.Second, func() bool { return len(subjects(sink.Messages())) == n })
+	waitFor(t, "b's and c's queues to be empty", 30*time.Second, func() bool {
+		return len(b.queue().Envelopes) == 0 && len(c.queue().Envelopes) == 0
+	})
+	for subj, k := range subjects(sink.Messages()) {
+		if k != 1 {
+			t.Errorf("%s arrived %d times", subj, k)
+		}
+	}
+	if len(sink.Messages()) != n {
+		t.Fatalf("%d transactions for %d messages", len(sink.Messages()), n)
+	}
+
+	// The handoff, on both sides, for one envelope.
+	var id string
+	for _, l := range a.replay() {
+		if l["type"] == "TransferredOut" {
+			id, _ = l["envelope"].(string)
+			break
+		}
+	}
+	if id == "" {
+		t.Fatalf("no TransferredOut in a's journal")
+	}
+	if got := strings.Join(types(a.replay("--envelope", id)), " "); !strings.Contains(got, "TransferStarted TransferredOut") ||
+		strings.Contains(got, "Delivered") {
+		t.Fatalf("a's story of %s: %s", id, got)
+	}
+	peerStory := strings.Join(types(b.replay("--envelope", id)), " ") + " | " + strings.Join(types(c.replay("--envelope", id)), " ")
+	if !strings.Contains(peerStory, "TransferredIn") || !strings.Contains(peerStory, "Delivered") {
+		t.Fatalf("the peers' story of %s: %s", id, peerStory)
 	}
 }

@@ -94,6 +94,10 @@ var decoders = map[Type]func([]byte) (Payload, error){
 	TypeRecordLost:      decodeAs[RecordLost],
 	TypeSuspended:       decodeAs[Suspended],
 	TypeResumed:         decodeAs[Resumed],
+	TypeTransferStarted: decodeAs[TransferStarted],
+	TypeTransferredOut:  decodeAs[TransferredOut],
+	TypeTransferAborted: decodeAs[TransferAborted],
+	TypeTransferredIn:   decodeAs[TransferredIn],
 }
 
 func decodeAs[T Payload](data []byte) (Payload, error) {

@@ -40,6 +40,10 @@ const (
 	StateExpired   State = "expired"
 	StateDeleted   State = "deleted"
 	StateLost      State = "lost" // unreadable after storage damage (mta journal repair)
+	// StateTransferring: being handed to another node (TransferStarted);
+	// live, but never delivered here until TransferAborted.
+	StateTransferring State = "transferring"
+	StateTransferred  State = "transferred" // final: another node has it
 )
 
 // Final reports whether s absorbs every later event.
@@ -54,7 +58,13 @@ func Allowed(from State, t events.Type) bool {
 	}
 	switch from {
 	case "":
-		return t == events.TypeReceived
+		return t == events.TypeReceived || t == events.TypeTransferredIn
+	case StateTransferring:
+		switch t {
+		case events.TypeTransferredOut, events.TypeTransferAborted, events.TypeDeleted, events.TypeLost:
+			return true
+		}
+		return false
 	case StateReceived:
 		switch t {
 		case events.TypePoliciesApplied, events.TypeSplit, events.TypeDeferred, events.TypeRetryRequested,
@@ -68,6 +78,8 @@ func Allowed(from State, t events.Type) bool {
 	case events.TypeAttemptStarted, events.TypeAttempted, events.TypeDeferred, events.TypeDelivered, events.TypeBounced,
 		events.TypeExpired, events.TypeRetryRequested, events.TypeDeleted, events.TypeLost:
 		return true
+	case events.TypeTransferStarted:
+		return from == StateQueued || from == StateDeferred
 	}
 	return false
 }
@@ -75,7 +87,7 @@ func Allowed(from State, t events.Type) bool {
 // Live reports whether an envelope in state s still needs work.
 func (s State) Live() bool {
 	switch s {
-	case StateReceived, StateQueued, StateActive, StateDeferred:
+	case StateReceived, StateQueued, StateActive, StateDeferred, StateTransferring:
 		return true
 	}
 	return false
@@ -121,7 +133,7 @@ func Fold(set map[string]*Envelope, ev events.Event) *Envelope {
 	if env != nil {
 		from = env.State
 	}
-	if _, creates := ev.Payload.(events.Received); !creates && env != nil && !Allowed(from, ev.Type()) {
+	if !creates(ev.Payload) && env != nil && !Allowed(from, ev.Type()) {
 		// A final state absorbs it (or it may not follow this state): the
 		// event stays in the journal and changes nothing.
 		return env
@@ -134,6 +146,35 @@ func Fold(set map[string]*Envelope, ev events.Event) *Envelope {
 			Size: p.Size, Arrived: ev.Time, BodyKey: p.BodyKey, Received: &p,
 		}
 		set[ev.Envelope] = env
+	case events.TransferredIn:
+		if env != nil {
+			return env // the ID is taken: a transfer is idempotent
+		}
+		// Ready for delivery: the body is the message as the origin would
+		// have sent it.
+		env = &Envelope{
+			ID: ev.Envelope, State: StateQueued, Sender: p.Sender,
+			Recipients: append([]string(nil), p.Recipients...), Pending: append([]string(nil), p.Recipients...),
+			Size: p.Size, Arrived: p.Arrived, Attempts: p.Attempts, BodyKey: p.BodyKey,
+			Received: &events.Received{Sender: p.Sender, Recipients: p.Recipients, BodyKey: p.BodyKey, BodySHA256: p.BodySHA256,
+				Size: p.Size, Listener: "transfer/" + p.Origin, AuthUser: p.AuthUser, ClientAddr: p.ClientAddr},
+		}
+		set[ev.Envelope] = env
+	case events.TransferStarted:
+		if env != nil {
+			env.State = StateTransferring
+		}
+	case events.TransferredOut:
+		if env != nil {
+			env.Pending = nil
+			env.State = StateTransferred
+		}
+	case events.TransferAborted:
+		if env != nil {
+			env.State = StateDeferred
+			env.NextAttempt = ev.Time
+			env.LastError = "transfer to " + p.Peer + " aborted: " + p.Reason
+		}
 	case events.PoliciesApplied:
 		if env != nil {
 			env.Prepend = p.Prepend
@@ -217,6 +258,15 @@ func Fold(set map[string]*Envelope, ev events.Event) *Envelope {
 		env.LastSeq = ev.Seq
 	}
 	return env
+}
+
+// creates reports whether p creates its envelope.
+func creates(p events.Payload) bool {
+	switch p.(type) {
+	case events.Received, events.TransferredIn:
+		return true
+	}
+	return false
 }
 
 func (e *Envelope) finishIfDone() {

@@ -37,6 +37,9 @@ const (
 	StateExpired   = lifecycle.StateExpired
 	StateDeleted   = lifecycle.StateDeleted
 	StateLost      = lifecycle.StateLost
+	// StateTransferring is being handed to another node (mta drain).
+	StateTransferring = lifecycle.StateTransferring
+	StateTransferred  = lifecycle.StateTransferred
 )
 
 // Fold is lifecycle.Fold.

@@ -62,11 +62,9 @@ type Options struct {
 	// LeaseTTL is how long a connection lease lasts unless renewed.
 	LeaseTTL time.Duration
 	// Live returns how many live envelopes this node has.
-	Live func() int
-	// Transfers, if set, receives envelopes that a draining peer hands over.
-	Transfers Receiver
-	Registry  *prometheus.Registry
-	Log       *zap.Logger
+	Live     func() int
+	Registry *prometheus.Registry
+	Log      *zap.Logger
 }
 
 // Node is this process's membership of the cluster.
@@ -84,6 +82,7 @@ type Node struct {
 	wg      sync.WaitGroup
 	mu      sync.Mutex
 	members []*cluster.Member // the last topology event's
+	transferState
 }
 
 // Start starts the node's remote endpoint and joins the cluster in the
@@ -128,7 +127,8 @@ func Start(o Options) (*Node, error) {
 	rc := remote.Configure(host, port, remote.WithAdvertisedHost(o.Advertise))
 	cc := cluster.Configure(clusterName, provider, disthash.New(), rc, cluster.WithKinds(kind),
 		cluster.WithRequestTimeout(5*time.Second))
-	n := &Node{o: o, sys: sys, etcd: cli, stop: make(chan struct{})}
+	n := &Node{o: o, sys: sys, etcd: cli, stop: make(chan struct{}),
+		transferState: transferState{incoming: map[string]*incoming{}, refused: map[string]bool{}}}
 	n.c = cluster.New(sys, cc)
 	// MemberList.Members is read without its lock in protoactor; keep our
 	// own copy of each topology instead.

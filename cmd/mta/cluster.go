@@ -1,10 +1,12 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
+	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -142,4 +144,91 @@ func adminClient(cfg Config) (*adminSource, error) {
 		return nil, err
 	}
 	return &adminSource{base: "http://" + cfg.Admin.Listen, token: token, client: &http.Client{Timeout: 5 * time.Minute}}, nil
+}
+
+// clusterDrain is POST /drain: stop accepting, then hand every live
+// envelope to the other nodes.
+func clusterDrain(n *scaleout.Node, log *zap.Logger, stopAccepting func(context.Context)) func(context.Context) (any, error) {
+	if n == nil {
+		return nil
+	}
+	return func(ctx context.Context) (any, error) {
+		log.Info("drain: no more mail is accepted; the queue goes to the other nodes")
+		stopAccepting(ctx)
+		rep, err := n.Drain(ctx)
+		n := 0
+		for _, k := range rep.Transferred {
+			n += k
+		}
+		log.Info("drain finished", zap.Int("transferred", n), zap.Int("left", len(rep.Left)), zap.Error(err))
+		return rep, err
+	}
+}
+
+func newDrainCmd() *cobra.Command {
+	var path string
+	var timeout time.Duration
+	c := &cobra.Command{
+		Use:   "drain [-c FILE] [--timeout 10m]",
+		Short: "stop accepting mail and hand this node's queue to the other nodes of the cluster; returns when the queue is empty, or says what is left and why",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := LoadConfig(path)
+			if err != nil {
+				return err
+			}
+			a, err := adminClient(cfg)
+			if err != nil {
+				return err
+			}
+			resp, err := a.do("POST", "/drain?timeout="+timeout.String())
+			if err != nil {
+				return err
+			}
+			defer resp.Body.Close()
+			body, err := io.ReadAll(resp.Body)
+			if err != nil {
+				return fmt.Errorf("read the server's answer: %w", err)
+			}
+			if resp.StatusCode != http.StatusOK {
+				return fmt.Errorf("server: %s", strings.TrimSpace(string(body)))
+			}
+			var out struct {
+				Report scaleout.DrainReport `json:"report"`
+				Error  string               `json:"error"`
+			}
+			if err := json.Unmarshal(body, &out); err != nil {
+				return fmt.Errorf("server: bad answer: %w", err)
+			}
+			w := cmd.OutOrStdout()
+			peers := make([]string, 0, len(out.Report.Transferred))
+			for p := range out.Report.Transferred {
+				peers = append(peers, p)
+			}
+			sort.Strings(peers)
+			for _, p := range peers {
+				fmt.Fprintf(w, "transferred %d envelopes to %s\n", out.Report.Transferred[p], p)
+			}
+			if len(out.Report.Left) == 0 && out.Error == "" {
+				fmt.Fprintln(w, "drained: the queue is empty; this node can be stopped")
+				return nil
+			}
+			ids := make([]string, 0, len(out.Report.Left))
+			for id := range out.Report.Left {
+				ids = append(ids, id)
+			}
+			sort.Strings(ids)
+			for _, id := range ids {
+				fmt.Fprintf(w, "left %s: %s\n", id, out.Report.Left[id])
+			}
+			why := out.Error
+			if why == "" {
+				why = "envelopes are left"
+			}
+			return fmt.Errorf("not drained (%s): %d envelopes left", why, len(ids))
+		},
+	}
+	c.Flags().StringVarP(&path, "config", "c", "", "config file (TOML); default: embedded defaults")
+	c.Flags().DurationVar(&timeout, "timeout", 10*time.Minute, "give up after this long and report what is left")
+	return c
 }

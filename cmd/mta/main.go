@@ -59,7 +59,7 @@ func newRoot() *cobra.Command {
 		Version:       version,
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(newServeCmd(), newQueueCmd(), newReplayCmd(), newUsersCmd(), newCheckConfigCmd(), newVersionCmd(), newDKIMCmd(), newJournalCmd(), newSendmailCmd(), newClusterCmd())
+	root.AddCommand(newServeCmd(), newQueueCmd(), newReplayCmd(), newUsersCmd(), newCheckConfigCmd(), newVersionCmd(), newDKIMCmd(), newJournalCmd(), newSendmailCmd(), newClusterCmd(), newDrainCmd())
 	return root
 }
 

@@ -211,6 +211,11 @@ func writeMailq(w io.Writer, s projections.Snapshot) error {
 		projections.StateDeferred, projections.StateDelivered, projections.StateBounced, projections.StateExpired, projections.StateDeleted, projections.StateLost} {
 		counts = append(counts, fmt.Sprintf("%s=%d", st, s.Counts[st]))
 	}
+	for _, st := range []projections.State{projections.StateTransferring, projections.StateTransferred} {
+		if s.Counts[st] > 0 { // only on the nodes of a cluster that drained
+			counts = append(counts, fmt.Sprintf("%s=%d", st, s.Counts[st]))
+		}
+	}
 	fmt.Fprintln(w, strings.Join(counts, " "))
 	domains := make([]string, 0, len(s.Suspended))
 	for d := range s.Suspended {

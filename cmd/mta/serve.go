@@ -34,6 +34,7 @@ import (
 	"github.com/ledgermail/ledgermail/policy"
 	"github.com/ledgermail/ledgermail/projections"
 	"github.com/ledgermail/ledgermail/queue"
+	"github.com/ledgermail/ledgermail/scaleout"
 	"github.com/ledgermail/ledgermail/smtpedge"
 	"github.com/ledgermail/ledgermail/webhooks"
 )
@@ -267,6 +268,9 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 	if err != nil {
 		return err
 	}
+	if node != nil {
+		node.SetLocal(&scaleout.Local{Journal: j, Queue: q, Withhold: sys.Withhold, Release: sys.Release, Enqueue: sys.Enqueue})
+	}
 	// Stop the actors, then snapshot the (now quiet) queue; deferred calls
 	// run in reverse, so this is registered after sys.Stop would be.
 	defer func() {
@@ -315,14 +319,16 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 	}
 	var adminSrv *http.Server
 	var state admin.State
-	if adminLn != nil {
-		consoleH := console.New(console.Deps{Journal: j, Queue: q, Actors: sys, Activity: activity, Token: token, Log: log.Named("console")})
-		adminSrv = &http.Server{Handler: admin.New(admin.Deps{Journal: j, Queue: q, Actors: sys, Metrics: metrics, State: &state,
-			Token: token, MetricsPublic: cfg.Admin.MetricsPublic, Pprof: cfg.Admin.Pprof, Health: hooksHealth(hooks), KeepBodies: cfg.Queue.KeepBodies, Retention: retention, Log: log.Named("admin"),
-			Console: consoleH, Cluster: clusterStatus(node), Readiness: clusterReadiness(node)}),
-			ReadHeaderTimeout: 10 * time.Second}
-		adminSrv.RegisterOnShutdown(consoleH.Stop) // Shutdown waits for open streams
-		go adminSrv.Serve(adminLn)
+	// The SMTP edge stops once: at `mta drain` (accepting ends, the queue
+	// goes to the other nodes) or at the signal.
+	var edgeOnce sync.Once
+	stopEdge := func(ctx context.Context) {
+		edgeOnce.Do(func() {
+			state.Ready.Store(false)
+			if err := edge.Shutdown(ctx); err != nil {
+				log.Warn("SMTP sessions cut at shutdown", zap.Error(err))
+			}
+		})
 	}
 	var httpSrv *http.Server
 	if httpLn != nil {
@@ -334,6 +340,21 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 		} else {
 			go httpSrv.Serve(httpLn)
 		}
+	}
+	if adminLn != nil {
+		consoleH := console.New(console.Deps{Journal: j, Queue: q, Actors: sys, Activity: activity, Token: token, Log: log.Named("console")})
+		adminSrv = &http.Server{Handler: admin.New(admin.Deps{Journal: j, Queue: q, Actors: sys, Metrics: metrics, State: &state,
+			Token: token, MetricsPublic: cfg.Admin.MetricsPublic, Pprof: cfg.Admin.Pprof, Health: hooksHealth(hooks), KeepBodies: cfg.Queue.KeepBodies, Retention: retention, Log: log.Named("admin"),
+			Console: consoleH, Cluster: clusterStatus(node), Readiness: clusterReadiness(node),
+			Drain: clusterDrain(node, log, func(ctx context.Context) {
+				stopEdge(ctx)
+				if httpSrv != nil {
+					httpSrv.Shutdown(ctx)
+				}
+			})}),
+			ReadHeaderTimeout: 10 * time.Second}
+		adminSrv.RegisterOnShutdown(consoleH.Stop) // Shutdown waits for open streams
+		go adminSrv.Serve(adminLn)
 	}
 	edge.Serve()
 	if f.pidfile != "" {
@@ -384,9 +405,7 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		if err := edge.Shutdown(ctx); err != nil {
-			log.Warn("SMTP sessions cut at shutdown", zap.Error(err))
-		}
+		stopEdge(ctx)
 	}()
 	go func() {
 		defer wg.Done()

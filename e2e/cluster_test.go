@@ -305,3 +305,75 @@ func TestDrainHandsTheQueueToPeers(t *testing.T) {
 		t.Fatalf("the peers' story of %s: %s", id, peerStory)
 	}
 }
+
+// A kill -9 of the draining node in the middle of its transfers loses
+// nothing and delivers nothing twice: after the restart, each transfer
+// left open is resolved by asking its peer (TransferredOut if the peer has
+// the envelope, TransferAborted and a delivery from here if not).
+func TestDrainSurvivesKillOfTheOrigin(t *testing.T) {
+	need(t, "etcd", "python3")
+	e := etcdtest.Start(t)
+	port := freePort(t)[len("127.0.0.1:"):]
+	dnsAddr := startDNS(t, map[string][]string{
+		"later.test.":    {"later.test. 60 IN MX 10 mx.later.test."},
+		"mx.later.test.": {"mx.later.test. 60 IN A 127.0.0.2"},
+	})
+	a := clusterNodeRetry(t, "a", e.Endpoint, dnsAddr, port, `"2s"`)
+	b := clusterNodeRetry(t, "b", e.Endpoint, dnsAddr, port, `"2s"`)
+	waitMembers(t, []*server{a, b}, 2)
+
+	const n = 150
+	bulkTagged(t, a, "later.test", n, "k")
+	waitFor(t, "a's envelopes to be deferred (the destination is down)", 60*time.Second, func() bool {
+		return a.queue().Counts["deferred"] == n
+	})
+	drained := make(chan string, 1)
+	go func() {
+		out, errs, _ := a.mta("", "drain", "--timeout", "2m")
+		drained <- out + errs
+	}()
+	waitFor(t, "the drain to be under way", 60*time.Second, func() bool {
+		return strings.Count(a.logText(), "envelope transferred out") >= 10
+	})
+	a.kill()
+	<-drained // the server went away under it
+	if strings.Count(a.logText(), "envelope transferred out") >= n {
+		t.Fatal("the drain finished before the kill: nothing was tested")
+	}
+	a.start()
+	waitMembers(t, []*server{a, b}, 2)
+
+	sink, err := mxtest.Start(mxtest.Script{}, "127.0.0.2:"+port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sink.Close)
+	waitFor(t, "every message at the destination", 90*time.Second, func() bool { return len(subjects(sink.Messages())) == n })
+	waitFor(t, "both queues to be empty", 30*time.Second, func() bool {
+		return len(a.queue().Envelopes) == 0 && len(b.queue().Envelopes) == 0
+	})
+	for subj, k := range subjects(sink.Messages()) {
+		if k != 1 {
+			t.Errorf("%s arrived %d times", subj, k)
+		}
+	}
+	// Every transfer the kill interrupted was resolved one way or the other.
+	last := map[string]string{}
+	for _, l := range a.replay() {
+		switch typ := fmt.Sprint(l["type"]); typ {
+		case "TransferStarted", "TransferredOut", "TransferAborted":
+			last[fmt.Sprint(l["envelope"])] = typ
+		}
+	}
+	count := map[string]int{}
+	for id, typ := range last {
+		if typ == "TransferStarted" {
+			t.Errorf("envelope %s: TransferStarted without an outcome", id)
+		}
+		count[typ]++
+	}
+	if count["TransferredOut"] == 0 {
+		t.Fatal("no envelope was transferred before the kill")
+	}
+	t.Logf("%d transactions for %d messages; transfers: %v", len(sink.Messages()), n, count)
+}

@@ -5,7 +5,7 @@ BIN      ?= bin/mta
 VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -X main.version=$(VERSION)
 
-.PHONY: profile crashtest build run test test-unit test-e2e bench bench-postfix bench-large bench-deferred bench-wamp bench-submission screens lint deps fmt fuzz fuzz-brief
+.PHONY: profile crashtest build run test test-unit test-e2e bench bench-postfix bench-large bench-deferred bench-wamp bench-submission bench-cluster screens lint deps fmt fuzz fuzz-brief
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/mta
@@ -75,6 +75,11 @@ screens: deps
 # several messages per session; e2e/loadgen), ledgermail beside Postfix.
 bench-submission: deps
 	bash e2e/bench-submission.sh
+
+# Throughput of 1, 2 and 3 cluster nodes on etcd, one load split over them
+# (docs/SCALING.md).
+bench-cluster: deps
+	bash e2e/bench-cluster.sh
 
 # ledgermail against a private Postfix instance, same load, same sink (root).
 bench-postfix: deps

@@ -60,7 +60,7 @@ func TestDocumentedDefaultsAreTheCodes(t *testing.T) {
 		t.Fatalf("check-config output does not parse: %v\n%s", err, out)
 	}
 	docFlat, effFlat := flatten("", documented), flatten("", effective)
-	derived := map[string]bool{"hostname": true, "policies.postmaster": true} // from the host name
+	derived := map[string]bool{"hostname": true, "policies.postmaster": true, "cluster.name": true} // from the host name
 	var keys []string
 	for k := range docFlat {
 		keys = append(keys, k)

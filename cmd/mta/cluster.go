@@ -181,6 +181,7 @@ func newDrainCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			a.client.Timeout = timeout + time.Minute // the server answers at its timeout at the latest
 			resp, err := a.do("POST", "/drain?timeout="+timeout.String())
 			if err != nil {
 				return err

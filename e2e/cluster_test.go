@@ -231,6 +231,33 @@ func subjects(msgs []string) map[string]int {
 	return got
 }
 
+// destinationUp starts later.test's MX on port, waits until all n
+// messages have arrived and the nodes' queues are empty, and checks that
+// each arrived once.
+func destinationUp(t *testing.T, port string, n int, nodes ...*server) *mxtest.Peer {
+	t.Helper()
+	sink, err := mxtest.Start(mxtest.Script{}, "127.0.0.2:"+port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sink.Close)
+	waitFor(t, "every message at the destination", 90*time.Second, func() bool { return len(subjects(sink.Messages())) == n })
+	waitFor(t, "the nodes' queues to be empty", 30*time.Second, func() bool {
+		for _, s := range nodes {
+			if len(s.queue().Envelopes) != 0 {
+				return false
+			}
+		}
+		return true
+	})
+	for subj, k := range subjects(sink.Messages()) {
+		if k != 1 {
+			t.Errorf("%s arrived %d times", subj, k)
+		}
+	}
+	return sink
+}
+
 // mta drain on a node whose destination is down hands every deferred
 // envelope to the other two: afterwards its queue is empty, and once the
 // destination is up each message arrives exactly once, from the other
@@ -267,20 +294,7 @@ func TestDrainHandsTheQueueToPeers(t *testing.T) {
 		t.Fatal("a drained node still accepts SMTP connections")
 	}
 
-	sink, err := mxtest.Start(mxtest.Script{}, "127.0.0.2:"+port)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(sink.Close)
-	waitFor(t, "every message at the destination", 60*time.Second, func() bool { return len(subjects(sink.Messages())) == n })
-	waitFor(t, "b's and c's queues to be empty", 30*time.Second, func() bool {
-		return len(b.queue().Envelopes) == 0 && len(c.queue().Envelopes) == 0
-	})
-	for subj, k := range subjects(sink.Messages()) {
-		if k != 1 {
-			t.Errorf("%s arrived %d times", subj, k)
-		}
-	}
+	sink := destinationUp(t, port, n, b, c)
 	if len(sink.Messages()) != n {
 		t.Fatalf("%d transactions for %d messages", len(sink.Messages()), n)
 	}
@@ -343,20 +357,7 @@ func TestDrainSurvivesKillOfTheOrigin(t *testing.T) {
 	a.start()
 	waitMembers(t, []*server{a, b}, 2)
 
-	sink, err := mxtest.Start(mxtest.Script{}, "127.0.0.2:"+port)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(sink.Close)
-	waitFor(t, "every message at the destination", 90*time.Second, func() bool { return len(subjects(sink.Messages())) == n })
-	waitFor(t, "both queues to be empty", 30*time.Second, func() bool {
-		return len(a.queue().Envelopes) == 0 && len(b.queue().Envelopes) == 0
-	})
-	for subj, k := range subjects(sink.Messages()) {
-		if k != 1 {
-			t.Errorf("%s arrived %d times", subj, k)
-		}
-	}
+	sink := destinationUp(t, port, n, a, b)
 	// Every transfer the kill interrupted was resolved one way or the other.
 	last := map[string]string{}
 	for _, l := range a.replay() {

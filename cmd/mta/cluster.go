@@ -78,29 +78,9 @@ func newClusterCmd() *cobra.Command {
 		Short: "members of the cluster, whether each answers, and their live envelopes (asks the running server)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := LoadConfig(path)
-			if err != nil {
-				return err
-			}
-			a, err := adminClient(cfg)
-			if err != nil {
-				return err
-			}
-			resp, err := a.do("GET", "/cluster")
-			if err != nil {
-				return err
-			}
-			defer resp.Body.Close()
-			body, err := io.ReadAll(resp.Body)
-			if err != nil {
-				return fmt.Errorf("read the server's answer: %w", err)
-			}
-			if resp.StatusCode != http.StatusOK {
-				return fmt.Errorf("server: %s", strings.TrimSpace(string(body)))
-			}
 			var st scaleout.Status
-			if err := json.Unmarshal(body, &st); err != nil {
-				return fmt.Errorf("server: bad answer: %w", err)
+			if err := askServer(path, "GET", "/cluster", 0, &st); err != nil {
+				return err
 			}
 			if asJSON {
 				enc := json.NewEncoder(cmd.OutOrStdout())
@@ -132,6 +112,39 @@ func writeClusterStatus(w io.Writer, st scaleout.Status) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\n", m.Name, m.Address, alive, m.LiveEnvelopes)
 	}
 	return tw.Flush()
+}
+
+// askServer sends one request to the running server's admin API (the
+// config at path names it) and decodes its JSON answer into out; timeout 0
+// keeps the client's default.
+func askServer(path, method, urlPath string, timeout time.Duration, out any) error {
+	cfg, err := LoadConfig(path)
+	if err != nil {
+		return err
+	}
+	a, err := adminClient(cfg)
+	if err != nil {
+		return err
+	}
+	if timeout > 0 {
+		a.client.Timeout = timeout
+	}
+	resp, err := a.do(method, urlPath)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return fmt.Errorf("read the server's answer: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("server: %s", strings.TrimSpace(string(body)))
+	}
+	if err := json.Unmarshal(body, out); err != nil {
+		return fmt.Errorf("server: bad answer: %w", err)
+	}
+	return nil
 }
 
 // adminClient asks the running server's admin API.
@@ -173,33 +186,13 @@ func newDrainCmd() *cobra.Command {
 		Short: "stop accepting mail and hand this node's queue to the other nodes of the cluster; returns when the queue is empty, or says what is left and why",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := LoadConfig(path)
-			if err != nil {
-				return err
-			}
-			a, err := adminClient(cfg)
-			if err != nil {
-				return err
-			}
-			a.client.Timeout = timeout + time.Minute // the server answers at its timeout at the latest
-			resp, err := a.do("POST", "/drain?timeout="+timeout.String())
-			if err != nil {
-				return err
-			}
-			defer resp.Body.Close()
-			body, err := io.ReadAll(resp.Body)
-			if err != nil {
-				return fmt.Errorf("read the server's answer: %w", err)
-			}
-			if resp.StatusCode != http.StatusOK {
-				return fmt.Errorf("server: %s", strings.TrimSpace(string(body)))
-			}
 			var out struct {
 				Report scaleout.DrainReport `json:"report"`
 				Error  string               `json:"error"`
 			}
-			if err := json.Unmarshal(body, &out); err != nil {
-				return fmt.Errorf("server: bad answer: %w", err)
+			// The server answers at its timeout at the latest.
+			if err := askServer(path, "POST", "/drain?timeout="+timeout.String(), timeout+time.Minute, &out); err != nil {
+				return err
 			}
 			w := cmd.OutOrStdout()
 			peers := make([]string, 0, len(out.Report.Transferred))

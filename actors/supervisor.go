@@ -75,6 +75,14 @@ func newSupervisor(o Options, ctx context.Context) *supervisor {
 }
 
 func (s *supervisor) Receive(c actor.Context) {
+	// protoactor restarts a failing supervisor and logs only the reason:
+	// log where it failed first.
+	defer func() {
+		if r := recover(); r != nil {
+			s.o.Logger.Error("queue supervisor failed; restarting it", zap.Any("panic", r), zap.Stack("stack"))
+			panic(r)
+		}
+	}()
 	switch m := c.Message().(type) {
 	case *actor.Started:
 		s.self = c.Self()

@@ -46,11 +46,14 @@ type leaseResp struct {
 // grain owns one destination's connection leases and rate budget for the
 // whole cluster.
 type grain struct {
-	started time.Time
-	leases  map[string]grantInfo
-	lim     *rate.Limiter
-	rate    float64
-	refused time.Time // the last acquire refused for want of a free connection
+	n *Node // nil in unit tests
+	// warmUntil: no new lease before it (an activation that could not
+	// learn every lease its predecessor granted).
+	warmUntil time.Time
+	leases    map[string]grantInfo
+	lim       *rate.Limiter
+	rate      float64
+	refused   time.Time // the last acquire refused for want of a free connection
 }
 
 type grantInfo struct {
@@ -58,11 +61,25 @@ type grantInfo struct {
 	expires time.Time
 }
 
-func newGrain() *grain { return &grain{leases: map[string]grantInfo{}} }
+func newGrain(n *Node) *grain { return &grain{n: n, leases: map[string]grantInfo{}} }
+
+// grainIdle is how long a grain with no lease out waits for a request
+// before it stops (a grain per domain ever contacted would add up).
+const grainIdle = 5 * time.Minute
 
 func (g *grain) Receive(c actor.Context) {
-	if _, ok := c.Message().(*actor.Started); ok {
-		g.started = time.Now()
+	switch c.Message().(type) {
+	case *actor.Started:
+		if ci := cluster.GetClusterIdentity(c); ci != nil && g.n != nil {
+			g.census(ci.Identity, time.Now())
+		}
+		c.SetReceiveTimeout(grainIdle)
+		return
+	case *actor.ReceiveTimeout:
+		g.expire(time.Now())
+		if len(g.leases) == 0 {
+			c.Stop(c.Self())
+		}
 		return
 	}
 	var req leaseReq
@@ -75,18 +92,37 @@ func (g *grain) Receive(c actor.Context) {
 // retryBusy is when a node asks again after all connections were taken.
 const retryBusy = 100 * time.Millisecond
 
-func (g *grain) handle(req leaseReq, now time.Time) leaseResp {
+// census asks every member which leases of domain it holds, so that a new
+// activation (the first, or after the grain moved or its node died) knows
+// its predecessor's leases. If a member does not answer, the grant of new
+// leases waits one TTL, in which every lease still held is renewed and
+// adopted.
+func (g *grain) census(domain string, now time.Time) {
+	held, complete := g.n.heldEverywhere(domain)
+	for _, id := range held {
+		g.leases[id] = grantInfo{expires: now.Add(g.n.o.LeaseTTL)}
+	}
+	if !complete {
+		g.warmUntil = now.Add(g.n.o.LeaseTTL)
+		g.n.o.Log.Info("destination grain activated without word from every member: no new lease for one TTL",
+			zap.String("domain", domain), zap.Int("leases_adopted", len(held)))
+	}
+}
+
+func (g *grain) expire(now time.Time) {
 	for id, l := range g.leases {
 		if !now.Before(l.expires) {
 			delete(g.leases, id)
 		}
 	}
+}
+
+func (g *grain) handle(req leaseReq, now time.Time) leaseResp {
+	g.expire(now)
 	switch req.Op {
 	case "acquire":
-		// A new activation does not know the leases its predecessor
-		// granted: for one TTL it only adopts them as they are renewed.
-		if warm := g.started.Add(req.TTL); now.Before(warm) {
-			return leaseResp{Retry: warm.Sub(now), Reason: "the destination's grain has just been activated"}
+		if now.Before(g.warmUntil) {
+			return leaseResp{Retry: g.warmUntil.Sub(now), Reason: "the destination's grain has just been activated"}
 		}
 		if len(g.leases) >= req.Limit {
 			g.refused = now
@@ -203,6 +239,7 @@ func (g *gate) Connection(ctx context.Context) (mxrelay.Lease, error) {
 	}
 	l := &lease{g: g, id: res.Lease, done: make(chan struct{})}
 	l.extend(time.Now())
+	g.n.hold(g.domain, l.id, true)
 	go l.keep()
 	return l, nil
 }
@@ -301,6 +338,7 @@ func (l *lease) keep() {
 // Release gives the lease back (once), after its connection closed.
 func (l *lease) Release() {
 	l.once.Do(func() {
+		l.g.n.hold(l.g.domain, l.id, false)
 		close(l.done)
 		l.mu.Lock()
 		l.revoked = true
@@ -313,4 +351,68 @@ func (l *lease) Release() {
 			}
 		}()
 	})
+}
+
+// hold records (or forgets) a lease this node holds, for a new grain's
+// census.
+func (n *Node) hold(domain, id string, held bool) {
+	n.hmu.Lock()
+	defer n.hmu.Unlock()
+	if held {
+		if n.held[domain] == nil {
+			n.held[domain] = map[string]bool{}
+		}
+		n.held[domain][id] = true
+		return
+	}
+	delete(n.held[domain], id)
+	if len(n.held[domain]) == 0 {
+		delete(n.held, domain)
+	}
+}
+
+// heldHere returns the leases of domain this node holds.
+func (n *Node) heldHere(domain string) []string {
+	n.hmu.Lock()
+	defer n.hmu.Unlock()
+	out := make([]string, 0, len(n.held[domain]))
+	for id := range n.held[domain] {
+		out = append(out, id)
+	}
+	return out
+}
+
+type heldReq struct {
+	Op     string `json:"op"` // "held"
+	Domain string `json:"domain"`
+}
+
+type heldReply struct {
+	Leases []string `json:"leases"`
+}
+
+// heldEverywhere asks every member for its leases of domain; complete is
+// false when one did not answer within a second.
+func (n *Node) heldEverywhere(domain string) (leases []string, complete bool) {
+	members := n.topology()
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	complete = true
+	for _, m := range members {
+		wg.Add(1)
+		go func(addr string) {
+			defer wg.Done()
+			var r heldReply
+			err := n.askPeer(addr, heldReq{Op: "held", Domain: domain}, &r, time.Second)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				complete = false
+				return
+			}
+			leases = append(leases, r.Leases...)
+		}(m.Address())
+	}
+	wg.Wait()
+	return leases, complete && len(members) > 0
 }

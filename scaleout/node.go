@@ -12,11 +12,13 @@
 //     from the destination's grain, renewed every third of its TTL while the
 //     connection lives and given back when it closes. A grain grants at
 //     most the destination's max_connections leases at once.
-//   - When the node hosting a grain dies or the grain moves to another node
-//     (a member joined or left), the new activation grants no new lease for
-//     one TTL: every lease still held is renewed with it in that time and
-//     adopted, so the limit holds across the move (briefly conservative; at
-//     worst the leases of a dead node count until they expire).
+//   - A grain's activation (first use, a move after a member joined or
+//     left, its node's death) starts with a census: every member says which
+//     of the domain's leases it holds, and the grain adopts them. If one
+//     does not answer, no new lease is granted for one TTL, in which every
+//     lease still held is renewed and adopted: the limit holds across the
+//     move (briefly conservative; at worst the leases of a dead node count
+//     until they expire).
 //   - A node whose etcd is unreachable keeps accepting and delivering mail
 //     within its own limits (each node then applies max_connections alone)
 //     and says so in /readyz and ledgermail_cluster_etcd_up.
@@ -82,6 +84,8 @@ type Node struct {
 	wg      sync.WaitGroup
 	mu      sync.Mutex
 	members []*cluster.Member // the last topology event's
+	hmu     sync.Mutex
+	held    map[string]map[string]bool // domain -> connection leases this node holds
 	transferState
 }
 
@@ -123,11 +127,13 @@ func Start(o Options) (*Node, error) {
 		cli.Close()
 		return nil, fmt.Errorf("scaleout: etcd provider: %w", err)
 	}
-	kind := cluster.NewKind(destinationKind, actor.PropsFromProducer(func() actor.Actor { return newGrain() }))
+	var n *Node
+	kind := cluster.NewKind(destinationKind, actor.PropsFromProducer(func() actor.Actor { return newGrain(n) }))
 	rc := remote.Configure(host, port, remote.WithAdvertisedHost(o.Advertise))
 	cc := cluster.Configure(clusterName, provider, disthash.New(), rc, cluster.WithKinds(kind),
 		cluster.WithRequestTimeout(5*time.Second))
-	n := &Node{o: o, sys: sys, etcd: cli, stop: make(chan struct{}),
+	n = &Node{o: o, sys: sys, etcd: cli, stop: make(chan struct{}),
+		held:          map[string]map[string]bool{},
 		transferState: transferState{incoming: map[string]*incoming{}, refused: map[string]bool{}}}
 	n.c = cluster.New(sys, cc)
 	// MemberList.Members is read without its lock in protoactor; keep our
@@ -383,6 +389,10 @@ func (a *peerActor) Receive(c actor.Context) {
 	switch kind {
 	case "status":
 		c.Respond(wrap(statusReply{Name: a.n.o.Name, Live: a.n.o.Live()}))
+	case "held":
+		var req heldReq
+		unwrap(msg, &req)
+		c.Respond(wrap(heldReply{Leases: a.n.heldHere(req.Domain)}))
 	default:
 		a.n.receiveTransfer(c, kind, msg)
 	}

@@ -87,6 +87,10 @@ func TestMembershipAndLeases(t *testing.T) {
 	if _, ok := l1.(*lease); !ok {
 		t.Fatalf("a cluster member got a %T, not a cluster lease", l1)
 	}
+	// A grain activated now (moved, or its node died) would learn both.
+	if ids, complete := a.heldEverywhere("slow.test"); !complete || len(ids) != 2 {
+		t.Fatalf("census of slow.test's leases: %v (complete %v), want 2", ids, complete)
+	}
 	// Leases outlive their TTL (1 s) while renewed.
 	granted := time.Now()
 	waitFor(t, 5*time.Second, "1.5 s to pass", func() bool { return time.Since(granted) > 1500*time.Millisecond })
@@ -156,10 +160,10 @@ func TestEtcdUnreachableWorksAlone(t *testing.T) {
 }
 
 func TestGrainRules(t *testing.T) {
-	g := newGrain()
+	g := newGrain(nil)
 	t0 := time.Unix(1000, 0)
-	g.started = t0
 	ttl := 10 * time.Second
+	g.warmUntil = t0.Add(ttl) // an activation that did not hear from every member
 	req := func(op, id string) leaseReq {
 		return leaseReq{Op: op, Lease: id, Node: "n", Limit: 2, TTL: ttl}
 	}

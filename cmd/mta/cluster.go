@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
+	"github.com/ledgermail/ledgermail/actors"
 	"github.com/ledgermail/ledgermail/mxrelay"
 	"github.com/ledgermail/ledgermail/projections"
 	"github.com/ledgermail/ledgermail/scaleout"
@@ -43,7 +44,10 @@ func clusterGate(n *scaleout.Node, rc RelayConfig) func(string) mxrelay.Gate {
 	}
 	shape := shaping(rc.Destinations)
 	return func(domain string) mxrelay.Gate {
-		s := shape(domain)
+		var s actors.Shaping // no [[relay.destinations]]: the defaults
+		if shape != nil {
+			s = shape(domain)
+		}
 		limit := s.MaxConnections
 		if limit <= 0 {
 			limit = rc.MaxConnectionsPerDomain

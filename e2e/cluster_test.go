@@ -68,18 +68,20 @@ func (s *server) clusterStatus() (clusterStatusJSON, error) {
 // clusterNode starts one node of a cluster: MX relay through dnsAddr to
 // port, slow.test limited to 2 connections, [cluster] on etcd.
 func clusterNode(t *testing.T, name, etcd, dnsAddr, port string) *server {
-	return clusterNodeRetry(t, name, etcd, dnsAddr, port, `"1s"`)
+	return clusterNodeWith(t, name, etcd, dnsAddr, port, `"1s"`, `
+[[relay.destinations]]
+domain = "slow.test"
+max_connections = 2`)
 }
 
-func clusterNodeRetry(t *testing.T, name, etcd, dnsAddr, port, retry string) *server {
+// clusterNodeWith starts a node with the given retry schedule and
+// [[relay.destinations]] ("" for none: every destination on the defaults).
+func clusterNodeWith(t *testing.T, name, etcd, dnsAddr, port, retry, dests string) *server {
 	s := newServer(t, serverOpts{trusted: true, retry: retry, relay: `mode = "mx"
 dns_servers = ["` + dnsAddr + `"]
 mx_port = ` + port + `
 command_timeout = "60s"
-data_timeout = "60s"
-[[relay.destinations]]
-domain = "slow.test"
-max_connections = 2`, extra: fmt.Sprintf(`[cluster]
+data_timeout = "60s"` + dests, extra: fmt.Sprintf(`[cluster]
 name = %q
 etcd = [%q]
 advertise = %q
@@ -270,9 +272,9 @@ func TestDrainHandsTheQueueToPeers(t *testing.T) {
 		"later.test.":    {"later.test. 60 IN MX 10 mx.later.test."},
 		"mx.later.test.": {"mx.later.test. 60 IN A 127.0.0.2"},
 	})
-	a := clusterNodeRetry(t, "a", e.Endpoint, dnsAddr, port, `"2s"`)
-	b := clusterNodeRetry(t, "b", e.Endpoint, dnsAddr, port, `"2s"`)
-	c := clusterNodeRetry(t, "c", e.Endpoint, dnsAddr, port, `"2s"`)
+	a := clusterNodeWith(t, "a", e.Endpoint, dnsAddr, port, `"2s"`, "")
+	b := clusterNodeWith(t, "b", e.Endpoint, dnsAddr, port, `"2s"`, "")
+	c := clusterNodeWith(t, "c", e.Endpoint, dnsAddr, port, `"2s"`, "")
 	waitMembers(t, []*server{a, b, c}, 3)
 
 	const n = 30
@@ -332,8 +334,8 @@ func TestDrainSurvivesKillOfTheOrigin(t *testing.T) {
 		"later.test.":    {"later.test. 60 IN MX 10 mx.later.test."},
 		"mx.later.test.": {"mx.later.test. 60 IN A 127.0.0.2"},
 	})
-	a := clusterNodeRetry(t, "a", e.Endpoint, dnsAddr, port, `"2s"`)
-	b := clusterNodeRetry(t, "b", e.Endpoint, dnsAddr, port, `"2s"`)
+	a := clusterNodeWith(t, "a", e.Endpoint, dnsAddr, port, `"2s"`, "")
+	b := clusterNodeWith(t, "b", e.Endpoint, dnsAddr, port, `"2s"`, "")
 	waitMembers(t, []*server{a, b}, 2)
 
 	const n = 150

@@ -21,10 +21,12 @@ wait_port "$SINK"; wait_port "$ETCD"
 now() { date +%s.%N; }
 echo "load: $COUNT messages x $SIZE bytes, $SESSIONS sessions in all, $(nproc) cores; every node, etcd, smtp-sink and the load generators on this machine"
 printf '%-6s %14s %14s\n' nodes "accepted msg/s" "e2e msg/s"
-for n in 1 2 3; do
+# "1 alone": one node without [cluster] (no cluster code on the path).
+for run in alone 1 2 3; do
+  n=$run; [ "$run" = alone ] && n=1
   pids=()
   for i in $(seq 1 "$n"); do
-    d="$W/r$n-n$i"; mkdir -p "$d"
+    d="$W/r$run-n$i"; mkdir -p "$d"
     cat > "$d/mta.toml" <<TOML
 hostname = "n$i.test"
 data_dir = "$d/data"
@@ -42,17 +44,14 @@ smarthost = "$SINK"
 level = "warn"
 [admin]
 listen = "127.0.0.1:2$n${i}25"
-[cluster]
-name = "r$n-n$i"
-etcd = ["$ETCD"]
-advertise = "127.0.0.1:2$n${i}46"
 TOML
+    [ "$run" = alone ] || printf '[cluster]\nname = "r%s-n%s"\netcd = ["%s"]\nadvertise = "127.0.0.1:2%s%s46"\n' "$n" "$i" "$ETCD" "$n" "$i" >> "$d/mta.toml"
     "$W/mta" serve -c "$d/mta.toml" 2>"$d/log" &
     pids+=($!); BENCH_PIDS+=($!)
   done
   for i in $(seq 1 "$n"); do
     wait_port "127.0.0.1:2$n${i}87"
-    until [ "$("$W/mta" cluster status --json -c "$W/r$n-n$i/mta.toml" 2>/dev/null | grep -c '"alive": true')" = "$n" ]; do sleep 0.2; done
+    [ "$run" = alone ] || until [ "$("$W/mta" cluster status --json -c "$W/r$run-n$i/mta.toml" 2>/dev/null | grep -c '"alive": true')" = "$n" ]; do sleep 0.2; done
   done
   t0=$(now)
   lgp=()
@@ -63,11 +62,11 @@ TOML
   for p in "${lgp[@]}"; do wait "$p"; done
   t1=$(now)
   for i in $(seq 1 "$n"); do
-    until "$W/mta" queue -c "$W/r$n-n$i/mta.toml" 2>/dev/null | grep -q empty; do sleep 0.1; done
+    until "$W/mta" queue -c "$W/r$run-n$i/mta.toml" 2>/dev/null | grep -q empty; do sleep 0.1; done
   done
   t2=$(now)
   total=$(( (COUNT / n) * n ))
-  printf '%-6s %14.0f %14.0f\n' "$n" "$(echo "$total / ($t1 - $t0)" | bc -l)" "$(echo "$total / ($t2 - $t0)" | bc -l)"
+  printf '%-6s %14.0f %14.0f\n' "$run" "$(echo "$total / ($t1 - $t0)" | bc -l)" "$(echo "$total / ($t2 - $t0)" | bc -l)"
   kill "${pids[@]}" 2>/dev/null || true
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
 done

@@ -54,7 +54,20 @@ type grain struct {
 	lim       *rate.Limiter
 	rate      float64
 	refused   time.Time // the last acquire refused for want of a free connection
+	// waiting are acquires held until a lease is given back, first come
+	// first served, each answered "ask again" at its deadline at the latest.
+	waiting []waiter
 }
+
+type waiter struct {
+	to    *actor.PID
+	req   leaseReq
+	until time.Time
+}
+
+// holdBusy is how long an acquire waits at the grain for a lease to come
+// back (under the node's 2 s request timeout).
+const holdBusy = time.Second
 
 type grantInfo struct {
 	node    string
@@ -86,7 +99,39 @@ func (g *grain) Receive(c actor.Context) {
 	if _, ok := op(c.Message()); !ok || unwrap(c.Message(), &req) != nil {
 		return
 	}
-	c.Respond(wrap(g.handle(req, time.Now())))
+	now := time.Now()
+	if req.Op == "wake" {
+		g.serveWaiters(c, now)
+		return
+	}
+	res := g.handle(req, now)
+	if req.Op == "acquire" && !res.Granted && res.Retry == retryBusy && c.Sender() != nil {
+		// Full: hold the request until a lease comes back.
+		g.waiting = append(g.waiting, waiter{to: c.Sender(), req: req, until: now.Add(holdBusy)})
+		self, root := c.Self(), c.ActorSystem().Root
+		time.AfterFunc(holdBusy, func() { root.Send(self, wrap(leaseReq{Op: "wake"})) })
+	} else {
+		c.Respond(wrap(res))
+	}
+	g.serveWaiters(c, now)
+}
+
+// serveWaiters grants held acquires while leases are free, and tells those
+// past their deadline to ask again.
+func (g *grain) serveWaiters(c actor.Context, now time.Time) {
+	g.expire(now)
+	keep := g.waiting[:0]
+	for _, w := range g.waiting {
+		switch {
+		case !now.Before(w.until):
+			c.Send(w.to, wrap(leaseResp{Retry: time.Millisecond, Reason: fmt.Sprintf("all %d connections of the cluster are in use", w.req.Limit)}))
+		case len(g.leases) < w.req.Limit && !now.Before(g.warmUntil):
+			c.Send(w.to, wrap(g.handle(w.req, now)))
+		default:
+			keep = append(keep, w)
+		}
+	}
+	g.waiting = keep
 }
 
 // retryBusy is when a node asks again after all connections were taken.
@@ -138,7 +183,7 @@ func (g *grain) handle(req leaseReq, now time.Time) leaseResp {
 		g.leases[req.Lease] = grantInfo{node: req.Node, expires: now.Add(req.TTL)}
 		// Someone was refused since the last round of renewals: idle
 		// connections make way.
-		return leaseResp{Granted: true, Lease: req.Lease, Yield: now.Sub(g.refused) < req.TTL/3+retryBusy}
+		return leaseResp{Granted: true, Lease: req.Lease, Yield: len(g.waiting) > 0 || now.Sub(g.refused) < req.TTL/3+retryBusy}
 	case "release":
 		delete(g.leases, req.Lease)
 		return leaseResp{Granted: true}

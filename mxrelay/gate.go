@@ -48,6 +48,58 @@ func (p *Pool) lease(ctx context.Context) (Lease, error) {
 	return l, nil
 }
 
+// leaseOrIdle waits for a connection lease from the pool's gate or for a
+// connection to key to come back idle into the pool, whichever comes first:
+// a delivery waiting for the cluster must not wait beside an idle
+// connection of its own node. Without a gate it returns a free lease at
+// once. A lease granted after the wait ended is given back.
+func (p *Pool) leaseOrIdle(ctx context.Context, key string) (*pooled, Lease, error) {
+	if p == nil || p.gate == nil {
+		return nil, freeLease{}, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, leaseWait)
+	type grant struct {
+		l   Lease
+		err error
+	}
+	ch := make(chan grant, 1)
+	go func() {
+		l, err := p.gate.Connection(ctx)
+		ch <- grant{l, err}
+	}()
+	p.mu.Lock()
+	p.waiting++
+	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		p.waiting--
+		p.mu.Unlock()
+	}()
+	for {
+		p.mu.Lock()
+		back := p.back
+		p.mu.Unlock()
+		if pc := p.get(key); pc != nil {
+			cancel()
+			go func() {
+				if g := <-ch; g.err == nil {
+					g.l.Release()
+				}
+			}()
+			return pc, nil, nil
+		}
+		select {
+		case g := <-ch:
+			cancel()
+			if g.err != nil {
+				return nil, nil, fmt.Errorf("no connection lease from the cluster: %w", g.err)
+			}
+			return nil, g.l, nil
+		case <-back:
+		}
+	}
+}
+
 type freeLease struct{}
 
 func (freeLease) Valid() bool { return true }

@@ -17,6 +17,10 @@ type Pool struct {
 	stop    chan struct{}
 	started bool
 	gate    Gate // nil: no cluster-wide limit
+	// waiting counts deliveries in leaseOrIdle; while there are any, put
+	// closes back (and makes a new one) to wake them.
+	waiting int
+	back    chan struct{}
 }
 
 type pooled struct {
@@ -33,7 +37,7 @@ type pooled struct {
 // transactions is closed (QUIT) rather than kept ([[relay.destinations]]
 // max_messages_per_connection); 0 means no limit.
 func NewPool(idle time.Duration, maxMessages int) *Pool {
-	return &Pool{idle: idle, maxUses: maxMessages, conns: map[string][]*pooled{}, stop: make(chan struct{})}
+	return &Pool{idle: idle, maxUses: maxMessages, conns: map[string][]*pooled{}, stop: make(chan struct{}), back: make(chan struct{})}
 }
 
 func (p *Pool) get(addr string) *pooled {
@@ -75,6 +79,10 @@ func (p *Pool) put(addr string, pc *pooled) {
 	}
 	pc.since = time.Now()
 	p.conns[addr] = append(p.conns[addr], pc)
+	if p.waiting > 0 {
+		close(p.back)
+		p.back = make(chan struct{})
+	}
 	if y, ok := pc.lease.(yielder); ok {
 		y.OnYield(func() { p.evict(addr, pc) })
 	}

@@ -12,6 +12,23 @@ import (
 	"github.com/emersion/go-smtp"
 )
 
+// reuse runs the transaction on a pooled connection; ok is false when the
+// peer had closed it while idle (the caller dials afresh).
+func reuse(pool *Pool, key, addr string, pc *pooled, m Message) (Result, bool) {
+	out, healthy := transaction(pc.c, m)
+	if connectionLost(out) {
+		pc.c.close()
+		pc.lease.Release()
+		return Result{}, false
+	}
+	if healthy {
+		pool.put(key, pc)
+	} else {
+		pc.close()
+	}
+	return Result{Host: addr, TLS: pc.tls, Rcpts: out, Reused: true, Security: pc.sec}, true
+}
+
 // deliverHost runs one SMTP transaction with addr, on a pooled connection
 // when one is idle (falling back to a new one if the pooled one has died).
 // sec, when not nil, is the transport security policy the connection must
@@ -19,20 +36,18 @@ import (
 func deliverHost(ctx context.Context, o Options, addr string, useAuth bool, m Message, pool *Pool, sec *hostSecurity) (res Result) {
 	key := sec.poolKey(addr)
 	if pc := pool.get(key); pc != nil {
-		out, healthy := transaction(pc.c, m)
-		if !connectionLost(out) {
-			if healthy {
-				pool.put(key, pc)
-			} else {
-				pc.close()
-			}
-			return Result{Host: addr, TLS: pc.tls, Rcpts: out, Reused: true, Security: pc.sec}
+		if r, ok := reuse(pool, key, addr, pc, m); ok {
+			return r
 		}
-		pc.c.close() // the peer closed it while idle: dial afresh
-		pc.lease.Release()
 	}
 	res = Result{Host: addr}
-	lease, err := pool.lease(ctx)
+	pc, lease, err := pool.leaseOrIdle(ctx, key)
+	if err == nil && pc != nil {
+		if r, ok := reuse(pool, key, addr, pc, m); ok {
+			return r
+		}
+		lease, err = pool.lease(ctx)
+	}
 	if err != nil {
 		res.Rcpts = allRcpts(m.Recipients, temporary("%s: %v", addr, err))
 		return res

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -53,7 +54,6 @@ type grain struct {
 	leases    map[string]grantInfo
 	lim       *rate.Limiter
 	rate      float64
-	refused   time.Time // the last acquire refused for want of a free connection
 	// waiting are acquires held until a lease is given back, first come
 	// first served, each answered "ask again" at its deadline at the latest.
 	waiting []waiter
@@ -72,6 +72,19 @@ const holdBusy = time.Second
 type grantInfo struct {
 	node    string
 	expires time.Time
+	yield   bool // its node was asked to give it back
+}
+
+// holder is the node a lease was granted to (a lease ID begins with it; a
+// lease adopted in a census has no recorded node).
+func (l grantInfo) holder(id string) string {
+	if l.node != "" {
+		return l.node
+	}
+	if i := strings.LastIndexByte(id, '-'); i > 0 {
+		return id[:i]
+	}
+	return id
 }
 
 func newGrain(n *Node) *grain { return &grain{n: n, leases: map[string]grantInfo{}} }
@@ -110,6 +123,7 @@ func (g *grain) Receive(c actor.Context) {
 		g.waiting = append(g.waiting, waiter{to: c.Sender(), req: req, until: now.Add(holdBusy)})
 		self, root := c.Self(), c.ActorSystem().Root
 		time.AfterFunc(holdBusy, func() { root.Send(self, wrap(leaseReq{Op: "wake"})) })
+		g.rebalance(req.Limit)
 	} else {
 		c.Respond(wrap(res))
 	}
@@ -132,6 +146,54 @@ func (g *grain) serveWaiters(c actor.Context, now time.Time) {
 		}
 	}
 	g.waiting = keep
+}
+
+// share is each interested node's fair part of limit connections while
+// acquires wait: the nodes holding leases and those waiting for one split
+// the limit evenly (at least one each).
+func (g *grain) share(limit int) int {
+	nodes := map[string]bool{}
+	for id, l := range g.leases {
+		nodes[l.holder(id)] = true
+	}
+	for _, w := range g.waiting {
+		nodes[w.req.Node] = true
+	}
+	if len(nodes) == 0 {
+		return limit
+	}
+	return max(1, limit/len(nodes))
+}
+
+// rebalance asks every node holding more than its share, while another
+// waits, to give the excess back as soon as those connections are idle:
+// without it a busy node would keep every connection until its leases
+// are renewed.
+func (g *grain) rebalance(limit int) {
+	share := g.share(limit)
+	excess := map[string][]string{}
+	keeps := map[string]int{} // leases each node keeps (not asked back)
+	for id, l := range g.leases {
+		if !l.yield {
+			keeps[l.holder(id)]++
+		}
+	}
+	for id, l := range g.leases {
+		h := l.holder(id)
+		if l.yield || keeps[h] <= share {
+			continue
+		}
+		keeps[h]--
+		l.yield = true
+		g.leases[id] = l
+		excess[h] = append(excess[h], id)
+	}
+	if g.n == nil {
+		return
+	}
+	for node, ids := range excess {
+		g.n.yieldLeases(node, ids)
+	}
 }
 
 // retryBusy is when a node asks again after all connections were taken.
@@ -170,7 +232,6 @@ func (g *grain) handle(req leaseReq, now time.Time) leaseResp {
 			return leaseResp{Retry: g.warmUntil.Sub(now), Reason: "the destination's grain has just been activated"}
 		}
 		if len(g.leases) >= req.Limit {
-			g.refused = now
 			return leaseResp{Retry: retryBusy, Reason: fmt.Sprintf("all %d connections of the cluster are in use", req.Limit)}
 		}
 		id := newLeaseID(req.Node)
@@ -180,10 +241,13 @@ func (g *grain) handle(req leaseReq, now time.Time) leaseResp {
 		if _, ok := g.leases[req.Lease]; !ok && len(g.leases) >= req.Limit {
 			return leaseResp{Reason: "lease expired and the limit is reached"}
 		}
-		g.leases[req.Lease] = grantInfo{node: req.Node, expires: now.Add(req.TTL)}
-		// Someone was refused since the last round of renewals: idle
-		// connections make way.
-		return leaseResp{Granted: true, Lease: req.Lease, Yield: len(g.waiting) > 0 || now.Sub(g.refused) < req.TTL/3+retryBusy}
+		g.leases[req.Lease] = grantInfo{node: req.Node, expires: now.Add(req.TTL), yield: g.leases[req.Lease].yield}
+		if len(g.waiting) > 0 {
+			g.rebalance(req.Limit)
+		}
+		// Its node holds more than its share while others wait: the
+		// connection makes way once idle.
+		return leaseResp{Granted: true, Lease: req.Lease, Yield: g.leases[req.Lease].yield}
 	case "release":
 		delete(g.leases, req.Lease)
 		return leaseResp{Granted: true}
@@ -284,7 +348,7 @@ func (g *gate) Connection(ctx context.Context) (mxrelay.Lease, error) {
 	}
 	l := &lease{g: g, id: res.Lease, done: make(chan struct{})}
 	l.extend(time.Now())
-	g.n.hold(g.domain, l.id, true)
+	g.n.hold(g.domain, l.id, l)
 	go l.keep()
 	return l, nil
 }
@@ -344,6 +408,19 @@ func (l *lease) OnYield(fn func()) {
 	}
 }
 
+// giveBack makes the lease invalid for reuse: its connection closes once
+// idle (at once if it is idle in the pool), and the lease goes back.
+func (l *lease) giveBack() {
+	l.mu.Lock()
+	l.yield = true
+	fns := l.onYield
+	l.onYield = nil
+	l.mu.Unlock()
+	for _, fn := range fns {
+		fn()
+	}
+}
+
 func (l *lease) keep() {
 	t := time.NewTicker(l.g.n.o.LeaseTTL / 3)
 	defer t.Stop()
@@ -361,14 +438,7 @@ func (l *lease) keep() {
 		case res.Granted:
 			l.extend(now)
 			if res.Yield {
-				l.mu.Lock()
-				l.yield = true
-				fns := l.onYield
-				l.onYield = nil
-				l.mu.Unlock()
-				for _, fn := range fns {
-					fn()
-				}
+				l.giveBack()
 			}
 		default:
 			l.mu.Lock()
@@ -383,7 +453,7 @@ func (l *lease) keep() {
 // Release gives the lease back (once), after its connection closed.
 func (l *lease) Release() {
 	l.once.Do(func() {
-		l.g.n.hold(l.g.domain, l.id, false)
+		l.g.n.hold(l.g.domain, l.id, nil)
 		close(l.done)
 		l.mu.Lock()
 		l.revoked = true
@@ -398,21 +468,57 @@ func (l *lease) Release() {
 	})
 }
 
-// hold records (or forgets) a lease this node holds, for a new grain's
-// census.
-func (n *Node) hold(domain, id string, held bool) {
+// hold records l, a lease this node holds (nil: forgets it), for a new
+// grain's census and for a grain asking for leases back.
+func (n *Node) hold(domain, id string, l *lease) {
 	n.hmu.Lock()
 	defer n.hmu.Unlock()
-	if held {
+	if l != nil {
 		if n.held[domain] == nil {
-			n.held[domain] = map[string]bool{}
+			n.held[domain] = map[string]*lease{}
 		}
-		n.held[domain][id] = true
+		n.held[domain][id] = l
 		return
 	}
 	delete(n.held[domain], id)
 	if len(n.held[domain]) == 0 {
 		delete(n.held, domain)
+	}
+}
+
+type yieldReq struct {
+	Op     string   `json:"op"` // "yield"
+	Leases []string `json:"leases"`
+}
+
+// yieldLeases asks node (this one or a peer) to give leases of domain back
+// once their connections are idle; it does not wait for an answer.
+func (n *Node) yieldLeases(node string, ids []string) {
+	if node == n.o.Name {
+		go n.yieldHere(ids)
+		return
+	}
+	addr, ok := n.Peers()[node]
+	if !ok {
+		return // gone: its leases expire
+	}
+	n.sys.Root.Send(actor.NewPID(addr, nodeActor), wrap(yieldReq{Op: "yield", Leases: ids}))
+}
+
+// yieldHere gives back the leases named, those this node still holds.
+func (n *Node) yieldHere(ids []string) {
+	var ls []*lease
+	n.hmu.Lock()
+	for _, byID := range n.held {
+		for _, id := range ids {
+			if l := byID[id]; l != nil {
+				ls = append(ls, l)
+			}
+		}
+	}
+	n.hmu.Unlock()
+	for _, l := range ls {
+		l.giveBack()
 	}
 }
 

@@ -85,7 +85,7 @@ type Node struct {
 	mu      sync.Mutex
 	members []*cluster.Member // the last topology event's
 	hmu     sync.Mutex
-	held    map[string]map[string]bool // domain -> connection leases this node holds
+	held    map[string]map[string]*lease // domain -> connection leases this node holds
 	transferState
 }
 
@@ -133,7 +133,7 @@ func Start(o Options) (*Node, error) {
 	cc := cluster.Configure(clusterName, provider, disthash.New(), rc, cluster.WithKinds(kind),
 		cluster.WithRequestTimeout(5*time.Second))
 	n = &Node{o: o, sys: sys, etcd: cli, stop: make(chan struct{}),
-		held:          map[string]map[string]bool{},
+		held:          map[string]map[string]*lease{},
 		transferState: transferState{incoming: map[string]*incoming{}, refused: map[string]bool{}}}
 	n.c = cluster.New(sys, cc)
 	// MemberList.Members is read without its lock in protoactor; keep our
@@ -393,6 +393,11 @@ func (a *peerActor) Receive(c actor.Context) {
 		var req heldReq
 		unwrap(msg, &req)
 		c.Respond(wrap(heldReply{Leases: a.n.heldHere(req.Domain)}))
+	case "yield":
+		var req yieldReq
+		if unwrap(msg, &req) == nil {
+			go a.n.yieldHere(req.Leases)
+		}
 	default:
 		a.n.receiveTransfer(c, kind, msg)
 	}

@@ -71,8 +71,8 @@ func TestMembershipAndLeases(t *testing.T) {
 		t.Fatalf("b's peers: %v", peers)
 	}
 
-	// Two connections for the whole cluster: one lease from each node, then
-	// a third waits until one is given back.
+	// Two connections for the whole cluster, both taken by a; then b
+	// waits, and a is asked to give back the one above its share.
 	ga, gb := a.Gate("slow.test", 2, 0), b.Gate("slow.test", 2, 0)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -80,7 +80,7 @@ func TestMembershipAndLeases(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l2, err := gb.Connection(ctx)
+	l2, err := ga.Connection(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,7 +88,7 @@ func TestMembershipAndLeases(t *testing.T) {
 		t.Fatalf("a cluster member got a %T, not a cluster lease", l1)
 	}
 	// A grain activated now (moved, or its node died) would learn both.
-	if ids, complete := a.heldEverywhere("slow.test"); !complete || len(ids) != 2 {
+	if ids, complete := b.heldEverywhere("slow.test"); !complete || len(ids) != 2 {
 		t.Fatalf("census of slow.test's leases: %v (complete %v), want 2", ids, complete)
 	}
 	// Leases outlive their TTL (1 s) while renewed.
@@ -97,6 +97,9 @@ func TestMembershipAndLeases(t *testing.T) {
 	if !l1.Valid() || !l2.Valid() {
 		t.Fatal("renewed leases are no longer valid")
 	}
+	yielded := make(chan mxrelay.Lease, 2)
+	l1.(*lease).OnYield(func() { yielded <- l1 })
+	l2.(*lease).OnYield(func() { yielded <- l2 })
 	short, cancelShort := context.WithTimeout(context.Background(), 2500*time.Millisecond)
 	defer cancelShort()
 	if l3, err := gb.Connection(short); err == nil {
@@ -104,37 +107,46 @@ func TestMembershipAndLeases(t *testing.T) {
 	} else if !strings.Contains(err.Error(), "all 2 connections") {
 		t.Fatalf("third lease refused for the wrong reason: %v", err)
 	}
-	// Another node waited: the holders are asked to give their connections
-	// back once idle (a pool then closes them).
-	yielded := make(chan struct{})
-	l1.(*lease).OnYield(func() { close(yielded) })
+	// b waited: a, holding both, was asked for exactly one back (a pool
+	// closes its connection once idle).
+	var back, kept mxrelay.Lease
 	select {
-	case <-yielded:
+	case back = <-yielded:
 	case <-time.After(5 * time.Second):
-		t.Fatal("a holder was not asked to yield within 5 s while another node waited")
+		t.Fatal("a holder above its share was not asked to yield within 5 s while another node waited")
 	}
-	if l1.Valid() {
+	kept = l1
+	if back == l1 {
+		kept = l2
+	}
+	if back.Valid() {
 		t.Fatal("a lease asked to yield is still valid for reuse")
+	}
+	if !kept.Valid() {
+		t.Fatal("a's share (one of two connections) was asked back too")
 	}
 	got3 := make(chan mxrelay.Lease, 1)
 	go func() {
-		l, err := ga.Connection(ctx)
+		l, err := gb.Connection(ctx)
 		if err != nil {
 			t.Error(err)
 		}
 		got3 <- l
 	}()
-	l2.Release()
-	if l2.Valid() {
+	back.Release()
+	if back.Valid() {
 		t.Fatal("a released lease is still valid")
 	}
 	select {
 	case l := <-got3:
+		if l == nil || !l.Valid() {
+			t.Fatalf("b's lease after one was given back: %v", l)
+		}
 		l.Release()
 	case <-time.After(5 * time.Second):
-		t.Fatal("a released lease was not granted again within 5 s")
+		t.Fatal("a released lease was not granted to the waiting node within 5 s")
 	}
-	l1.Release()
+	kept.Release()
 }
 
 func TestEtcdUnreachableWorksAlone(t *testing.T) {
@@ -189,12 +201,25 @@ func TestGrainRules(t *testing.T) {
 	if r := g.handle(req("renew", "unknown"), t0.Add(12*time.Second)); r.Granted {
 		t.Fatalf("an unknown lease adopted over the limit: %+v", r)
 	}
-	// A node was just refused: the next renewal asks its holder to give
-	// the connection back when idle; long after, it does not.
-	if r := g.handle(req("renew", fresh.Lease), t0.Add(12500*time.Millisecond)); !r.Granted || !r.Yield {
-		t.Fatalf("renewal while another node waits: %+v", r)
+	// Another node waits (an acquire held at the grain): of n's two
+	// leases, one is its share of two nodes; the renewal of the other asks
+	// for it back, once and only for that one.
+	g.waiting = append(g.waiting, waiter{req: leaseReq{Op: "acquire", Node: "m", Limit: 2, TTL: ttl}, until: t0.Add(13 * time.Second)})
+	yielded := 0
+	for id := range g.leases {
+		r := g.handle(req("renew", id), t0.Add(12500*time.Millisecond))
+		if !r.Granted {
+			t.Fatalf("renewal while another node waits refused: %+v", r)
+		}
+		if r.Yield {
+			yielded++
+		}
 	}
-	if r := g.handle(req("renew", fresh.Lease), t0.Add(19*time.Second)); !r.Granted || r.Yield {
+	if yielded != 1 {
+		t.Fatalf("%d of n's 2 leases asked back while one node waits, want 1 (its share is 1)", yielded)
+	}
+	g.waiting = nil
+	if r := g.handle(req("renew", fresh.Lease), t0.Add(19*time.Second)); !r.Granted || (r.Yield != g.leases[fresh.Lease].yield) {
 		t.Fatalf("renewal with nobody waiting: %+v", r)
 	}
 	// Rate: one message per second.

@@ -6,7 +6,7 @@
 # Accepted: messages / wall time of the slowest loadgen. End to end: until
 # every node's queue is empty. Run by `make bench-cluster`.
 set -euo pipefail
-COUNT=${COUNT:-6000} SESSIONS=${SESSIONS:-24} SIZE=${SIZE:-4096}
+COUNT=${COUNT:-6000} SESSIONS=${SESSIONS:-24} SIZE=${SIZE:-4096} RUNS=${RUNS:-alone 1 2 3}
 source "$(dirname "$0")/benchlib.sh"
 command -v etcd >/dev/null || { echo "bench-cluster: etcd not installed (make deps)"; exit 1; }
 bench_init cluster
@@ -22,7 +22,7 @@ now() { date +%s.%N; }
 echo "load: $COUNT messages x $SIZE bytes, $SESSIONS sessions in all, $(nproc) cores; every node, etcd, smtp-sink and the load generators on this machine"
 printf '%-6s %14s %14s\n' nodes "accepted msg/s" "e2e msg/s"
 # "1 alone": one node without [cluster] (no cluster code on the path).
-for run in alone 1 2 3; do
+for run in $RUNS; do
   n=$run; [ "$run" = alone ] && n=1
   pids=()
   for i in $(seq 1 "$n"); do
@@ -41,7 +41,7 @@ listen = ""
 mode = "static"
 smarthost = "$SINK"
 [log]
-level = "warn"
+level = "${LOG_LEVEL:-warn}"
 [admin]
 listen = "127.0.0.1:2$n${i}25"
 TOML

@@ -295,6 +295,18 @@ func TestDrainHandsTheQueueToPeers(t *testing.T) {
 	if canConnect(a.sub) {
 		t.Fatal("a drained node still accepts SMTP connections")
 	}
+	// Nor from its maildrop: what cron drops now waits for the node's next
+	// run (three of the ingester's 1 s rounds pass without taking it).
+	if code, out := sendmailPipe(t, mtaBin, "Subject: after the drain\n\nbody\n", "sendmail", "-c", a.config, "late@dest.test"); code != 0 {
+		t.Fatalf("sendmail on the drained node: exit %d %s", code, out)
+	}
+	time.Sleep(3 * time.Second)
+	if files, _ := filepath.Glob(filepath.Join(a.dir, "data", "maildrop", "*.msg")); len(files) != 1 {
+		t.Fatalf("a drained node's maildrop holds %v, want the late message waiting", files)
+	}
+	if q := a.queue(); len(q.Envelopes) != 0 {
+		t.Fatalf("a drained node queued from its maildrop: %+v", q.Counts)
+	}
 
 	sink := destinationUp(t, port, n, b, c)
 	if len(sink.Messages()) != n {

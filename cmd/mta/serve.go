@@ -299,7 +299,15 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 		Help: "Bytes the journal's index (Pebble) has written to its tables, flushes and compactions, since start."},
 		func() float64 { return float64(j.IndexWriteBytes()) }))
 	drop := &maildrop.Ingester{Dir: cfg.MaildropDir(), Journal: j, Accepted: sys.Enqueue, Log: log.Named("maildrop"), MaxBytes: cfg.Limits.MaxMessageBytes, Memory: bodyMemory}
-	go drop.Run(time.Second, snapDone)
+	// The maildrop stops at the end or at `mta drain`, whichever is first.
+	dropStop, dropDone := make(chan struct{}), make(chan struct{})
+	var dropOnce sync.Once
+	stopDrop := func() { dropOnce.Do(func() { close(dropStop) }) }
+	defer stopDrop()
+	go func() {
+		defer close(dropDone)
+		drop.Run(time.Second, dropStop)
+	}()
 
 	edge, err := smtpedge.New(smtpedge.Options{
 		Hostname: cfg.Hostname, Postmaster: cfg.Policies.Postmaster, Listeners: lns,
@@ -348,6 +356,13 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 			Console: consoleH, Cluster: clusterStatus(node), Readiness: clusterReadiness(node),
 			Drain: clusterDrain(node, log, func(ctx context.Context) {
 				stopEdge(ctx)
+				// Files dropped from now on wait in the maildrop for
+				// the node's next run.
+				stopDrop()
+				select {
+				case <-dropDone:
+				case <-ctx.Done():
+				}
 				if httpSrv != nil {
 					httpSrv.Shutdown(ctx)
 				}

@@ -271,11 +271,10 @@ func (c *console) window(from, to time.Time, needle string) (out []received, tru
 			truncated = true
 			return errEnough
 		}
-		rc, ok := e.Payload.(events.Received)
-		if !ok || !matches(needle, e.Envelope, rc.Sender, rc.Recipients) {
+		r, ok := receivedRow(e)
+		if !ok || !matches(needle, e.Envelope, r.Sender, r.Recipients) {
 			return nil
 		}
-		r, _ := receivedRow(e)
 		out = append(out, r)
 		return nil
 	})
@@ -358,16 +357,21 @@ func (c *console) byAddress(addr string, from, to time.Time) (out []received, tr
 }
 
 func receivedRow(e events.Event) (received, bool) {
-	rc, ok := e.Payload.(events.Received)
-	if !ok {
+	var sender, via string
+	var rcpts []string
+	switch rc := e.Payload.(type) {
+	case events.Received:
+		sender, rcpts, via = rc.Sender, rc.Recipients, rc.Listener
+		if rc.AuthUser != "" {
+			via += " as " + rc.AuthUser
+		}
+	case events.TransferredIn:
+		sender, rcpts, via = rc.Sender, rc.Recipients, "transfer from "+rc.Origin
+	default:
 		return received{}, false
 	}
-	via := rc.Listener
-	if rc.AuthUser != "" {
-		via += " as " + rc.AuthUser
-	}
 	return received{Seq: e.Seq, Time: e.Time.UTC().Format("2006-01-02 15:04:05"), ID: e.Envelope,
-		Sender: rc.Sender, Recipients: rc.Recipients, Via: via}, true
+		Sender: sender, Recipients: rcpts, Via: via}, true
 }
 
 // timeLayout is what <input type="datetime-local"> sends (taken as UTC).

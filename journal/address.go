@@ -11,8 +11,9 @@ import (
 	"github.com/ledgermail/ledgermail/events"
 )
 
-// The address index: for every Received record, one key per address it
-// names (the sender and each recipient, lower case), so that the messages
+// The address index: for every Received record (and every TransferredIn,
+// a message this node took over from a drained one), one key per address
+// it names (the sender and each recipient, lower case), so that the messages
 // to or from an address are found without reading the journal:
 //
 //	a/<address>\x00<seq:8 BE> -> envelope ID
@@ -32,12 +33,12 @@ func addressKey(addr string, seq uint64) []byte {
 	return binary.BigEndian.AppendUint64(k, seq)
 }
 
-// addressesOf lists the addresses a Received record is found by (each
-// once; the null sender is not an address).
-func addressesOf(p events.Received) []string {
+// addressesOf lists the addresses a message is found by (each once; the
+// null sender is not an address).
+func addressesOf(sender string, rcpts []string) []string {
 	seen := map[string]bool{}
 	var out []string
-	for _, a := range append([]string{p.Sender}, p.Recipients...) {
+	for _, a := range append([]string{sender}, rcpts...) {
 		a = strings.ToLower(a)
 		if a != "" && !seen[a] && !strings.ContainsRune(a, 0) {
 			seen[a] = true
@@ -47,14 +48,20 @@ func addressesOf(p events.Received) []string {
 	return out
 }
 
-// addressKeys are e's address index keys (none unless e is a Received).
+// addressKeys are e's address index keys (none unless e is a Received or
+// a TransferredIn).
 func addressKeys(e events.Event) [][]byte {
-	p, ok := e.Payload.(events.Received)
-	if !ok {
+	var addrs []string
+	switch p := e.Payload.(type) {
+	case events.Received:
+		addrs = addressesOf(p.Sender, p.Recipients)
+	case events.TransferredIn:
+		addrs = addressesOf(p.Sender, p.Recipients)
+	default:
 		return nil
 	}
 	var keys [][]byte
-	for _, a := range addressesOf(p) {
+	for _, a := range addrs {
 		keys = append(keys, addressKey(a, e.Seq))
 	}
 	return keys
@@ -80,14 +87,22 @@ func unstageAddresses(b *pebble.Batch, e events.Event) error {
 	return nil
 }
 
-// receivedPrefix is how every stored Received event begins (events.Marshal
-// writes the type first): recovery decodes only those records, for their
-// addresses.
-var receivedPrefix = []byte(`{"type":"Received"`)
+// receivedPrefix and transferredInPrefix are how every stored Received
+// and TransferredIn event begins (events.Marshal writes the type first):
+// recovery decodes only those records, for their addresses.
+var (
+	receivedPrefix      = []byte(`{"type":"Received"`)
+	transferredInPrefix = []byte(`{"type":"TransferredIn"`)
+)
+
+// hasAddresses reports whether a stored event may carry address index keys.
+func hasAddresses(data []byte) bool {
+	return bytes.HasPrefix(data, receivedPrefix) || bytes.HasPrefix(data, transferredInPrefix)
+}
 
 // AddressHit is one message found by address.
 type AddressHit struct {
-	Seq      uint64 // of its Received event
+	Seq      uint64 // of its Received (or TransferredIn) event
 	Envelope string
 }
 

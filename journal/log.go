@@ -1,7 +1,6 @@
 package journal
 
 import (
-	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -528,9 +527,9 @@ func (j *Journal) recoverLog() (err error) {
 					break
 				}
 				e := events.Event{Seq: r.seq}
-				if p.envs != nil && !bytes.HasPrefix(r.data, receivedPrefix) {
+				if p.envs != nil && !hasAddresses(r.data) {
 					e.Envelope = p.envs[i] // no need to decode the event
-				} else if e, err = decodeEvent(r); err != nil { // a Received: for its addresses
+				} else if e, err = decodeEvent(r); err != nil { // for its addresses
 					fits = false
 					break
 				}

@@ -149,6 +149,13 @@ func (q *Queue) BodyInUse(key string) bool {
 	return q.bodyRefs[key] > 0
 }
 
+// BodyRefs returns how many live envelopes share the stored body key.
+func (q *Queue) BodyRefs(key string) int {
+	q.mu.RLock()
+	defer q.mu.RUnlock()
+	return q.bodyRefs[key]
+}
+
 // Get returns a copy of a live envelope.
 func (q *Queue) Get(id string) (*Envelope, bool) {
 	q.mu.RLock()

@@ -30,6 +30,10 @@ type Local struct {
 	Withhold func(id string) (bool, error)
 	Release  func(id string)
 	Enqueue  func(id string)
+	// DropBodies (queue.keep_bodies = false) deletes a transferred
+	// envelope's stored body with its TransferredOut, unless a live
+	// sibling shares it.
+	DropBodies bool
 }
 
 // SetLocal gives the node its queue, once the actors run: from then on it
@@ -343,12 +347,15 @@ func (n *Node) settle(l *Local, id, peer, addr string, have bool, sendErr error)
 	log := n.o.Log.With(zap.String("envelope", id), zap.String("peer", peer))
 	if have {
 		e, _ := l.Queue.Get(id)
-		var rcpts []string
+		var rcpts, drop []string
 		if e != nil {
 			rcpts = e.Pending
+			if l.DropBodies && e.BodyKey != "" && l.Queue.BodyRefs(e.BodyKey) <= 1 {
+				drop = []string{e.BodyKey}
+			}
 		}
 		if _, err := l.Journal.Append(journal.Write{Events: []events.Event{{Envelope: id,
-			Payload: events.TransferredOut{Peer: peer, Recipients: rcpts}}}}); err != nil {
+			Payload: events.TransferredOut{Peer: peer, Recipients: rcpts}}}, DropBodies: drop}); err != nil {
 			return false, "journal: " + err.Error()
 		}
 		log.Info("envelope transferred out")

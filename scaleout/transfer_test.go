@@ -3,6 +3,7 @@
 package scaleout
 
 import (
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -59,6 +60,9 @@ func openTransfer(t *testing.T, l *local, peer string) string {
 	return child
 }
 
+// bodyOf is the body key of a child openTransfer made (its root's ID).
+func bodyOf(child string) string { return strings.TrimSuffix(child, ".1") }
+
 func lastType(t *testing.T, j *journal.Journal, id string) events.Type {
 	evs, err := j.EnvelopeEvents(id, false)
 	if err != nil || len(evs) == 0 {
@@ -78,6 +82,7 @@ func TestOpenTransfersResolvedByAskingThePeer(t *testing.T) {
 		return origin.Clustered() && peer.Clustered() && origin.memberCount() == 2 && peer.memberCount() == 2
 	})
 	ol, pl := newLocal(t), newLocal(t)
+	ol.DropBodies = true // queue.keep_bodies = false
 	arrived := openTransfer(t, ol, "peer")
 	lostOnTheWay := openTransfer(t, ol, "peer")
 	// The peer had journaled the first one before the origin died.
@@ -100,6 +105,14 @@ func TestOpenTransfersResolvedByAskingThePeer(t *testing.T) {
 	}
 	if _, ok := ol.Queue.Get(arrived); ok {
 		t.Fatal("the transferred envelope is still live at the origin")
+	}
+	// Without keep_bodies, the body left with the envelope; the aborted
+	// one's is still needed here.
+	if b, err := ol.Journal.Body(bodyOf(arrived)); err == nil {
+		t.Fatalf("the transferred envelope's body is still stored at the origin (%d bytes)", len(b))
+	}
+	if _, err := ol.Journal.Body(bodyOf(lostOnTheWay)); err != nil {
+		t.Fatalf("the body of the envelope that stays here: %v", err)
 	}
 	// A commit that arrives after the peer said "not here" is refused: the
 	// origin delivers that envelope itself.

@@ -269,7 +269,7 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 		return err
 	}
 	if node != nil {
-		node.SetLocal(&scaleout.Local{Journal: j, Queue: q, Withhold: sys.Withhold, Release: sys.Release, Enqueue: sys.Enqueue})
+		node.SetLocal(&scaleout.Local{Journal: j, Queue: q, Withhold: sys.Withhold, Release: sys.Release, Enqueue: sys.Enqueue, DropBodies: !cfg.Queue.KeepBodies})
 	}
 	// Stop the actors, then snapshot the (now quiet) queue; deferred calls
 	// run in reverse, so this is registered after sys.Stop would be.

@@ -92,6 +92,7 @@ type Server struct {
 	budget     *BodyMemory
 	wg         sync.WaitGroup // the Serve loops
 	closing    atomic.Bool    // Shutdown has begun
+	serveMu    sync.Mutex     // orders Serve's start against Shutdown
 }
 
 // New validates opts and binds every listener (so that privileges may be
@@ -227,8 +228,14 @@ func (s *Server) newSMTP(name, addr string, implicit bool) *smtp.Server {
 	return srv
 }
 
-// Serve serves every listener until Shutdown.
+// Serve serves every listener until Shutdown; after Shutdown (an early
+// `mta drain`) it serves nothing.
 func (s *Server) Serve() {
+	s.serveMu.Lock()
+	defer s.serveMu.Unlock()
+	if s.closing.Load() {
+		return
+	}
 	for i, srv := range s.servers {
 		s.wg.Add(1)
 		// The connection limit wraps the raw connection, TLS goes on top,
@@ -275,7 +282,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	// go-smtp's Serve adds each accepted connection to a WaitGroup that its
 	// Shutdown waits on, and an Add racing that Wait is a data race. Once
 	// the loops are gone, go-smtp's Shutdown only waits for the sessions.
+	s.serveMu.Lock()
 	s.closing.Store(true)
+	s.serveMu.Unlock()
 	for _, ln := range s.lns {
 		ln.Close()
 	}

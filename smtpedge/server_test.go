@@ -3,6 +3,7 @@ package smtpedge
 import (
 	"crypto/tls"
 	"errors"
+	"net"
 	"net/netip"
 	"strings"
 	"sync/atomic"
@@ -74,5 +75,34 @@ func TestJournalFailureAnswers451(t *testing.T) {
 	j2.Scan(1, func(e events.Event) error { n++; return nil })
 	if n != 1 {
 		t.Fatalf("%d events after reopen, want 1", n)
+	}
+}
+
+// A Shutdown before Serve (a drain asked for while the server starts)
+// leaves nothing listening, and Serve after it serves nothing.
+func TestShutdownBeforeServe(t *testing.T) {
+	j, err := journal.Open(journal.Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	srv, err := New(Options{
+		Hostname: "edge.test", Submission: []string{"127.0.0.1:0"}, TLS: testTLS(t), Auth: &UsersFile{users: map[string]User{}},
+		Journal: j, Accepted: func(string) {}, MaxMessageBytes: 1 << 20, MaxRecipients: 10,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := srv.Addrs()[0]
+	done := make(chan error, 1)
+	go func() { done <- srv.Shutdown(timeoutCtx(t, 5*time.Second)) }()
+	srv.Serve()
+	if err := <-done; err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	srv.Serve()
+	if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+		c.Close()
+		t.Fatalf("%s still accepts connections after Shutdown", addr)
 	}
 }

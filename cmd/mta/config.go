@@ -96,6 +96,9 @@ type LimitsConfig struct {
 	// BodyMemory caps the memory of all message bodies being received at
 	// once; a session that would exceed it waits briefly, then gets 452.
 	BodyMemory ByteSize `toml:"body_memory"`
+	// MemoryLimit is the Go runtime's soft memory limit for the whole
+	// process (0: none, or GOMEMLIMIT from the environment).
+	MemoryLimit ByteSize `toml:"memory_limit"`
 }
 
 type RelayConfig struct {
@@ -447,6 +450,12 @@ func (c *Config) Validate() error {
 	}
 	if c.Journal.Retention.Duration < 0 {
 		return configErrorf("journal.retention must not be negative (\"0\" keeps everything)")
+	}
+	if err := c.Limits.MemoryLimit.check("limits.memory_limit"); err != nil {
+		return err
+	}
+	if m := c.Limits.MemoryLimit.Bytes; m != 0 && m < 64<<20 {
+		return configErrorf("limits.memory_limit must be 0 (none) or at least 64MiB")
 	}
 	if c.Limits.BodyMemory.Bytes < 1<<20 {
 		return configErrorf("limits.body_memory must be at least 1MiB (one message being received needs up to that)")

@@ -20,6 +20,7 @@ func TestDefaultsMatchSpec(t *testing.T) {
 		c.Queue.Retry[0].Duration != time.Minute || c.Policies.Split != "domain" || !c.Auth.RequireSenderOwnership ||
 		c.Journal.MinFree.Bytes != 256<<20 || c.ShutdownGrace.Duration != 30*time.Second || c.Queue.DelayWarning.Duration != 4*time.Hour ||
 		c.Relay.ConnectTimeout.Duration != 20*time.Second || c.Relay.IdleTimeout.Duration != 30*time.Second || c.Hostname == "" ||
+		c.Limits.MemoryLimit.Bytes != 0 || c.Limits.BodyMemory.Bytes != 256<<20 ||
 		len(c.Cluster.Etcd) != 0 || c.Cluster.Name != c.Hostname || c.Cluster.Advertise != "" || c.Cluster.LeaseTTL.Duration != 10*time.Second {
 		t.Fatalf("defaults: %+v", c)
 	}
@@ -52,6 +53,8 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 		"[cluster]\netcd = [\"127.0.0.1:2379\"]\n":                            "cluster.advertise",
 		"[cluster]\netcd = [\"localhost\"]\nadvertise = \"127.0.0.1:7000\"\n": "cluster.etcd[0]",
 		"[cluster]\nlease_ttl = \"soon\"\n":                                   "cluster.lease_ttl",
+		"[limits]\nmemory_limit = \"lots\"\n":                                 "limits.memory_limit",
+		"[limits]\nmemory_limit = \"1MiB\"\n":                                 "limits.memory_limit",
 	} {
 		p := filepath.Join(dir, "c.toml")
 		os.WriteFile(p, []byte(body), 0o644)

@@ -291,6 +291,7 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 	}
 	// sendmail's maildrop: what cron dropped while the server was down is
 	// queued now, and new files within a second.
+	memLimit := applyMemoryLimit(cfg.Limits.MemoryLimit.Bytes)
 	bodyMemory := smtpedge.NewBodyMemory(cfg.Limits.BodyMemory.Bytes)
 	metrics.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ledgermail_body_memory_bytes",
 		Help: "Memory reserved by message bodies being received ([limits] body_memory caps it)."},
@@ -381,7 +382,7 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 	state.Ready.Store(true)
 	log.Info("ledgermail started", zap.String("version", version), zap.String("hostname", cfg.Hostname),
 		zap.Strings("listen", edge.Addrs()), zap.String("http", cfg.HTTP.Listen), zap.String("admin", cfg.Admin.Listen), zap.String("data_dir", cfg.DataDir),
-		zap.String("relay", cfg.Relay.Mode), zap.Uint64("journal_seq", j.LastSeq()), zap.Int("pid", os.Getpid()))
+		zap.String("relay", cfg.Relay.Mode), zap.Uint64("journal_seq", j.LastSeq()), zap.Int("pid", os.Getpid()), zap.Int64("memory_limit", memLimit))
 	ready.ready()
 
 	sigs := make(chan os.Signal, 1)

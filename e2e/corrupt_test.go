@@ -28,6 +28,9 @@ func deferredQueue(t *testing.T, n int) (*server, string) {
 	for i := 0; i < n; i++ {
 		s.submit(t, "alice@example.test", fmt.Sprintf("r%d@dest.test", i))
 	}
+	// Every first attempt has ended (none still queued when the caller stops
+	// the server).
+	waitFor(t, "every envelope deferred", 30*time.Second, func() bool { return s.queue().Counts["deferred"] == n })
 	return s, filepath.Join(s.dir, "data", "journal")
 }
 

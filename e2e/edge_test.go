@@ -124,15 +124,28 @@ func TestMaxConnections(t *testing.T) {
 	s.start()
 	var conns []net.Conn
 	for i := 0; i < 2; i++ {
-		c, err := net.Dial("tcp", s.sub)
-		if err != nil {
-			t.Fatal(err)
+		// The harness's own readiness probe may not have left the server's
+		// count yet: a 421 is retried until it has (at most 5 s).
+		var c net.Conn
+		var banner string
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			var err error
+			if c, err = net.Dial("tcp", s.sub); err != nil {
+				t.Fatal(err)
+			}
+			buf := make([]byte, 512)
+			n, _ := c.Read(buf)
+			banner = string(buf[:n])
+			if !strings.HasPrefix(banner, "421 ") || time.Now().After(deadline) {
+				break
+			}
+			c.Close()
+			time.Sleep(20 * time.Millisecond)
 		}
 		defer c.Close()
-		buf := make([]byte, 512)
-		n, _ := c.Read(buf)
-		if !strings.HasPrefix(string(buf[:n]), "220 ") {
-			t.Fatalf("connection %d: %q", i, buf[:n])
+		if !strings.HasPrefix(banner, "220 ") {
+			t.Fatalf("connection %d: %q", i, banner)
 		}
 		conns = append(conns, c)
 	}

@@ -127,6 +127,8 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 		return err
 	}
 	defer log.Sync()
+	// Before the journal is opened and replayed: the limit covers start-up.
+	memLimit := applyMemoryLimit(cfg.Limits.MemoryLimit.Bytes)
 	acct, err := lookupAccount(f.user, f.group)
 	if err != nil {
 		return err
@@ -291,7 +293,6 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 	}
 	// sendmail's maildrop: what cron dropped while the server was down is
 	// queued now, and new files within a second.
-	memLimit := applyMemoryLimit(cfg.Limits.MemoryLimit.Bytes)
 	bodyMemory := smtpedge.NewBodyMemory(cfg.Limits.BodyMemory.Bytes)
 	metrics.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ledgermail_body_memory_bytes",
 		Help: "Memory reserved by message bodies being received ([limits] body_memory caps it)."},

@@ -1,7 +1,7 @@
 // Package admin serves ledgermail's admin HTTP API, an adapter over the
 // journal, the queue projection and the queue package's operator actions:
 //
-//	GET  /healthz                       "ok" while the process runs
+//	GET  /healthz                       "ok" while the process runs, then Deps.Health's lines
 //	GET  /readyz                        200 once serving, 503 while starting or stopping
 //	GET  /metrics                       Prometheus text format
 //	GET  /queue[?consistent=1]          projections.Snapshot as JSON (List, or Snapshot)
@@ -72,7 +72,8 @@ type Deps struct {
 	MetricsPublic bool
 	// Pprof serves net/http/pprof under /debug/pprof/.
 	Pprof bool
-	// Health, if set, adds detail lines to /healthz (webhook lag).
+	// Health, if set, adds detail lines to /healthz (the journal history's
+	// check, webhook lag).
 	Health func() []string
 	// KeepBodies is queue.keep_bodies; false drops a deleted envelope's body.
 	KeepBodies bool

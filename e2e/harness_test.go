@@ -502,3 +502,15 @@ func (s *server) metrics() string {
 	b, _ := io.ReadAll(resp.Body)
 	return string(b)
 }
+
+// health returns the server's /healthz text ("" when it does not answer).
+func (s *server) health() string {
+	s.t.Helper()
+	resp, err := http.Get("http://" + s.admin + "/healthz")
+	if err != nil {
+		return ""
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}

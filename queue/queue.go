@@ -6,7 +6,8 @@
 //
 // The contract: the journal is the truth. A snapshot is an optimisation
 // whose covered records are still verified (checksums and chain) at
-// start-up; an operator action is an event appended to the journal, which
+// start-up: before an offline command folds, and while `mta serve` already
+// accepts mail (a corrupt record then stops the server); an operator action is an event appended to the journal, which
 // the live projection then folds like any other.
 package queue
 
@@ -27,8 +28,34 @@ const SnapshotName = "queue"
 
 // Rebuild loads the queue projection's latest snapshot, if any, and replays
 // the journal after it (all of it without one), with progress on long
-// journals. A corrupt record stops start-up unless ignoreCorrupt.
+// journals, then checks the records the snapshot covers. A corrupt record
+// stops it unless ignoreCorrupt.
 func Rebuild(j *journal.Journal, q *projections.Queue, log *zap.Logger, ignoreCorrupt bool) error {
+	check, err := RebuildUnchecked(j, q, log, ignoreCorrupt)
+	if err != nil {
+		return err
+	}
+	if err := check(); err != nil {
+		var ce *journal.CorruptError
+		if errors.As(err, &ce) {
+			return fmt.Errorf("%v; refusing to start (run `mta replay --verify` to list all, or `mta serve --ignore-corrupt`)", err)
+		}
+		return err
+	}
+	return nil
+}
+
+// RebuildUnchecked is Rebuild without the check of the records the
+// snapshot covers: it returns that check instead, for the server to run
+// once it accepts mail. The records replayed (the tail after the snapshot)
+// are checked as they are read: a corrupt one stops RebuildUnchecked
+// itself. The check's first problem is a *journal.CorruptError (with
+// ignoreCorrupt, each is logged and the check goes on).
+//
+// The queue does not depend on the covered records, the snapshot holds
+// their fold; they matter to the audit trail, which the check still
+// guards before anything can be archived or repaired over them.
+func RebuildUnchecked(j *journal.Journal, q *projections.Queue, log *zap.Logger, ignoreCorrupt bool) (check func() error, err error) {
 	total := j.LastSeq()
 	start := time.Now()
 	// Without a snapshot, the hot journal: what was archived is over.
@@ -40,18 +67,20 @@ func Rebuild(j *journal.Journal, q *projections.Queue, log *zap.Logger, ignoreCo
 	if !ignoreCorrupt {
 		report = nil
 	}
+	check = func() error { return nil }
 	if _, data, err := j.Snapshot(SnapshotName); err == nil {
 		seq, lerr := q.LoadSnapshot(data)
 		if lerr == nil {
 			// The snapshot stands for the records it covers: check them
 			// (checksums and chain, without decoding) so that a corrupt
-			// record still stops start-up.
-			if verr := j.Verify(seq, report); verr != nil {
-				var ce *journal.CorruptError
-				if errors.As(verr, &ce) {
-					return fmt.Errorf("%v; refusing to start (run `mta replay --verify` to list all, or `mta serve --ignore-corrupt`)", verr)
+			// record is still found and named.
+			check = func() error {
+				began := time.Now()
+				if err := j.Verify(seq, report); err != nil {
+					return err
 				}
-				return verr
+				log.Info("journal checked", zap.Uint64("to", seq), zap.Duration("took", time.Since(began)))
+				return nil
 			}
 			from = seq + 1
 			log.Info("queue snapshot loaded", zap.Uint64("seq", seq), zap.Int("live_envelopes", q.Len()))
@@ -79,7 +108,6 @@ func Rebuild(j *journal.Journal, q *projections.Queue, log *zap.Logger, ignoreCo
 		}
 		return nil
 	}
-	var err error
 	if ignoreCorrupt {
 		err = j.ScanTolerant(from, fn, report)
 	} else {
@@ -88,13 +116,13 @@ func Rebuild(j *journal.Journal, q *projections.Queue, log *zap.Logger, ignoreCo
 	if err != nil {
 		var ce *journal.CorruptError
 		if errors.As(err, &ce) {
-			return fmt.Errorf("%v; refusing to start (run `mta replay --verify` to list all, or `mta serve --ignore-corrupt`)", err)
+			return nil, fmt.Errorf("%v; refusing to start (run `mta replay --verify` to list all, or `mta serve --ignore-corrupt`)", err)
 		}
-		return err
+		return nil, err
 	}
 	flush()
 	log.Info("journal replayed", zap.Uint64("from", from), zap.Uint64("to", total), zap.Int("live_envelopes", q.Len()), zap.Duration("took", time.Since(start)))
-	return nil
+	return check, nil
 }
 
 // SaveSnapshot stores the queue projection (at shutdown and periodically)

@@ -223,9 +223,11 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 	}
 
 	q := projections.NewQueue()
-	if err := queue.Rebuild(j, q, log, f.ignoreCorrupt); err != nil {
+	checkHistory, err := queue.RebuildUnchecked(j, q, log, f.ignoreCorrupt)
+	if err != nil {
 		return err
 	}
+	history := newHistoryCheck()
 	j.Subscribe(q.Apply)
 	metrics := projections.NewMetrics(q)
 	j.Subscribe(metrics.Apply)
@@ -287,7 +289,14 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 	retention := &queue.Retention{Journal: j, Queue: q, Period: cfg.Journal.Retention.Duration, Archive: cfg.Journal.Archive,
 		Bodies: cfg.Queue.KeepBodies, Log: log.Named("retention")}
 	if retention.Period > 0 {
-		go retention.Run(sweepInterval(retention.Period), snapDone)
+		go func() {
+			// Nothing is archived before the history is checked.
+			select {
+			case <-history.passed:
+				retention.Run(sweepInterval(retention.Period), snapDone)
+			case <-snapDone:
+			}
+		}()
 	} else {
 		retention = nil
 	}
@@ -354,7 +363,7 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 	if adminLn != nil {
 		consoleH := console.New(console.Deps{Journal: j, Queue: q, Actors: sys, Activity: activity, Token: token, Log: log.Named("console")})
 		adminSrv = &http.Server{Handler: admin.New(admin.Deps{Journal: j, Queue: q, Actors: sys, Metrics: metrics, State: &state,
-			Token: token, MetricsPublic: cfg.Admin.MetricsPublic, Pprof: cfg.Admin.Pprof, Health: hooksHealth(hooks), KeepBodies: cfg.Queue.KeepBodies, Retention: retention, Log: log.Named("admin"),
+			Token: token, MetricsPublic: cfg.Admin.MetricsPublic, Pprof: cfg.Admin.Pprof, Health: func() []string { return append([]string{history.line()}, hooksHealth(hooks)()...) }, KeepBodies: cfg.Queue.KeepBodies, Retention: retention, Log: log.Named("admin"),
 			Console: consoleH, Cluster: clusterStatus(node), Readiness: clusterReadiness(node),
 			Drain: clusterDrain(node, log, func(ctx context.Context) {
 				stopEdge(ctx)
@@ -385,15 +394,22 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 		zap.Strings("listen", edge.Addrs()), zap.String("http", cfg.HTTP.Listen), zap.String("admin", cfg.Admin.Listen), zap.String("data_dir", cfg.DataDir),
 		zap.String("relay", cfg.Relay.Mode), zap.Uint64("journal_seq", j.LastSeq()), zap.Int("pid", os.Getpid()), zap.Int64("memory_limit", memLimit))
 	ready.ready()
+	go history.run(checkHistory)
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR1)
+	var stopErr error
 	for {
 		var sig os.Signal
 		select {
 		case sig = <-sigs:
 		case <-j.Failed():
 			failStop(log, j, edge)
+		case stopErr = <-history.failed:
+			log.Error("journal history damaged; stopping", zap.Error(stopErr))
+		}
+		if stopErr != nil {
+			break
 		}
 		if sig == syscall.SIGHUP {
 			reload(log, users, certs)
@@ -438,7 +454,7 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 		httpSrv.Shutdown(ctx)
 	}
 	log.Info("stopped")
-	return nil
+	return stopErr
 }
 
 // failStop ends the process after the journal failed (a write or sync error:

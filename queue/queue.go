@@ -31,7 +31,7 @@ const SnapshotName = "queue"
 // journals, then checks the records the snapshot covers. A corrupt record
 // stops it unless ignoreCorrupt.
 func Rebuild(j *journal.Journal, q *projections.Queue, log *zap.Logger, ignoreCorrupt bool) error {
-	check, err := RebuildUnchecked(j, q, log, ignoreCorrupt)
+	_, check, err := RebuildUnchecked(j, q, log, ignoreCorrupt)
 	if err != nil {
 		return err
 	}
@@ -47,7 +47,7 @@ func Rebuild(j *journal.Journal, q *projections.Queue, log *zap.Logger, ignoreCo
 
 // RebuildUnchecked is Rebuild without the check of the records the
 // snapshot covers: it returns that check instead, for the server to run
-// once it accepts mail. The records replayed (the tail after the snapshot)
+// once it accepts mail, and the snapshot's sequence number (0: none). The records replayed (the tail after the snapshot)
 // are checked as they are read: a corrupt one stops RebuildUnchecked
 // itself. The check's first problem is a *journal.CorruptError (with
 // ignoreCorrupt, each is logged and the check goes on).
@@ -55,7 +55,7 @@ func Rebuild(j *journal.Journal, q *projections.Queue, log *zap.Logger, ignoreCo
 // The queue does not depend on the covered records, the snapshot holds
 // their fold; they matter to the audit trail, which the check still
 // guards before anything can be archived or repaired over them.
-func RebuildUnchecked(j *journal.Journal, q *projections.Queue, log *zap.Logger, ignoreCorrupt bool) (check func() error, err error) {
+func RebuildUnchecked(j *journal.Journal, q *projections.Queue, log *zap.Logger, ignoreCorrupt bool) (snapSeq uint64, check func() error, err error) {
 	total := j.LastSeq()
 	start := time.Now()
 	// Without a snapshot, the hot journal: what was archived is over.
@@ -82,7 +82,7 @@ func RebuildUnchecked(j *journal.Journal, q *projections.Queue, log *zap.Logger,
 				log.Info("journal checked", zap.Uint64("to", seq), zap.Duration("took", time.Since(began)))
 				return nil
 			}
-			from = seq + 1
+			from, snapSeq = seq+1, seq
 			log.Info("queue snapshot loaded", zap.Uint64("seq", seq), zap.Int("live_envelopes", q.Len()))
 		} else {
 			// LoadSnapshot left q untouched.
@@ -116,13 +116,13 @@ func RebuildUnchecked(j *journal.Journal, q *projections.Queue, log *zap.Logger,
 	if err != nil {
 		var ce *journal.CorruptError
 		if errors.As(err, &ce) {
-			return nil, fmt.Errorf("%v; refusing to start (run `mta replay --verify` to list all, or `mta serve --ignore-corrupt`)", err)
+			return 0, nil, fmt.Errorf("%v; refusing to start (run `mta replay --verify` to list all, or `mta serve --ignore-corrupt`)", err)
 		}
-		return nil, err
+		return 0, nil, err
 	}
 	flush()
 	log.Info("journal replayed", zap.Uint64("from", from), zap.Uint64("to", total), zap.Int("live_envelopes", q.Len()), zap.Duration("took", time.Since(start)))
-	return check, nil
+	return snapSeq, check, nil
 }
 
 // SaveSnapshot stores the queue projection (at shutdown and periodically)
@@ -154,8 +154,9 @@ func Fold(j *journal.Journal) (*projections.Queue, error) {
 // when at least Every events have come since the last one, and as soon as
 // Max events have (checked every Check, default 5 s), so that a kill -9
 // under a heavy load replays at most about Max events at start-up. The
-// first check counts from sequence 0: a start-up that replayed more than
-// Max events saves one at once.
+// first check counts from From, the snapshot start-up loaded: a start-up
+// that replayed more than Max events saves one at once, and one that
+// loaded a recent snapshot does not encode the whole queue again.
 type Snapshots struct {
 	Journal    *journal.Journal
 	Queue      *projections.Queue
@@ -163,6 +164,7 @@ type Snapshots struct {
 	Interval   time.Duration
 	Every, Max uint64
 	Check      time.Duration
+	From       uint64 // the sequence number of the snapshot loaded at start (0: none)
 }
 
 // Run saves snapshots until done is closed.
@@ -173,7 +175,7 @@ func (s Snapshots) Run(done <-chan struct{}) {
 	}
 	t := time.NewTicker(check)
 	defer t.Stop()
-	var lastSeq uint64
+	lastSeq := s.From
 	lastTime := time.Now()
 	for {
 		select {

@@ -55,3 +55,50 @@ func TestSnapshotsByEventCount(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// Counting starts at the snapshot start-up loaded: a start after a recent
+// snapshot does not encode the whole queue again at once; a start that
+// replayed more than Max events does.
+func TestSnapshotsCountFromTheLoadedOne(t *testing.T) {
+	j, err := journal.Open(journal.Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	q := projections.NewQueue()
+	j.Subscribe(q.Apply)
+	for i := 0; i < 50; i++ {
+		id := fmt.Sprintf("E%d", i)
+		if _, err := j.Append(journal.Write{Events: []events.Event{{Envelope: id,
+			Payload: events.Received{Sender: "a@x.test", Recipients: []string{"b@y.test"}, BodyKey: id}}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	snapSeq := func() uint64 {
+		seq, _, err := j.Snapshot(SnapshotName)
+		if err != nil {
+			return 0
+		}
+		return seq
+	}
+	run := func(from uint64) chan struct{} {
+		done := make(chan struct{})
+		go Snapshots{Journal: j, Queue: q, Log: zap.NewNop(), Interval: time.Hour, Every: 5, Max: 40, Check: 10 * time.Millisecond, From: from}.Run(done)
+		return done
+	}
+	done := run(45)                    // loaded a snapshot at 45: 5 events since, under Max
+	time.Sleep(100 * time.Millisecond) // ten checks
+	close(done)
+	if s := snapSeq(); s != 0 {
+		t.Fatalf("snapshot at %d right after loading one at 45", s)
+	}
+	done = run(5) // replayed 45 events, over Max: one at once
+	defer close(done)
+	deadline := time.Now().Add(5 * time.Second)
+	for snapSeq() < 50 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no snapshot within 5 s after replaying 45 events (max 40)")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

@@ -223,7 +223,7 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 	}
 
 	q := projections.NewQueue()
-	checkHistory, err := queue.RebuildUnchecked(j, q, log, f.ignoreCorrupt)
+	snapSeq, checkHistory, err := queue.RebuildUnchecked(j, q, log, f.ignoreCorrupt)
 	if err != nil {
 		return err
 	}
@@ -285,7 +285,7 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 	defer close(snapDone)
 	// Every 10 minutes when 50,000 events have come since the last one, and
 	// whenever 250,000 have.
-	go queue.Snapshots{Journal: j, Queue: q, Log: log, Interval: 10 * time.Minute, Every: 50000, Max: 250000}.Run(snapDone)
+	go queue.Snapshots{Journal: j, Queue: q, Log: log, Interval: 10 * time.Minute, Every: 50000, Max: 250000, From: snapSeq}.Run(snapDone)
 	retention := &queue.Retention{Journal: j, Queue: q, Period: cfg.Journal.Retention.Duration, Archive: cfg.Journal.Archive,
 		Bodies: cfg.Queue.KeepBodies, Log: log.Named("retention")}
 	if retention.Period > 0 {

@@ -132,8 +132,13 @@ func (a *envelope) fromJournal(c actor.Context) (*projections.Envelope, bool) {
 
 // applyPolicies journals PoliciesApplied and Split in one write, then hands
 // the children to the supervisor.
+//
+// The body is read here without checking its SHA-256: nothing read here
+// leaves the server, and every child's attempt checks the whole body
+// before relaying it (a damaged one is deferred as corrupt there). So each
+// message's body is hashed once, not once per step.
 func (a *envelope) applyPolicies(c actor.Context) {
-	body, ok := a.readBody(c)
+	body, ok := a.readBody(c, false)
 	if !ok {
 		return
 	}
@@ -190,13 +195,17 @@ func (a *envelope) bodySum() string {
 	return a.env.Received.BodySHA256
 }
 
-// readBody opens the stored body, checked against its SHA-256. A body that
-// fails the check is reported as corruption and the envelope deferred
-// (with the reason journaled) rather than relayed; any other read error
-// tries again later. ok is false when the step cannot go on. The caller
-// closes the body.
-func (a *envelope) readBody(c actor.Context) (*journal.BodyReader, bool) {
-	body, err := a.o.Journal.OpenBody(a.env.BodyKey, a.bodySum())
+// readBody opens the stored body, checked against its SHA-256 when check
+// is set. A body that fails the check is reported as corruption and the
+// envelope deferred (with the reason journaled) rather than relayed; any
+// other read error tries again later. ok is false when the step cannot go
+// on. The caller closes the body.
+func (a *envelope) readBody(c actor.Context, check bool) (*journal.BodyReader, bool) {
+	sum := ""
+	if check {
+		sum = a.bodySum()
+	}
+	body, err := a.o.Journal.OpenBody(a.env.BodyKey, sum)
 	var bce *journal.BodyCorruptError
 	switch {
 	case err == nil:
@@ -245,7 +254,7 @@ func (a *envelope) startAttempt(c actor.Context) {
 		a.holdSuspended(c, rcpts, until)
 		return
 	}
-	body, ok := a.readBody(c)
+	body, ok := a.readBody(c, true)
 	if !ok {
 		return
 	}

@@ -56,11 +56,53 @@ type Queue struct {
 	// suspended destination domains, until when (zero: until resumed)
 	suspended map[string]time.Time
 	seq       uint64
+	// shared holds one copy of the strings many envelopes repeat (senders,
+	// deferral reasons), at most maxShared of them.
+	shared map[string]string
+}
+
+// maxShared bounds Queue.shared: past it the table starts again (sharing
+// is an optimisation; an envelope keeps whichever copy it has).
+const maxShared = 1 << 14
+
+// share returns the copy of s that the queue already holds, or keeps s as
+// that copy. q.mu is held.
+func (q *Queue) share(s string) string {
+	if s == "" {
+		return s
+	}
+	if v, ok := q.shared[s]; ok {
+		return v
+	}
+	if len(q.shared) >= maxShared {
+		clear(q.shared)
+	}
+	q.shared[s] = s
+	return s
+}
+
+// compact makes an envelope share what it repeats: its state, sender and
+// last error with the other envelopes (200,000 deferred for one reason
+// hold that reason once), its body key with its parent's ID, its pending
+// recipients with its recipients. For envelopes decoded from a snapshot,
+// whose every string is a copy of its own. q.mu is held.
+func (q *Queue) compact(e *Envelope) {
+	e.State = State(q.share(string(e.State)))
+	e.Sender, e.LastError = q.share(e.Sender), q.share(e.LastError)
+	if e.BodyKey == e.Parent {
+		e.BodyKey = e.Parent
+	}
+	for i := range e.Pending {
+		if i < len(e.Recipients) && e.Pending[i] == e.Recipients[i] {
+			e.Pending[i] = e.Recipients[i]
+		}
+	}
 }
 
 // NewQueue returns an empty queue projection.
 func NewQueue() *Queue {
-	return &Queue{live: map[string]*Envelope{}, counts: map[State]int{}, bodyRefs: map[string]int{}, suspended: map[string]time.Time{}}
+	return &Queue{live: map[string]*Envelope{}, counts: map[State]int{}, bodyRefs: map[string]int{}, suspended: map[string]time.Time{},
+		shared: map[string]string{}}
 }
 
 // Apply folds events (in sequence order) into the projection.
@@ -96,6 +138,9 @@ func (q *Queue) Apply(evs []events.Event) {
 		for _, id := range children {
 			c := q.live[id]
 			q.counts[c.State]++
+			if c.BodyKey == c.Parent {
+				c.BodyKey = c.Parent
+			}
 			q.bodyRefs[c.BodyKey]++
 			slim(c)
 		}
@@ -111,7 +156,10 @@ func (q *Queue) Apply(evs []events.Event) {
 		}
 		if !env.State.Live() {
 			delete(q.live, env.ID)
+			continue
 		}
+		// Each event decodes its own copies: keep one.
+		env.Sender, env.LastError = q.share(env.Sender), q.share(env.LastError)
 	}
 }
 

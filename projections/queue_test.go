@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/ledgermail/ledgermail/events"
 )
@@ -153,5 +154,57 @@ func TestLenAndSelect(t *testing.T) {
 	got[0].Sender = "changed"
 	if e, _ := q.Get("A"); e.Sender != "s@x" {
 		t.Fatal("Select returned the live envelope, not a copy")
+	}
+}
+
+// What many envelopes repeat is held once: deferral reasons and senders
+// folded from separate events, and everything a snapshot decodes.
+func TestQueueSharesRepeatedStrings(t *testing.T) {
+	q := NewQueue()
+	var seq uint64
+	for i := 0; i < 3; i++ {
+		id := fmt.Sprintf("E%d", i)
+		// Each event's strings are copies of their own, as decoded ones are.
+		sender, reason := strings.Clone("s@x.test"), strings.Clone("connect: connection refused")
+		q.Apply([]events.Event{
+			ev(seq+1, id, events.Received{Sender: sender, Recipients: []string{"a@one"}, BodyKey: id, Size: 1}),
+			ev(seq+2, id, events.PoliciesApplied{Recipients: []string{"a@one"}}),
+			ev(seq+3, id, events.Split{Mode: "domain", Children: []events.Child{{ID: id + ".1", Recipients: []string{"a@one"}}}}),
+			ev(seq+4, id+".1", events.Deferred{Recipients: []string{"a@one"}, NextAttempt: time.Unix(5000, 0), Reason: reason}),
+		})
+		seq += 4
+	}
+	same := func(q *Queue, what string, f func(*Envelope) string) {
+		t.Helper()
+		a := q.live["E0.1"]
+		for _, id := range []string{"E1.1", "E2.1"} {
+			b := q.live[id]
+			if f(a) == "" || unsafe.StringData(f(a)) != unsafe.StringData(f(b)) {
+				t.Errorf("%s: E0.1 and %s hold separate copies of %q", what, id, f(a))
+			}
+		}
+	}
+	same(q, "last error", func(e *Envelope) string { return e.LastError })
+	same(q, "sender", func(e *Envelope) string { return e.Sender })
+	data, _, err := q.MarshalSnapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := NewQueue()
+	if _, err := r.LoadSnapshot(data); err != nil {
+		t.Fatal(err)
+	}
+	same(r, "loaded last error", func(e *Envelope) string { return e.LastError })
+	same(r, "loaded sender", func(e *Envelope) string { return e.Sender })
+	same(r, "loaded state", func(e *Envelope) string { return string(e.State) })
+	e := r.live["E0.1"]
+	if e.BodyKey != "E0" || unsafe.StringData(e.BodyKey) != unsafe.StringData(e.Parent) {
+		t.Errorf("loaded body key %q not shared with the parent ID %q", e.BodyKey, e.Parent)
+	}
+	if len(e.Pending) != 1 || unsafe.StringData(e.Pending[0]) != unsafe.StringData(e.Recipients[0]) {
+		t.Errorf("loaded pending %q not shared with recipients %q", e.Pending, e.Recipients)
+	}
+	if n := r.bodyRefs["E0"]; n != 1 {
+		t.Errorf("loaded body refs of E0: %d, want 1", n)
 	}
 }

@@ -53,10 +53,22 @@ func (q *Queue) LoadSnapshot(data []byte) (uint64, error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.live = make(map[string]*Envelope, len(st.Live))
+	q.shared = map[string]string{}
+	// The body counts keyed by the envelopes' own copies of the keys.
+	refs := make(map[string]int, len(st.BodyRefs))
 	for _, e := range st.Live {
+		q.compact(e)
 		q.live[e.ID] = e
+		if n, ok := st.BodyRefs[e.BodyKey]; ok {
+			refs[e.BodyKey] = n
+		}
 	}
-	q.counts, q.bodyRefs, q.seq = st.Counts, st.BodyRefs, st.Seq
+	for k, n := range st.BodyRefs {
+		if _, ok := refs[k]; !ok {
+			refs[k] = n
+		}
+	}
+	q.counts, q.bodyRefs, q.seq = st.Counts, refs, st.Seq
 	if q.counts == nil {
 		q.counts = map[State]int{}
 	}

@@ -165,6 +165,9 @@ type Snapshots struct {
 	Every, Max uint64
 	Check      time.Duration
 	From       uint64 // the sequence number of the snapshot loaded at start (0: none)
+	// Saved, if set, runs after each snapshot saved (serve returns the
+	// encoding's memory to the operating system).
+	Saved func()
 }
 
 // Run saves snapshots until done is closed.
@@ -186,6 +189,9 @@ func (s Snapshots) Run(done <-chan struct{}) {
 			if (since >= s.Every && time.Since(lastTime) >= s.Interval) || since >= s.Max {
 				if n := SaveSnapshot(s.Journal, s.Queue, s.Log); n != 0 {
 					lastSeq, lastTime = n, time.Now()
+					if s.Saved != nil {
+						s.Saved()
+					}
 				}
 			}
 		}

@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"os/user"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -228,6 +229,9 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 		return err
 	}
 	history := newHistoryCheck()
+	// Decoding a large snapshot leaves its buffers behind: give them back
+	// now rather than when the runtime's scavenger gets to them.
+	debug.FreeOSMemory()
 	j.Subscribe(q.Apply)
 	metrics := projections.NewMetrics(q)
 	j.Subscribe(metrics.Apply)
@@ -285,7 +289,8 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 	defer close(snapDone)
 	// Every 10 minutes when 50,000 events have come since the last one, and
 	// whenever 250,000 have.
-	go queue.Snapshots{Journal: j, Queue: q, Log: log, Interval: 10 * time.Minute, Every: 50000, Max: 250000, From: snapSeq}.Run(snapDone)
+	go queue.Snapshots{Journal: j, Queue: q, Log: log, Interval: 10 * time.Minute, Every: 50000, Max: 250000, From: snapSeq,
+		Saved: debug.FreeOSMemory}.Run(snapDone)
 	retention := &queue.Retention{Journal: j, Queue: q, Period: cfg.Journal.Retention.Duration, Archive: cfg.Journal.Archive,
 		Bodies: cfg.Queue.KeepBodies, Log: log.Named("retention")}
 	if retention.Period > 0 {

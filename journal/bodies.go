@@ -637,7 +637,10 @@ func (j *Journal) BodySHA256(key string) (_ string, err error) {
 // sha256 reads the whole body, streaming, and returns its hex SHA-256.
 func (b *BodyReader) sha256() (string, error) {
 	h := sha256.New()
-	if _, err := io.Copy(h, b.Reader()); err != nil {
+	// io.Copy would take a fresh 32 KiB buffer for every body: most are
+	// a few KiB.
+	buf := make([]byte, max(min(b.size, 32<<10), 512))
+	if _, err := io.CopyBuffer(h, b.Reader(), buf); err != nil {
 		return "", fmt.Errorf("journal: read body %s: %w", b.key, err)
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil

@@ -142,9 +142,13 @@ func (q *Queue) Apply(evs []events.Event) {
 				c.BodyKey = c.Parent
 			}
 			q.bodyRefs[c.BodyKey]++
-			slim(c)
+			// Not slimmed yet: its first attempt follows at once and
+			// takes the header block and the Received details from here
+			// (shared with the parent's, not copied).
 		}
-		if env.State != StateReceived {
+		if keepsDetails(env) {
+			// A child's first attempt, queued or running.
+		} else if env.State != StateReceived {
 			slim(env)
 		}
 		if isLive := env.State.Live(); isLive != wasLive {
@@ -163,9 +167,17 @@ func (q *Queue) Apply(evs []events.Event) {
 	}
 }
 
+// keepsDetails says whether an envelope keeps its header block and
+// Received details in the live queue: a child until its first attempt
+// ends. In-flight envelopes are few; a deferred one is slimmed.
+func keepsDetails(e *Envelope) bool {
+	return e.Parent != "" && e.Attempts <= 1 && e.Received != nil && (e.State == StateQueued || e.State == StateActive)
+}
+
 // slim drops what the live queue does not need once an envelope is past
-// its policies (the header block to prepend, the Received details): the
-// envelope actor reads those from the journal. It keeps a large queue small.
+// its policies and its first attempt (the header block to prepend, the
+// Received details): the envelope actor reads those from the journal. It
+// keeps a large queue small.
 func slim(e *Envelope) {
 	e.Prepend = ""
 	e.Received = nil

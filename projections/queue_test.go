@@ -26,8 +26,17 @@ func TestQueueFoldLifecycle(t *testing.T) {
 		t.Fatalf("after split: %+v", s)
 	}
 	c, ok := q.Get("A.1")
-	if !ok || c.Parent != "A" || c.BodyKey != "A" || c.Size != 100+13 || c.Prepend != "" {
-		t.Fatalf("child A.1 in the live queue (slimmed): %+v", c)
+	if !ok || c.Parent != "A" || c.BodyKey != "A" || c.Size != 100+13 || c.Prepend != "Received: x\r\n" || c.Received == nil {
+		t.Fatalf("child A.1 in the live queue before its first attempt: %+v", c)
+	}
+	// Its first attempt ends deferred: the live queue slims it (the
+	// actor of its next attempt reads the details from the journal).
+	q.Apply([]events.Event{
+		ev(4, "A.1", events.AttemptStarted{Attempt: 1, Recipients: []string{"a@one"}}),
+		ev(5, "A.1", events.Deferred{Recipients: []string{"a@one"}, NextAttempt: time.Unix(9000, 0), Reason: "421 later"}),
+	})
+	if c, _ := q.Get("A.1"); c.Prepend != "" || c.Received != nil || c.State != StateDeferred {
+		t.Fatalf("child A.1 deferred, not slimmed: %+v", c)
 	}
 	// The full fold (what an envelope actor rebuilds) keeps the header block.
 	set := map[string]*Envelope{}

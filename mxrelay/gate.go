@@ -43,10 +43,13 @@ func (p *Pool) lease(ctx context.Context) (Lease, error) {
 	defer cancel()
 	l, err := p.gate.Connection(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("no connection lease from the cluster: %w", err)
+		return nil, noLease(err)
 	}
 	return l, nil
 }
+
+// noLease is the error of a delivery that got no connection lease.
+func noLease(err error) error { return fmt.Errorf("no connection lease from the cluster: %w", err) }
 
 // leaseOrIdle waits for a connection lease from the pool's gate or for a
 // connection to key to come back idle into the pool, whichever comes first:
@@ -92,7 +95,7 @@ func (p *Pool) leaseOrIdle(ctx context.Context, key string) (*pooled, Lease, err
 		case g := <-ch:
 			cancel()
 			if g.err != nil {
-				return nil, nil, fmt.Errorf("no connection lease from the cluster: %w", g.err)
+				return nil, nil, noLease(g.err)
 			}
 			return nil, g.l, nil
 		case <-back:

@@ -14,29 +14,7 @@ import (
 // A snapshot is saved as soon as Max events have come, long before the
 // interval; fewer than Every events never make one.
 func TestSnapshotsByEventCount(t *testing.T) {
-	j, err := journal.Open(journal.Options{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer j.Close()
-	q := projections.NewQueue()
-	j.Subscribe(q.Apply)
-	appendN := func(n int) {
-		for i := 0; i < n; i++ {
-			id := fmt.Sprintf("E%d-%d", j.LastSeq(), i)
-			if _, err := j.Append(journal.Write{Events: []events.Event{{Envelope: id,
-				Payload: events.Received{Sender: "a@x.test", Recipients: []string{"b@y.test"}, BodyKey: id}}}}); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	snapSeq := func() uint64 {
-		seq, _, err := j.Snapshot(SnapshotName)
-		if err != nil {
-			return 0
-		}
-		return seq
-	}
+	j, q, appendN, snapSeq := snapshotJournal(t)
 	done := make(chan struct{})
 	defer close(done)
 	go Snapshots{Journal: j, Queue: q, Log: zap.NewNop(), Interval: time.Hour, Every: 5, Max: 40, Check: 10 * time.Millisecond}.Run(done)
@@ -60,27 +38,8 @@ func TestSnapshotsByEventCount(t *testing.T) {
 // snapshot does not encode the whole queue again at once; a start that
 // replayed more than Max events does.
 func TestSnapshotsCountFromTheLoadedOne(t *testing.T) {
-	j, err := journal.Open(journal.Options{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer j.Close()
-	q := projections.NewQueue()
-	j.Subscribe(q.Apply)
-	for i := 0; i < 50; i++ {
-		id := fmt.Sprintf("E%d", i)
-		if _, err := j.Append(journal.Write{Events: []events.Event{{Envelope: id,
-			Payload: events.Received{Sender: "a@x.test", Recipients: []string{"b@y.test"}, BodyKey: id}}}}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	snapSeq := func() uint64 {
-		seq, _, err := j.Snapshot(SnapshotName)
-		if err != nil {
-			return 0
-		}
-		return seq
-	}
+	j, q, appendN, snapSeq := snapshotJournal(t)
+	appendN(50)
 	run := func(from uint64) chan struct{} {
 		done := make(chan struct{})
 		go Snapshots{Journal: j, Queue: q, Log: zap.NewNop(), Interval: time.Hour, Every: 5, Max: 40, Check: 10 * time.Millisecond, From: from}.Run(done)
@@ -101,4 +60,35 @@ func TestSnapshotsCountFromTheLoadedOne(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// snapshotJournal opens a journal on disk with a queue projection
+// subscribed; appendN journals n Received events, snapSeq returns the
+// saved snapshot's sequence number (0: none).
+func snapshotJournal(t *testing.T) (j *journal.Journal, q *projections.Queue, appendN func(int), snapSeq func() uint64) {
+	t.Helper()
+	j, err := journal.Open(journal.Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { j.Close() })
+	q = projections.NewQueue()
+	j.Subscribe(q.Apply)
+	appendN = func(n int) {
+		for i := 0; i < n; i++ {
+			id := fmt.Sprintf("E%d-%d", j.LastSeq(), i)
+			if _, err := j.Append(journal.Write{Events: []events.Event{{Envelope: id,
+				Payload: events.Received{Sender: "a@x.test", Recipients: []string{"b@y.test"}, BodyKey: id}}}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	snapSeq = func() uint64 {
+		seq, _, err := j.Snapshot(SnapshotName)
+		if err != nil {
+			return 0
+		}
+		return seq
+	}
+	return j, q, appendN, snapSeq
 }

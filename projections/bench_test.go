@@ -1,6 +1,8 @@
 package projections
 
 import (
+	"bytes"
+	"encoding/gob"
 	"fmt"
 	"runtime"
 	"testing"
@@ -18,24 +20,7 @@ func BenchmarkQueueDeferredMemory(b *testing.B) {
 		runtime.GC()
 		var before, after runtime.MemStats
 		runtime.ReadMemStats(&before)
-		q := NewQueue()
-		now := time.Now()
-		batch := make([]events.Event, 0, 4)
-		for k := 0; k < n; k++ {
-			id := fmt.Sprintf("01A20FC4916BCB%06X", k)
-			batch = append(batch[:0],
-				events.Event{Seq: uint64(4*k + 1), Time: now, Envelope: id, Payload: events.Received{
-					Sender: "alice@example.test", Recipients: []string{"bob@dest.test"}, BodyKey: id, Size: 4096,
-					Listener: "submission/127.0.0.1:2587", ClientAddr: "127.0.0.1:55555", Helo: "client.example.test",
-					TLS: "TLS 1.3 TLS_AES_128_GCM_SHA256", AuthUser: "alice"}},
-				events.Event{Seq: uint64(4*k + 2), Time: now, Envelope: id, Payload: events.Split{Mode: "domain",
-					Children: []events.Child{{ID: id + ".1", Recipients: []string{"bob@dest.test"}}}}},
-				events.Event{Seq: uint64(4*k + 3), Time: now, Envelope: id + ".1", Payload: events.AttemptStarted{Attempt: 1}},
-				events.Event{Seq: uint64(4*k + 4), Time: now, Envelope: id + ".1", Payload: events.Deferred{
-					Recipients: []string{"bob@dest.test"}, NextAttempt: now.Add(time.Hour), Reason: "connect to 192.0.2.1:25: connection refused"}},
-			)
-			q.Apply(batch)
-		}
+		q := deferredQueue(n)
 		runtime.GC()
 		runtime.ReadMemStats(&after)
 		if got := q.Snapshot().Counts[StateDeferred]; got != n {
@@ -45,5 +30,80 @@ func BenchmarkQueueDeferredMemory(b *testing.B) {
 		b.ReportMetric(perEnv, "B/envelope")
 		b.ReportMetric(perEnv*1e6/(1<<20), "MiB/million")
 		runtime.KeepAlive(q)
+	}
+}
+
+// deferredQueue is a live queue of n deferred envelopes, each split from a
+// received one, as a dead destination leaves them.
+func deferredQueue(n int) *Queue {
+	q := NewQueue()
+	now := time.Now()
+	batch := make([]events.Event, 0, 4)
+	for k := 0; k < n; k++ {
+		id := fmt.Sprintf("01A20FC4916BCB%06X", k)
+		batch = append(batch[:0],
+			events.Event{Seq: uint64(4*k + 1), Time: now, Envelope: id, Payload: events.Received{
+				Sender: "alice@example.test", Recipients: []string{"bob@dest.test"}, BodyKey: id, Size: 4096,
+				Listener: "submission/127.0.0.1:2587", ClientAddr: "127.0.0.1:55555", Helo: "client.example.test",
+				TLS: "TLS 1.3 TLS_AES_128_GCM_SHA256", AuthUser: "alice"}},
+			events.Event{Seq: uint64(4*k + 2), Time: now, Envelope: id, Payload: events.Split{Mode: "domain",
+				Children: []events.Child{{ID: id + ".1", Recipients: []string{"bob@dest.test"}}}}},
+			events.Event{Seq: uint64(4*k + 3), Time: now, Envelope: id + ".1", Payload: events.AttemptStarted{Attempt: 1}},
+			events.Event{Seq: uint64(4*k + 4), Time: now, Envelope: id + ".1", Payload: events.Deferred{
+				Recipients: []string{"bob@dest.test"}, NextAttempt: now.Add(time.Hour), Reason: "connect to 192.0.2.1:25: connection refused"}},
+		)
+		q.Apply(batch)
+	}
+	return q
+}
+
+// BenchmarkSnapshot200k saves and loads the snapshot of 200,000 deferred
+// envelopes, in the binary form and in the gob form of earlier versions.
+func BenchmarkSnapshot200k(b *testing.B) {
+	q := deferredQueue(200000)
+	bin, _, err := q.MarshalSnapshot()
+	if err != nil {
+		b.Fatal(err)
+	}
+	st := queueState{Seq: q.seq, Counts: q.counts, BodyRefs: q.bodyRefs, Suspended: q.suspended}
+	for _, e := range q.live {
+		st.Live = append(st.Live, e.Clone())
+	}
+	var g bytes.Buffer
+	if err := gob.NewEncoder(&g).Encode(&st); err != nil {
+		b.Fatal(err)
+	}
+	b.Run("marshal-binary", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			if _, _, err := q.MarshalSnapshot(); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(len(bin)), "bytes")
+	})
+	b.Run("marshal-gob-with-copy", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			st := queueState{Seq: q.seq, Counts: q.counts, BodyRefs: q.bodyRefs, Suspended: q.suspended}
+			for _, e := range q.live {
+				st.Live = append(st.Live, e.Clone())
+			}
+			var g bytes.Buffer
+			if err := gob.NewEncoder(&g).Encode(&st); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(g.Len()), "bytes")
+	})
+	for _, c := range []struct {
+		name string
+		data []byte
+	}{{"load-binary", bin}, {"load-gob", g.Bytes()}} {
+		b.Run(c.name, func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				if _, err := NewQueue().LoadSnapshot(c.data); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

@@ -4,11 +4,11 @@ import (
 	"bytes"
 	"encoding/gob"
 	"fmt"
-	"maps"
 	"time"
 )
 
-// queueState is the gob form of a Queue snapshot.
+// queueState is a Queue snapshot decoded (and the gob form of earlier
+// versions).
 type queueState struct {
 	Seq       uint64
 	Live      []*Envelope
@@ -18,42 +18,38 @@ type queueState struct {
 }
 
 // MarshalSnapshot returns the queue's state and the sequence number it is
-// as of, consistently (under the lock).
+// as of, consistently: it is encoded under the read lock, in place (about
+// 0.1 µs per envelope), with no copy of the envelopes.
 func (q *Queue) MarshalSnapshot() ([]byte, uint64, error) {
-	// Copy under the lock (Fold mutates envelopes in place), encode after:
-	// the journal's writer waits on this lock only for the copy.
 	q.mu.RLock()
-	st := queueState{Seq: q.seq, Live: make([]*Envelope, 0, len(q.live)), Counts: make(map[State]int, len(q.counts)),
-		BodyRefs: make(map[string]int, len(q.bodyRefs))}
-	for _, e := range q.live {
-		st.Live = append(st.Live, e.Clone())
+	defer q.mu.RUnlock()
+	b, err := q.appendSnapshot(make([]byte, 0, 4096+len(q.live)*256))
+	if err != nil {
+		return nil, 0, err
 	}
-	for k, v := range q.counts {
-		st.Counts[k] = v
-	}
-	for k, v := range q.bodyRefs {
-		st.BodyRefs[k] = v
-	}
-	st.Suspended = maps.Clone(q.suspended)
-	q.mu.RUnlock()
-	var b bytes.Buffer
-	if err := gob.NewEncoder(&b).Encode(&st); err != nil {
-		return nil, 0, fmt.Errorf("queue snapshot: %w", err)
-	}
-	return b.Bytes(), st.Seq, nil
+	return b, q.seq, nil
 }
 
-// LoadSnapshot replaces the queue's state with a snapshot's; events after
-// the returned sequence number must then be applied.
+// LoadSnapshot replaces the queue's state with a snapshot's (the binary
+// form, or the gob form of earlier versions); events after the returned
+// sequence number must then be applied. On an error q is unchanged.
 func (q *Queue) LoadSnapshot(data []byte) (uint64, error) {
 	var st queueState
-	if err := gob.NewDecoder(bytes.NewReader(data)).Decode(&st); err != nil {
+	shared := map[string]string{}
+	if bytes.HasPrefix(data, []byte(snapMagic)) {
+		// The decoder shares strings through a table of its own until the
+		// snapshot is whole.
+		tmp := &Queue{shared: shared}
+		if err := tmp.decodeSnapshot(data, &st); err != nil {
+			return 0, fmt.Errorf("queue snapshot: %w", err)
+		}
+	} else if err := gob.NewDecoder(bytes.NewReader(data)).Decode(&st); err != nil {
 		return 0, fmt.Errorf("queue snapshot: %w", err)
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.live = make(map[string]*Envelope, len(st.Live))
-	q.shared = map[string]string{}
+	q.shared = shared
 	// The body counts keyed by the envelopes' own copies of the keys.
 	refs := make(map[string]int, len(st.BodyRefs))
 	for _, e := range st.Live {

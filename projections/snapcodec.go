@@ -1,0 +1,278 @@
+package projections
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/ledgermail/ledgermail/events"
+)
+
+// snapMagic starts a snapshot in the binary form below; anything else is
+// the older gob form, still read.
+//
+// The form: the magic, then uvarint sequence number; the counts (uvarint
+// n, then n × state string, varint count); the body references (the same
+// with body keys); the suspended domains (uvarint n, then n × domain,
+// time); the live envelopes (uvarint n, then n × envelope). A string is a
+// uvarint length and its bytes; a time is a uvarint length and
+// time.MarshalBinary's bytes; a string list is a uvarint count and its
+// strings. An envelope is ID, Parent, State, Sender, LastError, BodyKey,
+// Prepend, Recipients, Pending, varint Size, Arrived, uvarint Attempts,
+// NextAttempt, one byte Warned, uvarint LastSeq, then a string holding the
+// Received event's JSON ("" when the live queue does not keep it).
+const snapMagic = "LMQS1\n"
+
+var errSnapTruncated = errors.New("truncated")
+
+// appendSnapshot encodes the queue's state in the binary form. q.mu is
+// held (for reading): it encodes in place, without copying the envelopes.
+func (q *Queue) appendSnapshot(b []byte) ([]byte, error) {
+	b = append(b, snapMagic...)
+	b = binary.AppendUvarint(b, q.seq)
+	b = binary.AppendUvarint(b, uint64(len(q.counts)))
+	for s, n := range q.counts {
+		b = appendStr(b, string(s))
+		b = binary.AppendVarint(b, int64(n))
+	}
+	b = binary.AppendUvarint(b, uint64(len(q.bodyRefs)))
+	for k, n := range q.bodyRefs {
+		b = appendStr(b, k)
+		b = binary.AppendVarint(b, int64(n))
+	}
+	b = binary.AppendUvarint(b, uint64(len(q.suspended)))
+	for d, t := range q.suspended {
+		b = appendStr(b, d)
+		b = appendTime(b, t)
+	}
+	b = binary.AppendUvarint(b, uint64(len(q.live)))
+	for _, e := range q.live {
+		for _, s := range []string{e.ID, e.Parent, string(e.State), e.Sender, e.LastError, e.BodyKey, e.Prepend} {
+			b = appendStr(b, s)
+		}
+		b = appendStrs(b, e.Recipients)
+		b = appendStrs(b, e.Pending)
+		b = binary.AppendVarint(b, e.Size)
+		b = appendTime(b, e.Arrived)
+		b = binary.AppendUvarint(b, uint64(e.Attempts))
+		b = appendTime(b, e.NextAttempt)
+		if e.Warned {
+			b = append(b, 1)
+		} else {
+			b = append(b, 0)
+		}
+		b = binary.AppendUvarint(b, e.LastSeq)
+		var recv []byte
+		if e.Received != nil {
+			var err error
+			if recv, err = json.Marshal(e.Received); err != nil {
+				return nil, fmt.Errorf("queue snapshot: envelope %s: %w", e.ID, err)
+			}
+		}
+		b = appendStr(b, string(recv))
+	}
+	return b, nil
+}
+
+func appendStr(b []byte, s string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(s)))
+	return append(b, s...)
+}
+
+func appendStrs(b []byte, ss []string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(ss)))
+	for _, s := range ss {
+		b = appendStr(b, s)
+	}
+	return b
+}
+
+func appendTime(b []byte, t time.Time) []byte {
+	tb, err := t.MarshalBinary()
+	if err != nil {
+		// Only a zone offset that is not a whole minute: keep the instant.
+		tb, _ = t.UTC().MarshalBinary()
+	}
+	b = binary.AppendUvarint(b, uint64(len(tb)))
+	return append(b, tb...)
+}
+
+// snapReader decodes the binary form; the first error sticks.
+type snapReader struct {
+	b   []byte
+	err error
+	q   *Queue // strings many envelopes repeat are shared through it
+}
+
+func (r *snapReader) uvarint() uint64 {
+	if r.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(r.b)
+	if n <= 0 {
+		r.err = errSnapTruncated
+		return 0
+	}
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *snapReader) varint() int64 {
+	if r.err != nil {
+		return 0
+	}
+	v, n := binary.Varint(r.b)
+	if n <= 0 {
+		r.err = errSnapTruncated
+		return 0
+	}
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *snapReader) bytes() []byte {
+	n := r.uvarint()
+	if r.err != nil {
+		return nil
+	}
+	if n > uint64(len(r.b)) {
+		r.err = errSnapTruncated
+		return nil
+	}
+	v := r.b[:n]
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *snapReader) flag() bool {
+	if r.err != nil {
+		return false
+	}
+	if len(r.b) == 0 {
+		r.err = errSnapTruncated
+		return false
+	}
+	v := r.b[0]
+	r.b = r.b[1:]
+	return v == 1
+}
+
+func (r *snapReader) str() string { return string(r.bytes()) }
+
+// shared is str for strings many envelopes repeat: no copy when the queue
+// already holds one.
+func (r *snapReader) shared() string {
+	v := r.bytes()
+	if len(v) == 0 {
+		return ""
+	}
+	if s, ok := r.q.shared[string(v)]; ok {
+		return s
+	}
+	return r.q.share(string(v))
+}
+
+// count bounds a decoded length by what is left (each item takes a byte
+// at least), so a damaged count cannot make a huge allocation.
+func (r *snapReader) count() int {
+	n := r.uvarint()
+	if n > uint64(len(r.b)) {
+		r.err = errSnapTruncated
+		return 0
+	}
+	return int(n)
+}
+
+// strLike is str that returns like itself when the bytes are the same
+// (a child's body key is its parent's ID): one string, not two.
+func (r *snapReader) strLike(like string) string {
+	v := r.bytes()
+	if string(v) == like {
+		return like
+	}
+	return string(v)
+}
+
+// strs reads a string list; an item equal to like's at the same place is
+// like's (pending recipients are mostly the recipients).
+func (r *snapReader) strs(like []string) []string {
+	n := r.count()
+	if n == 0 {
+		return nil
+	}
+	ss := make([]string, n)
+	for i := range ss {
+		if i < len(like) {
+			ss[i] = r.strLike(like[i])
+		} else {
+			ss[i] = r.str()
+		}
+	}
+	return ss
+}
+
+func (r *snapReader) time() time.Time {
+	var t time.Time
+	v := r.bytes()
+	if r.err == nil {
+		if err := t.UnmarshalBinary(v); err != nil {
+			r.err = err
+		}
+	}
+	return t
+}
+
+// decodeSnapshot reads the binary form into st; the strings it shares go
+// into q.shared (q.mu is held).
+func (q *Queue) decodeSnapshot(data []byte, st *queueState) error {
+	r := &snapReader{b: data[len(snapMagic):], q: q}
+	st.Seq = r.uvarint()
+	st.Counts = map[State]int{}
+	for n := r.count(); n > 0 && r.err == nil; n-- {
+		s := State(r.shared())
+		st.Counts[s] = int(r.varint())
+	}
+	nrefs := r.count()
+	st.BodyRefs = make(map[string]int, nrefs)
+	for ; nrefs > 0 && r.err == nil; nrefs-- {
+		k := r.str()
+		st.BodyRefs[k] = int(r.varint())
+	}
+	st.Suspended = map[string]time.Time{}
+	for n := r.count(); n > 0 && r.err == nil; n-- {
+		d := r.str()
+		st.Suspended[d] = r.time()
+	}
+	n := r.count()
+	st.Live = make([]*Envelope, 0, n)
+	for ; n > 0 && r.err == nil; n-- {
+		e := &Envelope{ID: r.str(), Parent: r.str(), State: State(r.shared()), Sender: r.shared(), LastError: r.shared()}
+		e.BodyKey = r.strLike(e.Parent)
+		e.Prepend = r.str()
+		e.Recipients = r.strs(nil)
+		e.Pending = r.strs(e.Recipients)
+		e.Size = r.varint()
+		e.Arrived = r.time()
+		e.Attempts = int(r.uvarint())
+		e.NextAttempt = r.time()
+		e.Warned = r.flag()
+		e.LastSeq = r.uvarint()
+		if recv := r.bytes(); len(recv) > 0 && r.err == nil {
+			var p events.Received
+			if err := json.Unmarshal(recv, &p); err != nil {
+				return fmt.Errorf("envelope %s: %w", e.ID, err)
+			}
+			e.Received = &p
+		}
+		st.Live = append(st.Live, e)
+	}
+	if r.err != nil {
+		return r.err
+	}
+	if len(r.b) != 0 {
+		return fmt.Errorf("%d bytes after the last envelope", len(r.b))
+	}
+	return nil
+}

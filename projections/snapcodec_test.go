@@ -1,0 +1,104 @@
+package projections
+
+import (
+	"bytes"
+	"encoding/gob"
+	"reflect"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/ledgermail/ledgermail/events"
+)
+
+// snapQueue is a queue with every kind of live envelope a snapshot holds:
+// a root still holding its Received details, a child before its first
+// attempt (header block and details kept), a deferred and warned child,
+// a suspended destination.
+func snapQueue() *Queue {
+	q := NewQueue()
+	q.Apply([]events.Event{
+		ev(1, "R", events.Received{Sender: "s@x", Recipients: []string{"r@one"}, BodyKey: "R", BodySHA256: "ab", Size: 10,
+			Listener: "submission/127.0.0.1:587", ClientAddr: "127.0.0.1:1", AuthUser: "alice"}),
+		ev(2, "A", events.Received{Sender: "s@x", Recipients: []string{"a@one", "b@two"}, BodyKey: "A", Size: 20}),
+		ev(3, "A", events.PoliciesApplied{Prepend: "Received: x\r\n", Recipients: []string{"a@one", "b@two"}}),
+		ev(4, "A", events.Split{Mode: "domain", Children: []events.Child{{ID: "A.1", Recipients: []string{"a@one"}}, {ID: "A.2", Recipients: []string{"b@two"}}}}),
+		ev(5, "A.1", events.AttemptStarted{Attempt: 1, Recipients: []string{"a@one"}}),
+		ev(6, "A.1", events.Deferred{Recipients: []string{"a@one"}, NextAttempt: time.Unix(9000, 0).UTC(), Reason: "451 4.4.1 later", DelayDSN: "D"}),
+		ev(7, "", events.Suspended{Domain: "two", Until: time.Unix(9500, 0).UTC()}),
+	})
+	return q
+}
+
+func sortedEnvelopes(q *Queue) []*Envelope {
+	s := q.Snapshot()
+	sort.Slice(s.Envelopes, func(i, j int) bool { return s.Envelopes[i].ID < s.Envelopes[j].ID })
+	return s.Envelopes
+}
+
+// Every field of every live envelope, the counts, the body references and
+// the suspensions come back as they were.
+func TestSnapshotBinaryFormRoundTrip(t *testing.T) {
+	q := snapQueue()
+	data, seq, err := q.MarshalSnapshot()
+	if err != nil || seq != 7 || !bytes.HasPrefix(data, []byte(snapMagic)) {
+		t.Fatalf("MarshalSnapshot: %v, seq %d, %q", err, seq, data[:min(len(data), 8)])
+	}
+	r := NewQueue()
+	if s, err := r.LoadSnapshot(data); err != nil || s != 7 {
+		t.Fatalf("LoadSnapshot: %v %d", err, s)
+	}
+	want, got := sortedEnvelopes(q), sortedEnvelopes(r)
+	if len(want) != 3 || want[1].Prepend == "" || want[1].Received == nil || !want[0].Warned || want[2].Received == nil {
+		t.Fatalf("test queue is not what the test needs: %+v", want)
+	}
+	if !reflect.DeepEqual(want, got) {
+		for i := range want {
+			t.Errorf("want %+v\n got %+v", *want[i], *got[i])
+		}
+	}
+	if !reflect.DeepEqual(q.counts, r.counts) || !reflect.DeepEqual(q.bodyRefs, r.bodyRefs) || !reflect.DeepEqual(q.suspended, r.suspended) || r.seq != 7 {
+		t.Fatalf("counts %v / %v, refs %v / %v, suspended %v / %v", q.counts, r.counts, q.bodyRefs, r.bodyRefs, q.suspended, r.suspended)
+	}
+}
+
+// A snapshot saved by an earlier version (gob) still loads.
+func TestSnapshotGobFormStillLoads(t *testing.T) {
+	q := snapQueue()
+	st := queueState{Seq: q.seq, Counts: q.counts, BodyRefs: q.bodyRefs, Suspended: q.suspended}
+	for _, e := range q.live {
+		st.Live = append(st.Live, e.Clone())
+	}
+	var b bytes.Buffer
+	if err := gob.NewEncoder(&b).Encode(&st); err != nil {
+		t.Fatal(err)
+	}
+	r := NewQueue()
+	if s, err := r.LoadSnapshot(b.Bytes()); err != nil || s != 7 {
+		t.Fatalf("LoadSnapshot(gob): %v %d", err, s)
+	}
+	if want, got := sortedEnvelopes(q), sortedEnvelopes(r); !reflect.DeepEqual(want, got) {
+		t.Fatalf("gob snapshot loaded differently:\n%+v\n%+v", want, got)
+	}
+}
+
+// A snapshot cut anywhere is an error, and the queue keeps its state.
+func TestSnapshotTruncatedIsAnError(t *testing.T) {
+	data, _, err := snapQueue().MarshalSnapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := NewQueue()
+	r.Apply([]events.Event{ev(1, "K", events.Received{Sender: "s@x", Recipients: []string{"k@one"}, BodyKey: "K"})})
+	for n := len(snapMagic); n < len(data); n++ {
+		if _, err := r.LoadSnapshot(data[:n]); err == nil {
+			t.Fatalf("a snapshot cut at %d of %d bytes loaded", n, len(data))
+		}
+	}
+	if _, err := r.LoadSnapshot(append(append([]byte(nil), data...), 0)); err == nil {
+		t.Fatal("a snapshot with a byte after its end loaded")
+	}
+	if _, ok := r.Get("K"); !ok || r.Len() != 1 {
+		t.Fatalf("a failed load changed the queue: %d live", r.Len())
+	}
+}

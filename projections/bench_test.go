@@ -1,8 +1,6 @@
 package projections
 
 import (
-	"bytes"
-	"encoding/gob"
 	"fmt"
 	"runtime"
 	"testing"
@@ -65,14 +63,7 @@ func BenchmarkSnapshot200k(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	st := queueState{Seq: q.seq, Counts: q.counts, BodyRefs: q.bodyRefs, Suspended: q.suspended}
-	for _, e := range q.live {
-		st.Live = append(st.Live, e.Clone())
-	}
-	var g bytes.Buffer
-	if err := gob.NewEncoder(&g).Encode(&st); err != nil {
-		b.Fatal(err)
-	}
+	g := gobSnapshot(b, q)
 	b.Run("marshal-binary", func(b *testing.B) {
 		for i := 0; i < b.N; i++ {
 			if _, _, err := q.MarshalSnapshot(); err != nil {
@@ -83,21 +74,14 @@ func BenchmarkSnapshot200k(b *testing.B) {
 	})
 	b.Run("marshal-gob-with-copy", func(b *testing.B) {
 		for i := 0; i < b.N; i++ {
-			st := queueState{Seq: q.seq, Counts: q.counts, BodyRefs: q.bodyRefs, Suspended: q.suspended}
-			for _, e := range q.live {
-				st.Live = append(st.Live, e.Clone())
-			}
-			var g bytes.Buffer
-			if err := gob.NewEncoder(&g).Encode(&st); err != nil {
-				b.Fatal(err)
-			}
+			gobSnapshot(b, q)
 		}
-		b.ReportMetric(float64(g.Len()), "bytes")
+		b.ReportMetric(float64(len(g)), "bytes")
 	})
 	for _, c := range []struct {
 		name string
 		data []byte
-	}{{"load-binary", bin}, {"load-gob", g.Bytes()}} {
+	}{{"load-binary", bin}, {"load-gob", g}} {
 		b.Run(c.name, func(b *testing.B) {
 			for i := 0; i < b.N; i++ {
 				if _, err := NewQueue().LoadSnapshot(c.data); err != nil {

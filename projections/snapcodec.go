@@ -106,24 +106,14 @@ type snapReader struct {
 	q   *Queue // strings many envelopes repeat are shared through it
 }
 
-func (r *snapReader) uvarint() uint64 {
-	if r.err != nil {
-		return 0
-	}
-	v, n := binary.Uvarint(r.b)
-	if n <= 0 {
-		r.err = errSnapTruncated
-		return 0
-	}
-	r.b = r.b[n:]
-	return v
-}
+func (r *snapReader) uvarint() uint64 { return readNum(r, binary.Uvarint) }
+func (r *snapReader) varint() int64   { return readNum(r, binary.Varint) }
 
-func (r *snapReader) varint() int64 {
+func readNum[T uint64 | int64](r *snapReader, read func([]byte) (T, int)) T {
 	if r.err != nil {
 		return 0
 	}
-	v, n := binary.Varint(r.b)
+	v, n := read(r.b)
 	if n <= 0 {
 		r.err = errSnapTruncated
 		return 0

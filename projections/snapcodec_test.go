@@ -65,16 +65,9 @@ func TestSnapshotBinaryFormRoundTrip(t *testing.T) {
 // A snapshot saved by an earlier version (gob) still loads.
 func TestSnapshotGobFormStillLoads(t *testing.T) {
 	q := snapQueue()
-	st := queueState{Seq: q.seq, Counts: q.counts, BodyRefs: q.bodyRefs, Suspended: q.suspended}
-	for _, e := range q.live {
-		st.Live = append(st.Live, e.Clone())
-	}
-	var b bytes.Buffer
-	if err := gob.NewEncoder(&b).Encode(&st); err != nil {
-		t.Fatal(err)
-	}
+	b := gobSnapshot(t, q)
 	r := NewQueue()
-	if s, err := r.LoadSnapshot(b.Bytes()); err != nil || s != 7 {
+	if s, err := r.LoadSnapshot(b); err != nil || s != 7 {
 		t.Fatalf("LoadSnapshot(gob): %v %d", err, s)
 	}
 	if want, got := sortedEnvelopes(q), sortedEnvelopes(r); !reflect.DeepEqual(want, got) {
@@ -101,4 +94,17 @@ func TestSnapshotTruncatedIsAnError(t *testing.T) {
 	if _, ok := r.Get("K"); !ok || r.Len() != 1 {
 		t.Fatalf("a failed load changed the queue: %d live", r.Len())
 	}
+}
+
+// gobSnapshot is q's snapshot in the gob form of earlier versions.
+func gobSnapshot(tb testing.TB, q *Queue) []byte {
+	st := queueState{Seq: q.seq, Counts: q.counts, BodyRefs: q.bodyRefs, Suspended: q.suspended}
+	for _, e := range q.live {
+		st.Live = append(st.Live, e.Clone())
+	}
+	var b bytes.Buffer
+	if err := gob.NewEncoder(&b).Encode(&st); err != nil {
+		tb.Fatal(err)
+	}
+	return b.Bytes()
 }

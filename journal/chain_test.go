@@ -171,6 +171,12 @@ func TestVerifyAcrossBatches(t *testing.T) {
 	if err := j.Verify(n, nil); err != nil {
 		t.Fatalf("intact: %v", err)
 	}
+	// Told to stop, it gives up after a batch, whatever is left.
+	stop := make(chan struct{})
+	close(stop)
+	if err := j.VerifyUntil(n, nil, stop); !errors.Is(err, ErrVerifyStopped) {
+		t.Fatalf("stopped verification: %v, want ErrVerifyStopped", err)
+	}
 	edited := uint64(verifyBatch) // the last record of the first batch
 	j.db.Set(eventKey(edited), editWithCRC(rawRecord(t, j, edited)), pebble.NoSync)
 	gone := uint64(2*verifyBatch + 1) // the first of the third batch

@@ -212,7 +212,17 @@ func (j *Journal) lostError() *CorruptError {
 // the hot journal up to and including seq, without decoding events (fast: what start-up runs
 // over the part of the journal a snapshot covers). The first problem is
 // returned as a *CorruptError; with report set, each is reported instead.
-func (j *Journal) Verify(seq uint64, report func(*CorruptError) error) (err error) {
+func (j *Journal) Verify(seq uint64, report func(*CorruptError) error) error {
+	return j.VerifyUntil(seq, report, nil)
+}
+
+// ErrVerifyStopped is VerifyUntil's error when stop closed first.
+var ErrVerifyStopped = errors.New("journal: verification stopped")
+
+// VerifyUntil is Verify that gives up, with ErrVerifyStopped, soon after
+// stop is closed (between two batches of records): a server that stops
+// does not wait for the check of its whole history.
+func (j *Journal) VerifyUntil(seq uint64, report func(*CorruptError) error, stop <-chan struct{}) (err error) {
 	defer recoverRead(&err)
 	// The hot journal only: the archive was verified when it was written,
 	// and replay --verify reads it.
@@ -310,6 +320,14 @@ func (j *Journal) Verify(seq uint64, report func(*CorruptError) error) (err erro
 		if len(batch) == cap(batch) {
 			if err := flush(); err != nil {
 				return err
+			}
+			select {
+			case <-stop:
+				if pending != nil {
+					<-hashed
+				}
+				return ErrVerifyStopped
+			default:
 			}
 		}
 	}

@@ -35,7 +35,7 @@ func Rebuild(j *journal.Journal, q *projections.Queue, log *zap.Logger, ignoreCo
 	if err != nil {
 		return err
 	}
-	if err := check(); err != nil {
+	if err := check(nil); err != nil {
 		var ce *journal.CorruptError
 		if errors.As(err, &ce) {
 			return fmt.Errorf("%v; refusing to start (run `mta replay --verify` to list all, or `mta serve --ignore-corrupt`)", err)
@@ -50,12 +50,13 @@ func Rebuild(j *journal.Journal, q *projections.Queue, log *zap.Logger, ignoreCo
 // once it accepts mail, and the snapshot's sequence number (0: none). The records replayed (the tail after the snapshot)
 // are checked as they are read: a corrupt one stops RebuildUnchecked
 // itself. The check's first problem is a *journal.CorruptError (with
-// ignoreCorrupt, each is logged and the check goes on).
+// ignoreCorrupt, each is logged and the check goes on); it gives up with
+// journal.ErrVerifyStopped once stop is closed.
 //
 // The queue does not depend on the covered records, the snapshot holds
 // their fold; they matter to the audit trail, which the check still
 // guards before anything can be archived or repaired over them.
-func RebuildUnchecked(j *journal.Journal, q *projections.Queue, log *zap.Logger, ignoreCorrupt bool) (snapSeq uint64, check func() error, err error) {
+func RebuildUnchecked(j *journal.Journal, q *projections.Queue, log *zap.Logger, ignoreCorrupt bool) (snapSeq uint64, check func(stop <-chan struct{}) error, err error) {
 	total := j.LastSeq()
 	start := time.Now()
 	// Without a snapshot, the hot journal: what was archived is over.
@@ -67,16 +68,16 @@ func RebuildUnchecked(j *journal.Journal, q *projections.Queue, log *zap.Logger,
 	if !ignoreCorrupt {
 		report = nil
 	}
-	check = func() error { return nil }
+	check = func(<-chan struct{}) error { return nil }
 	if _, data, err := j.Snapshot(SnapshotName); err == nil {
 		seq, lerr := q.LoadSnapshot(data)
 		if lerr == nil {
 			// The snapshot stands for the records it covers: check them
 			// (checksums and chain, without decoding) so that a corrupt
 			// record is still found and named.
-			check = func() error {
+			check = func(stop <-chan struct{}) error {
 				began := time.Now()
-				if err := j.Verify(seq, report); err != nil {
+				if err := j.VerifyUntil(seq, report, stop); err != nil {
 					return err
 				}
 				log.Info("journal checked", zap.Uint64("to", seq), zap.Duration("took", time.Since(began)))

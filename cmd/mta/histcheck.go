@@ -27,10 +27,16 @@ func newHistoryCheck() *historyCheck {
 
 func (h *historyCheck) set(s string) { h.status.Store(&s) }
 
-// run runs check (from queue.RebuildUnchecked) and reports its outcome.
-func (h *historyCheck) run(check func() error) {
+// run runs check (from queue.RebuildUnchecked) and reports its outcome;
+// closing stop ends it early (the server stops), which is no failure.
+func (h *historyCheck) run(check func(stop <-chan struct{}) error, stop <-chan struct{}) {
 	h.set("journal history: checking")
-	if err := check(); err != nil {
+	err := check(stop)
+	if errors.Is(err, journal.ErrVerifyStopped) {
+		h.set("journal history: check stopped")
+		return
+	}
+	if err != nil {
 		h.set("journal history: damaged: " + err.Error())
 		h.failed <- historyError(err)
 		return

@@ -399,7 +399,16 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 		zap.Strings("listen", edge.Addrs()), zap.String("http", cfg.HTTP.Listen), zap.String("admin", cfg.Admin.Listen), zap.String("data_dir", cfg.DataDir),
 		zap.String("relay", cfg.Relay.Mode), zap.Uint64("journal_seq", j.LastSeq()), zap.Int("pid", os.Getpid()), zap.Int64("memory_limit", memLimit))
 	ready.ready()
-	go history.run(checkHistory)
+	// The check stops before the journal closes (defers run in reverse).
+	histStop, histDone := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(histDone)
+		history.run(checkHistory, histStop)
+	}()
+	defer func() {
+		close(histStop)
+		<-histDone
+	}()
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR1)

@@ -196,7 +196,10 @@ type appendReq struct {
 	done   chan appendRes
 }
 
-type putReq struct{ key, value []byte }
+type putReq struct {
+	key, value []byte
+	del        bool // delete key instead
+}
 
 type appendRes struct {
 	evs []events.Event

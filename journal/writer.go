@@ -98,7 +98,11 @@ func (j *Journal) put(p *putReq) error {
 	}
 	b := j.db.NewBatch()
 	defer b.Close()
-	if err := b.Set(p.key, p.value, nil); err != nil {
+	set := b.Set
+	if p.del {
+		set = func(k, _ []byte, o *pebble.WriteOptions) error { return b.Delete(k, o) }
+	}
+	if err := set(p.key, p.value, nil); err != nil {
 		return err
 	}
 	if err := j.persist(b); err != nil {

@@ -1,0 +1,69 @@
+package journal
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"hash/crc32"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/ledgermail/ledgermail/events"
+)
+
+// A snapshot is a file beside the log; one saved in the index by an
+// earlier version is still read, and dropped from the index at the next
+// save. A damaged file is an error, never a snapshot.
+func TestSnapshotFile(t *testing.T) {
+	dir := t.TempDir()
+	j := openT(t, dir)
+	defer j.Close()
+	if _, err := j.Append(Write{Events: []events.Event{delivered("E1", "r"), delivered("E2", "r")}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := j.Snapshot("queue"); !errors.Is(err, ErrNoSnapshot) {
+		t.Fatalf("no snapshot yet: %v", err)
+	}
+	// The older form: a value in the index.
+	old := binary.BigEndian.AppendUint64(nil, 1)
+	old = binary.BigEndian.AppendUint32(old, crc32.Checksum([]byte("old"), castagnoli))
+	old = append(old, "old"...)
+	if err := j.db.Set([]byte(prefixSnapshot+"queue"), old, pebble.NoSync); err != nil {
+		t.Fatal(err)
+	}
+	if seq, data, err := j.Snapshot("queue"); err != nil || seq != 1 || string(data) != "old" {
+		t.Fatalf("older snapshot: %d %q %v", seq, data, err)
+	}
+	if err := j.PutSnapshot("queue", 2, []byte("new state")); err != nil {
+		t.Fatal(err)
+	}
+	if seq, data, err := j.Snapshot("queue"); err != nil || seq != 2 || string(data) != "new state" {
+		t.Fatalf("saved snapshot: %d %q %v", seq, data, err)
+	}
+	if _, closer, err := j.db.Get([]byte(prefixSnapshot + "queue")); err == nil {
+		closer.Close()
+		t.Fatal("the older snapshot is still in the index")
+	}
+	path := filepath.Join(dir, "SNAPSHOT-queue")
+	b, err := os.ReadFile(path)
+	if err != nil || !bytes.HasSuffix(b, []byte("new state")) {
+		t.Fatalf("snapshot file: %q %v", b, err)
+	}
+	b[len(b)-1] ^= 1
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := j.Snapshot("queue"); err == nil || !strings.Contains(err.Error(), "checksum") {
+		t.Fatalf("flipped snapshot: %v", err)
+	}
+	if err := os.WriteFile(path, b[:5], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := j.Snapshot("queue"); err == nil || !strings.Contains(err.Error(), "truncated") {
+		t.Fatalf("cut snapshot: %v", err)
+	}
+}

@@ -84,8 +84,9 @@ func (q *Queue) share(s string) string {
 // compact makes an envelope share what it repeats: its state, sender and
 // last error with the other envelopes (200,000 deferred for one reason
 // hold that reason once), its body key with its parent's ID, its pending
-// recipients with its recipients. For envelopes decoded from a snapshot,
-// whose every string is a copy of its own. q.mu is held.
+// recipients with its recipients. For envelopes decoded from a gob
+// snapshot, whose every string is a copy of its own (the binary form's
+// decoder shares as it reads). q.mu is held.
 func (q *Queue) compact(e *Envelope) {
 	e.State = State(q.share(string(e.State)))
 	e.Sender, e.LastError = q.share(e.Sender), q.share(e.LastError)

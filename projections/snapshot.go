@@ -35,25 +35,29 @@ func (q *Queue) MarshalSnapshot() ([]byte, uint64, error) {
 // sequence number must then be applied. On an error q is unchanged.
 func (q *Queue) LoadSnapshot(data []byte) (uint64, error) {
 	var st queueState
-	shared := map[string]string{}
+	// Strings are shared through a table of q's own once the snapshot is
+	// whole: until then, through this one.
+	tmp := &Queue{shared: map[string]string{}}
 	if bytes.HasPrefix(data, []byte(snapMagic)) {
-		// The decoder shares strings through a table of its own until the
-		// snapshot is whole.
-		tmp := &Queue{shared: shared}
+		// The decoder shares as it reads.
 		if err := tmp.decodeSnapshot(data, &st); err != nil {
 			return 0, fmt.Errorf("queue snapshot: %w", err)
 		}
-	} else if err := gob.NewDecoder(bytes.NewReader(data)).Decode(&st); err != nil {
-		return 0, fmt.Errorf("queue snapshot: %w", err)
+	} else {
+		if err := gob.NewDecoder(bytes.NewReader(data)).Decode(&st); err != nil {
+			return 0, fmt.Errorf("queue snapshot: %w", err)
+		}
+		for _, e := range st.Live {
+			tmp.compact(e)
+		}
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.live = make(map[string]*Envelope, len(st.Live))
-	q.shared = shared
+	q.shared = tmp.shared
 	// The body counts keyed by the envelopes' own copies of the keys.
 	refs := make(map[string]int, len(st.BodyRefs))
 	for _, e := range st.Live {
-		q.compact(e)
 		q.live[e.ID] = e
 		if n, ok := st.BodyRefs[e.BodyKey]; ok {
 			refs[e.BodyKey] = n

@@ -7,7 +7,8 @@
 // The contract: the journal is the truth. A snapshot is an optimisation
 // whose covered records are still verified (checksums and chain) at
 // start-up: before an offline command folds, and while `mta serve` already
-// accepts mail (a corrupt record then stops the server); an operator action is an event appended to the journal, which
+// accepts mail (a corrupt record then stops the server); an operator
+// action is an event appended to the journal, which
 // the live projection then folds like any other.
 package queue
 
@@ -35,21 +36,24 @@ func Rebuild(j *journal.Journal, q *projections.Queue, log *zap.Logger, ignoreCo
 	if err != nil {
 		return err
 	}
-	if err := check(nil); err != nil {
-		var ce *journal.CorruptError
-		if errors.As(err, &ce) {
-			return fmt.Errorf("%v; refusing to start (run `mta replay --verify` to list all, or `mta serve --ignore-corrupt`)", err)
-		}
-		return err
+	return refuseStart(check(nil))
+}
+
+// refuseStart is err as start-up reports it: a corrupt record with what to
+// run next.
+func refuseStart(err error) error {
+	var ce *journal.CorruptError
+	if errors.As(err, &ce) {
+		return fmt.Errorf("%v; refusing to start (run `mta replay --verify` to list all, or `mta serve --ignore-corrupt`)", err)
 	}
-	return nil
+	return err
 }
 
 // RebuildUnchecked is Rebuild without the check of the records the
 // snapshot covers: it returns that check instead, for the server to run
-// once it accepts mail, and the snapshot's sequence number (0: none). The records replayed (the tail after the snapshot)
-// are checked as they are read: a corrupt one stops RebuildUnchecked
-// itself. The check's first problem is a *journal.CorruptError (with
+// once it accepts mail, and the snapshot's sequence number (0: none).
+// The records replayed (the tail after the snapshot) are checked as they
+// are read: a corrupt one stops RebuildUnchecked itself. The check's first problem is a *journal.CorruptError (with
 // ignoreCorrupt, each is logged and the check goes on); it gives up with
 // journal.ErrVerifyStopped once stop is closed.
 //
@@ -115,11 +119,7 @@ func RebuildUnchecked(j *journal.Journal, q *projections.Queue, log *zap.Logger,
 		err = j.Scan(from, fn)
 	}
 	if err != nil {
-		var ce *journal.CorruptError
-		if errors.As(err, &ce) {
-			return 0, nil, fmt.Errorf("%v; refusing to start (run `mta replay --verify` to list all, or `mta serve --ignore-corrupt`)", err)
-		}
-		return 0, nil, err
+		return 0, nil, refuseStart(err)
 	}
 	flush()
 	log.Info("journal replayed", zap.Uint64("from", from), zap.Uint64("to", total), zap.Int("live_envelopes", q.Len()), zap.Duration("took", time.Since(start)))

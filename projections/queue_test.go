@@ -217,3 +217,23 @@ func TestQueueSharesRepeatedStrings(t *testing.T) {
 		t.Errorf("loaded body refs of E0: %d, want 1", n)
 	}
 }
+
+// The shared-string table stays within its bound: past it, it starts
+// again, and a string kept before is still returned as it was.
+func TestQueueSharedTableIsBounded(t *testing.T) {
+	q := NewQueue()
+	first := q.share(strings.Clone("reason 0"))
+	for i := 1; i <= 2*maxShared; i++ {
+		q.share(fmt.Sprintf("reason %d", i))
+		if len(q.shared) > maxShared {
+			t.Fatalf("%d strings shared, bound %d", len(q.shared), maxShared)
+		}
+	}
+	again := strings.Clone("reason 0")
+	if got := q.share(again); got != first || unsafe.StringData(got) != unsafe.StringData(again) {
+		t.Fatalf("after the table started again: %q", got)
+	}
+	if got := q.share(strings.Clone("reason 0")); unsafe.StringData(got) != unsafe.StringData(again) {
+		t.Fatal("a string shared after the restart is not shared")
+	}
+}

@@ -50,7 +50,7 @@ func Fold(set map[string]*Envelope, ev events.Event) *Envelope { return lifecycl
 // use.
 type Queue struct {
 	mu       sync.RWMutex
-	live     map[string]*Envelope
+	live     map[string]*entry
 	counts   map[State]int
 	bodyRefs map[string]int // live envelopes per stored body
 	// suspended destination domains, until when (zero: until resumed)
@@ -59,6 +59,9 @@ type Queue struct {
 	// shared holds one copy of the strings many envelopes repeat (senders,
 	// deferral reasons), at most maxShared of them.
 	shared map[string]string
+	// fold and scratch are where apply inflates an entry to fold an event.
+	fold    map[string]*Envelope
+	scratch Envelope
 }
 
 // maxShared bounds Queue.shared: past it the table starts again (sharing
@@ -102,8 +105,8 @@ func (q *Queue) compact(e *Envelope) {
 
 // NewQueue returns an empty queue projection.
 func NewQueue() *Queue {
-	return &Queue{live: map[string]*Envelope{}, counts: map[State]int{}, bodyRefs: map[string]int{}, suspended: map[string]time.Time{},
-		shared: map[string]string{}}
+	return &Queue{live: map[string]*entry{}, counts: map[State]int{}, bodyRefs: map[string]int{}, suspended: map[string]time.Time{},
+		shared: map[string]string{}, fold: map[string]*Envelope{}}
 }
 
 // Apply folds events (in sequence order) into the projection.
@@ -121,51 +124,74 @@ func (q *Queue) Apply(evs []events.Event) {
 			q.seq = ev.Seq
 			continue
 		}
-		var before State
-		if old := q.live[ev.Envelope]; old != nil {
-			before = old.State
-		}
-		wasLive := before.Live()
-		children := q.newChildren(ev)
-		env := Fold(q.live, ev)
-		q.seq = ev.Seq
-		if env == nil {
-			continue
-		}
-		if before != "" {
-			q.counts[before]--
-		}
-		q.counts[env.State]++
-		for _, id := range children {
-			c := q.live[id]
-			q.counts[c.State]++
-			if c.BodyKey == c.Parent {
-				c.BodyKey = c.Parent
-			}
-			q.bodyRefs[c.BodyKey]++
-			// Not slimmed yet: its first attempt follows at once and
-			// takes the header block and the Received details from here
-			// (shared with the parent's, not copied).
-		}
-		if keepsDetails(env) {
-			// A child's first attempt, queued or running.
-		} else if env.State != StateReceived {
-			slim(env)
-		}
-		if isLive := env.State.Live(); isLive != wasLive {
-			if isLive {
-				q.bodyRefs[env.BodyKey]++
-			} else if q.bodyRefs[env.BodyKey]--; q.bodyRefs[env.BodyKey] <= 0 {
-				delete(q.bodyRefs, env.BodyKey)
-			}
-		}
-		if !env.State.Live() {
-			delete(q.live, env.ID)
-			continue
-		}
-		// Each event decodes its own copies: keep one.
-		env.Sender, env.LastError = q.share(env.Sender), q.share(env.LastError)
+		q.apply(ev)
 	}
+}
+
+// apply folds one envelope event: the envelope it concerns is inflated
+// from its entry into q.fold, folded, and put back (with the children a
+// split creates). q.mu is held.
+func (q *Queue) apply(ev events.Event) {
+	set := q.fold
+	defer clear(set)
+	var before State
+	if old := q.live[ev.Envelope]; old != nil {
+		before = old.stateOf()
+		old.fill(&q.scratch)
+		set[ev.Envelope] = &q.scratch
+	}
+	wasLive := before.Live()
+	children := q.newChildren(ev)
+	env := Fold(set, ev)
+	q.seq = ev.Seq
+	if env == nil {
+		return
+	}
+	if before != "" {
+		q.counts[before]--
+	}
+	q.counts[env.State]++
+	for _, id := range children {
+		c := set[id]
+		q.counts[c.State]++
+		if c.BodyKey == c.Parent {
+			c.BodyKey = c.Parent
+		}
+		q.bodyRefs[c.BodyKey]++
+		// Not slimmed yet: its first attempt follows at once and takes
+		// the header block and the Received details from here (shared
+		// with the parent's, not copied).
+		q.put(c)
+	}
+	if keepsDetails(env) {
+		// A child's first attempt, queued or running.
+	} else if env.State != StateReceived {
+		slim(env)
+	}
+	if isLive := env.State.Live(); isLive != wasLive {
+		if isLive {
+			q.bodyRefs[env.BodyKey]++
+		} else if q.bodyRefs[env.BodyKey]--; q.bodyRefs[env.BodyKey] <= 0 {
+			delete(q.bodyRefs, env.BodyKey)
+		}
+	}
+	if !env.State.Live() {
+		delete(q.live, env.ID)
+		return
+	}
+	// Each event decodes its own copies: keep one.
+	env.Sender, env.LastError = q.share(env.Sender), q.share(env.LastError)
+	q.put(env)
+}
+
+// put stores e as its entry, reusing the one the queue has. q.mu is held.
+func (q *Queue) put(e *Envelope) {
+	x := q.live[e.ID]
+	if x == nil {
+		x = new(entry)
+		q.live[e.ID] = x
+	}
+	toEntry(e, x)
 }
 
 // keepsDetails says whether an envelope keeps its header block and
@@ -221,11 +247,11 @@ func (q *Queue) BodyRefs(key string) int {
 func (q *Queue) Get(id string) (*Envelope, bool) {
 	q.mu.RLock()
 	defer q.mu.RUnlock()
-	e, ok := q.live[id]
+	x, ok := q.live[id]
 	if !ok {
 		return nil, false
 	}
-	return e.Clone(), true
+	return x.envelope().Clone(), true
 }
 
 // Snapshot is what `mta queue --json` prints.
@@ -249,9 +275,11 @@ type Snapshot struct {
 func (q *Queue) Snapshot() Snapshot {
 	q.mu.RLock()
 	s := Snapshot{Counts: q.countsLocked(), Seq: q.seq, Suspended: maps.Clone(q.suspended)}
-	vals := make([]Envelope, 0, len(q.live))
-	for _, e := range q.live {
-		vals = append(vals, *e) // see List: copies share no mutable state
+	vals := make([]Envelope, len(q.live))
+	i := 0
+	for _, x := range q.live {
+		x.fill(&vals[i]) // see List: copies share no mutable state
+		i++
 	}
 	q.mu.RUnlock()
 	s.Envelopes = pointers(vals)
@@ -273,16 +301,16 @@ const listChunk = 4096
 func (q *Queue) List() Snapshot {
 	q.mu.RLock()
 	s := Snapshot{Counts: q.countsLocked(), Seq: q.seq, Suspended: maps.Clone(q.suspended)}
-	ptrs := make([]*Envelope, 0, len(q.live))
-	for _, e := range q.live {
-		ptrs = append(ptrs, e)
+	ptrs := make([]*entry, 0, len(q.live))
+	for _, x := range q.live {
+		ptrs = append(ptrs, x)
 	}
 	q.mu.RUnlock()
 	vals := make([]Envelope, len(ptrs))
 	for i := 0; i < len(ptrs); i += listChunk {
 		q.mu.RLock()
-		for k, e := range ptrs[i:min(i+listChunk, len(ptrs))] {
-			vals[i+k] = *e
+		for k, x := range ptrs[i:min(i+listChunk, len(ptrs))] {
+			x.fill(&vals[i+k])
 		}
 		q.mu.RUnlock()
 	}
@@ -336,8 +364,9 @@ func (q *Queue) Select(match func(*Envelope) bool) []*Envelope {
 	q.mu.RLock()
 	defer q.mu.RUnlock()
 	var out []*Envelope
-	for _, e := range q.live {
-		if match(e) {
+	var e Envelope
+	for _, x := range q.live {
+		if x.fill(&e); match(&e) {
 			out = append(out, e.Clone())
 		}
 	}

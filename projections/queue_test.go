@@ -185,9 +185,9 @@ func TestQueueSharesRepeatedStrings(t *testing.T) {
 	}
 	same := func(q *Queue, what string, f func(*Envelope) string) {
 		t.Helper()
-		a := q.live["E0.1"]
+		a := q.live["E0.1"].envelope()
 		for _, id := range []string{"E1.1", "E2.1"} {
-			b := q.live[id]
+			b := q.live[id].envelope()
 			if f(a) == "" || unsafe.StringData(f(a)) != unsafe.StringData(f(b)) {
 				t.Errorf("%s: E0.1 and %s hold separate copies of %q", what, id, f(a))
 			}
@@ -206,7 +206,7 @@ func TestQueueSharesRepeatedStrings(t *testing.T) {
 	same(r, "loaded last error", func(e *Envelope) string { return e.LastError })
 	same(r, "loaded sender", func(e *Envelope) string { return e.Sender })
 	same(r, "loaded state", func(e *Envelope) string { return string(e.State) })
-	e := r.live["E0.1"]
+	e := r.live["E0.1"].envelope()
 	if e.BodyKey != "E0" || unsafe.StringData(e.BodyKey) != unsafe.StringData(e.Parent) {
 		t.Errorf("loaded body key %q not shared with the parent ID %q", e.BodyKey, e.Parent)
 	}

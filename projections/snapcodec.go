@@ -48,7 +48,9 @@ func (q *Queue) appendSnapshot(b []byte) ([]byte, error) {
 		b = appendTime(b, t)
 	}
 	b = binary.AppendUvarint(b, uint64(len(q.live)))
-	for _, e := range q.live {
+	var e Envelope
+	for _, x := range q.live {
+		x.fill(&e)
 		for _, s := range []string{e.ID, e.Parent, string(e.State), e.Sender, e.LastError, e.BodyKey, e.Prepend} {
 			b = appendStr(b, s)
 		}
@@ -236,9 +238,10 @@ func (q *Queue) decodeSnapshot(data []byte, st *queueState) error {
 		st.Suspended[d] = r.time()
 	}
 	n := r.count()
-	st.Live = make([]*Envelope, 0, n)
-	for ; n > 0 && r.err == nil; n-- {
-		e := &Envelope{ID: r.str(), Parent: r.str(), State: State(r.shared()), Sender: r.shared(), LastError: r.shared()}
+	st.entries = make([]*entry, n)
+	var e Envelope
+	for i := 0; i < n && r.err == nil; i++ {
+		e = Envelope{ID: r.str(), Parent: r.str(), State: State(r.shared()), Sender: r.shared(), LastError: r.shared()}
 		e.BodyKey = r.strLike(e.Parent)
 		e.Prepend = r.str()
 		e.Recipients = r.strs(nil)
@@ -256,7 +259,8 @@ func (q *Queue) decodeSnapshot(data []byte, st *queueState) error {
 			}
 			e.Received = &p
 		}
-		st.Live = append(st.Live, e)
+		st.entries[i] = new(entry) // one each: a slice of them would live as long as its last
+		toEntry(&e, st.entries[i])
 	}
 	if r.err != nil {
 		return r.err

@@ -99,8 +99,8 @@ func TestSnapshotTruncatedIsAnError(t *testing.T) {
 // gobSnapshot is q's snapshot in the gob form of earlier versions.
 func gobSnapshot(tb testing.TB, q *Queue) []byte {
 	st := queueState{Seq: q.seq, Counts: q.counts, BodyRefs: q.bodyRefs, Suspended: q.suspended}
-	for _, e := range q.live {
-		st.Live = append(st.Live, e.Clone())
+	for _, x := range q.live {
+		st.Live = append(st.Live, x.envelope().Clone())
 	}
 	var b bytes.Buffer
 	if err := gob.NewEncoder(&b).Encode(&st); err != nil {

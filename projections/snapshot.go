@@ -15,6 +15,9 @@ type queueState struct {
 	Counts    map[State]int
 	BodyRefs  map[string]int
 	Suspended map[string]time.Time
+	// entries are the live envelopes as the queue holds them (the binary
+	// form decodes into these, the gob form into Live).
+	entries []*entry
 }
 
 // MarshalSnapshot returns the queue's state and the sequence number it is
@@ -47,20 +50,26 @@ func (q *Queue) LoadSnapshot(data []byte) (uint64, error) {
 		if err := gob.NewDecoder(bytes.NewReader(data)).Decode(&st); err != nil {
 			return 0, fmt.Errorf("queue snapshot: %w", err)
 		}
-		for _, e := range st.Live {
+		st.entries = make([]*entry, len(st.Live))
+		for i, e := range st.Live {
 			tmp.compact(e)
+			st.entries[i] = new(entry)
+			toEntry(e, st.entries[i])
 		}
+		st.Live = nil
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	q.live = make(map[string]*Envelope, len(st.Live))
+	q.live = make(map[string]*entry, len(st.entries))
 	q.shared = tmp.shared
 	// The body counts keyed by the envelopes' own copies of the keys.
 	refs := make(map[string]int, len(st.BodyRefs))
-	for _, e := range st.Live {
-		q.live[e.ID] = e
-		if n, ok := st.BodyRefs[e.BodyKey]; ok {
-			refs[e.BodyKey] = n
+	for _, x := range st.entries {
+		q.live[x.id] = x
+		if k := x.bodyKey(); k != "" {
+			if n, ok := st.BodyRefs[k]; ok {
+				refs[k] = n
+			}
 		}
 	}
 	for k, n := range st.BodyRefs {

@@ -1,0 +1,205 @@
+package projections
+
+import (
+	"time"
+
+	"github.com/ledgermail/ledgermail/events"
+)
+
+// entry is how the live queue holds one envelope: an Envelope's fields in
+// a little over half its memory (144 bytes against 256), since a queue of
+// a million deferred envelopes is mostly these. What every envelope has is
+// inline; what few have is behind one pointer (entryMore): a body key that
+// is neither the parent's ID nor the envelope's own, pending recipients
+// that are not all of the recipients, the header block and Received
+// details a child keeps until its first attempt ends, a state or time this
+// form cannot hold.
+//
+// The queue converts at its edges: Apply inflates the envelope an event
+// concerns, folds it (lifecycle.Fold) and deflates it again; every read
+// returns Envelopes. Slices are shared, never written into (Fold replaces
+// them), so Pending may be the Recipients slice itself.
+type entry struct {
+	id, parent, sender, lastError string
+	recipients                    []string
+	size                          int64
+	lastSeq                       uint64
+	arrived, next                 int64 // see stamp
+	attempts                      int32
+	state                         uint8 // an index into stateCodes
+	flags                         uint8
+	more                          *entryMore
+}
+
+// entryMore holds what few envelopes need (see entry).
+type entryMore struct {
+	bodyKey       string
+	pending       []string
+	prepend       string
+	received      *events.Received
+	state         State     // when not in stateCodes
+	arrived, next time.Time // when stamp cannot hold them
+	attempts      int       // when an int32 cannot
+}
+
+const (
+	flagWarned      = 1 << iota
+	flagBodyParent  // the body key is the parent's ID
+	flagBodyOwn     // the body key is the envelope's own ID
+	flagPendingAll  // pending = recipients
+	flagArrivedMore // the arrival time is in more
+	flagNextMore    // the next attempt's time is in more
+	flagAttemptsMore
+)
+
+// stateCodes are the states an entry holds as a byte; stateOther says the
+// state is in more.
+var stateCodes = [...]State{"", StateReceived, StateSplit, StateQueued, StateActive, StateDeferred, StateDelivered,
+	StateBounced, StateExpired, StateDeleted, StateLost, StateTransferring, StateTransferred}
+
+const stateOther = 255
+
+func stateCode(s State) (uint8, bool) {
+	for i, c := range stateCodes {
+		if c == s {
+			return uint8(i), true
+		}
+	}
+	return stateOther, false
+}
+
+// stamp is a time as Unix nanoseconds, 0 for the zero time; ok is false
+// for a time that form cannot hold (outside 1700–2200, or exactly the Unix
+// epoch), which the entry keeps in more. Times come back in the local
+// zone, without a monotonic reading.
+func stamp(t time.Time) (n int64, ok bool) {
+	if t.IsZero() {
+		return 0, true
+	}
+	if y := t.Year(); y < 1700 || y > 2200 {
+		return 0, false
+	}
+	n = t.UnixNano()
+	return n, n != 0
+}
+
+func unstamp(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n)
+}
+
+func (x *entry) stateOf() State {
+	if x.state == stateOther {
+		return x.more.state
+	}
+	return stateCodes[x.state]
+}
+
+func (x *entry) bodyKey() string {
+	switch {
+	case x.flags&flagBodyParent != 0:
+		return x.parent
+	case x.flags&flagBodyOwn != 0:
+		return x.id
+	case x.more != nil:
+		return x.more.bodyKey
+	}
+	return ""
+}
+
+func (x *entry) pending() []string {
+	if x.flags&flagPendingAll != 0 {
+		return x.recipients
+	}
+	if x.more != nil {
+		return x.more.pending
+	}
+	return nil
+}
+
+// fill sets *e to the envelope x holds (sharing its strings and slices).
+func (x *entry) fill(e *Envelope) {
+	*e = Envelope{ID: x.id, Parent: x.parent, State: x.stateOf(), Sender: x.sender, Recipients: x.recipients,
+		Pending: x.pending(), Size: x.size, Arrived: unstamp(x.arrived), Attempts: int(x.attempts),
+		NextAttempt: unstamp(x.next), LastError: x.lastError, Warned: x.flags&flagWarned != 0,
+		BodyKey: x.bodyKey(), LastSeq: x.lastSeq}
+	if m := x.more; m != nil {
+		e.Prepend, e.Received = m.prepend, m.received
+		if x.flags&flagArrivedMore != 0 {
+			e.Arrived = m.arrived
+		}
+		if x.flags&flagNextMore != 0 {
+			e.NextAttempt = m.next
+		}
+		if x.flags&flagAttemptsMore != 0 {
+			e.Attempts = m.attempts
+		}
+	}
+}
+
+// envelope returns the envelope x holds, sharing its strings and slices.
+func (x *entry) envelope() *Envelope {
+	e := new(Envelope)
+	x.fill(e)
+	return e
+}
+
+// toEntry sets *x to hold e.
+func toEntry(e *Envelope, x *entry) {
+	var m entryMore
+	need := false
+	*x = entry{id: e.ID, parent: e.Parent, sender: e.Sender, lastError: e.LastError, recipients: e.Recipients,
+		size: e.Size, lastSeq: e.LastSeq, attempts: int32(e.Attempts)}
+	var ok bool
+	if x.state, ok = stateCode(e.State); !ok {
+		m.state, need = e.State, true
+	}
+	if int(x.attempts) != e.Attempts {
+		x.flags |= flagAttemptsMore
+		m.attempts, need = e.Attempts, true
+	}
+	if e.Warned {
+		x.flags |= flagWarned
+	}
+	switch e.BodyKey {
+	case e.Parent:
+		x.flags |= flagBodyParent
+	case e.ID:
+		x.flags |= flagBodyOwn
+	default:
+		m.bodyKey, need = e.BodyKey, true
+	}
+	if sameStrings(e.Pending, e.Recipients) {
+		x.flags |= flagPendingAll
+	} else if len(e.Pending) > 0 {
+		m.pending, need = e.Pending, true
+	}
+	if x.arrived, ok = stamp(e.Arrived); !ok {
+		x.flags |= flagArrivedMore
+		m.arrived, need = e.Arrived, true
+	}
+	if x.next, ok = stamp(e.NextAttempt); !ok {
+		x.flags |= flagNextMore
+		m.next, need = e.NextAttempt, true
+	}
+	if e.Prepend != "" || e.Received != nil {
+		m.prepend, m.received, need = e.Prepend, e.Received, true
+	}
+	if need {
+		x.more = &m
+	}
+}
+
+func sameStrings(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}

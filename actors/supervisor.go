@@ -3,6 +3,7 @@ package actors
 import (
 	"container/heap"
 	"context"
+	"math"
 	"strings"
 	"time"
 
@@ -103,7 +104,7 @@ func (s *supervisor) Receive(c actor.Context) {
 			s.makeReady(c, id)
 		}
 	case schedule:
-		heap.Push(&s.due, dueItem{at: m.at, id: m.id})
+		heap.Push(&s.due, dueItem{at: dueAt(m.at), id: m.id})
 		s.arm(c)
 	case retryNow:
 		s.retry(c, m.id)
@@ -174,12 +175,12 @@ func (s *supervisor) Receive(c actor.Context) {
 // recover schedules every live envelope of the replayed queue.
 func (s *supervisor) recover(c actor.Context) {
 	now := s.o.Now()
-	live := s.o.Queue.Live()
-	var deferred int
-	for _, e := range live {
+	var live, deferred int
+	s.o.Queue.Range(func(e *projections.Envelope) {
+		live++
 		switch e.State {
 		case projections.StateDeferred:
-			heap.Push(&s.due, dueItem{at: e.NextAttempt, id: e.ID})
+			s.due = append(s.due, dueItem{at: dueAt(e.NextAttempt), id: e.ID})
 			deferred++
 		case projections.StateTransferring:
 			// Resolved by asking the peer (package scaleout); Release
@@ -188,8 +189,9 @@ func (s *supervisor) recover(c actor.Context) {
 		default: // received, queued, or an attempt cut short by a crash
 			s.ready.push(laneOf(e), e.ID)
 		}
-	}
-	s.o.Logger.Info("queue recovered", zap.Int("live", len(live)), zap.Int("deferred", deferred), zap.Int("ready", len(live)-deferred), zap.Time("now", now))
+	})
+	heap.Init(&s.due)
+	s.o.Logger.Info("queue recovered", zap.Int("live", live), zap.Int("deferred", deferred), zap.Int("ready", live-deferred), zap.Time("now", now))
 	s.fill(c)
 	s.arm(c)
 }
@@ -283,7 +285,7 @@ func (s *supervisor) destination(c actor.Context, key string) *actor.PID {
 
 func (s *supervisor) popDue(c actor.Context) {
 	now := s.o.Now()
-	for s.due.Len() > 0 && !s.due[0].at.After(now) {
+	for s.due.Len() > 0 && s.due[0].at <= dueAt(now) {
 		s.push(heap.Pop(&s.due).(dueItem).id)
 	}
 	s.fill(c)
@@ -299,24 +301,38 @@ func (s *supervisor) arm(c actor.Context) {
 	if s.due.Len() == 0 {
 		return
 	}
-	wait := s.due[0].at.Sub(s.o.Now())
-	if wait < 0 {
-		wait = 0
+	var wait time.Duration
+	if at, now := s.due[0].at, dueAt(s.o.Now()); at > now {
+		wait = time.Duration(at - now) // at most MaxInt64 - now: no overflow
 	}
 	self, send := s.self, s.send
 	s.timer = time.AfterFunc(wait, func() { send(self, tick{}) })
 }
 
+// dueItem is one deferred envelope waiting for its time: 24 bytes (a
+// million deferred hold a million of these).
 type dueItem struct {
-	at time.Time
+	at int64 // see dueAt
 	id string
+}
+
+// dueAt is t as Unix nanoseconds, clamped to what they hold (years
+// 1678–2262): due times only compare with one another and with now.
+func dueAt(t time.Time) int64 {
+	switch {
+	case t.Before(time.Unix(0, math.MinInt64)):
+		return math.MinInt64
+	case t.After(time.Unix(0, math.MaxInt64)):
+		return math.MaxInt64
+	}
+	return t.UnixNano()
 }
 
 // dueHeap orders envelopes by due time.
 type dueHeap []dueItem
 
 func (h dueHeap) Len() int           { return len(h) }
-func (h dueHeap) Less(i, j int) bool { return h[i].at.Before(h[j].at) }
+func (h dueHeap) Less(i, j int) bool { return h[i].at < h[j].at }
 func (h dueHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
 func (h *dueHeap) Push(x any)        { *h = append(*h, x.(dueItem)) }
 func (h *dueHeap) Pop() any {

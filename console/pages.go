@@ -48,9 +48,7 @@ func (c *console) overview(w http.ResponseWriter, r *http.Request) {
 	}
 	now := time.Now()
 	var ages []time.Duration
-	for _, e := range q.Live() {
-		ages = append(ages, now.Sub(e.Arrived))
-	}
+	q.Range(func(e *projections.Envelope) { ages = append(ages, now.Sub(e.Arrived)) })
 	sort.Slice(ages, func(a, b int) bool { return ages[a] < ages[b] })
 	data.OldestAge, data.AgeP50, data.AgeP99 = "—", "—", "—"
 	if len(ages) > 0 {
@@ -120,13 +118,13 @@ func (c *console) destinationRows() []*destinationRow {
 	if c.d.Actors != nil {
 		held, _ = c.d.Actors.Held()
 	}
-	for _, e := range c.d.Queue.Live() {
+	c.d.Queue.Range(func(e *projections.Envelope) {
 		if !strings.Contains(e.ID, ".") && e.State == projections.StateSplit {
-			continue
+			return
 		}
 		d := domainOf(e)
 		if d == "" {
-			continue
+			return
 		}
 		r := row(d)
 		r.Live++
@@ -144,7 +142,7 @@ func (c *console) destinationRows() []*destinationRow {
 				r.LastError, r.lastErrorAt, r.ErrorCount = e.LastError, e.NextAttempt, 1
 			}
 		}
-	}
+	})
 	if c.d.Actors != nil {
 		if states, err := c.d.Actors.Destinations(); err == nil {
 			for d, st := range states {

@@ -392,3 +392,31 @@ func (q *Queue) Suspensions() map[string]time.Time {
 	defer q.mu.RUnlock()
 	return maps.Clone(q.suspended)
 }
+
+// Range calls f with each live envelope, in no order, without copying the
+// queue: f's envelope is valid only during the call (it is reused; its
+// strings and slices may be kept, never written into). The read lock is
+// held for a chunk of envelopes at a time, never while f runs, so f may
+// call the queue. For the supervisor's start-up scheduling of a large
+// queue, where List's sorted copy of every envelope would cost a million
+// Envelopes.
+func (q *Queue) Range(f func(*Envelope)) {
+	q.mu.RLock()
+	ptrs := make([]*entry, 0, len(q.live))
+	for _, x := range q.live {
+		ptrs = append(ptrs, x)
+	}
+	q.mu.RUnlock()
+	var chunk [listChunk]Envelope
+	for i := 0; i < len(ptrs); i += listChunk {
+		part := ptrs[i:min(i+listChunk, len(ptrs))]
+		q.mu.RLock()
+		for k, x := range part {
+			x.fill(&chunk[k])
+		}
+		q.mu.RUnlock()
+		for k := range part {
+			f(&chunk[k])
+		}
+	}
+}

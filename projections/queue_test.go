@@ -237,3 +237,32 @@ func TestQueueSharedTableIsBounded(t *testing.T) {
 		t.Fatal("a string shared after the restart is not shared")
 	}
 }
+
+// Range visits every live envelope once, in chunks, and its function may
+// call the queue (no lock is held while it runs).
+func TestRangeVisitsEachLiveEnvelopeOnce(t *testing.T) {
+	q := NewQueue()
+	const n = listChunk + 10
+	var evs []events.Event
+	for i := range n {
+		id := fmt.Sprintf("E%d", i)
+		evs = append(evs, ev(uint64(i+1), id, events.Received{Sender: "s@x", Recipients: []string{"a@one"}, BodyKey: id}))
+	}
+	evs = append(evs, ev(n+1, "E0", events.Deleted{}))
+	q.Apply(evs)
+	seen := map[string]int{}
+	q.Range(func(e *Envelope) {
+		seen[e.ID]++
+		if _, ok := q.Get(e.ID); !ok {
+			t.Errorf("%s listed but not live", e.ID)
+		}
+	})
+	if len(seen) != n-1 || seen["E0"] != 0 {
+		t.Fatalf("Range saw %d envelopes (E0 %d times), want %d without E0", len(seen), seen["E0"], n-1)
+	}
+	for id, k := range seen {
+		if k != 1 {
+			t.Fatalf("%s seen %d times", id, k)
+		}
+	}
+}

@@ -148,17 +148,21 @@ func (x *entry) envelope() *Envelope {
 
 // toEntry sets *x to hold e.
 func toEntry(e *Envelope, x *entry) {
-	var m entryMore
-	need := false
 	*x = entry{id: e.ID, parent: e.Parent, sender: e.Sender, lastError: e.LastError, recipients: e.Recipients,
 		size: e.Size, lastSeq: e.LastSeq, attempts: int32(e.Attempts)}
+	more := func() *entryMore { // allocated only for what needs it
+		if x.more == nil {
+			x.more = new(entryMore)
+		}
+		return x.more
+	}
 	var ok bool
 	if x.state, ok = stateCode(e.State); !ok {
-		m.state, need = e.State, true
+		more().state = e.State
 	}
 	if int(x.attempts) != e.Attempts {
 		x.flags |= flagAttemptsMore
-		m.attempts, need = e.Attempts, true
+		more().attempts = e.Attempts
 	}
 	if e.Warned {
 		x.flags |= flagWarned
@@ -169,26 +173,24 @@ func toEntry(e *Envelope, x *entry) {
 	case e.ID:
 		x.flags |= flagBodyOwn
 	default:
-		m.bodyKey, need = e.BodyKey, true
+		more().bodyKey = e.BodyKey
 	}
 	if sameStrings(e.Pending, e.Recipients) {
 		x.flags |= flagPendingAll
 	} else if len(e.Pending) > 0 {
-		m.pending, need = e.Pending, true
+		more().pending = e.Pending
 	}
 	if x.arrived, ok = stamp(e.Arrived); !ok {
 		x.flags |= flagArrivedMore
-		m.arrived, need = e.Arrived, true
+		more().arrived = e.Arrived
 	}
 	if x.next, ok = stamp(e.NextAttempt); !ok {
 		x.flags |= flagNextMore
-		m.next, need = e.NextAttempt, true
+		more().next = e.NextAttempt
 	}
 	if e.Prepend != "" || e.Received != nil {
-		m.prepend, m.received, need = e.Prepend, e.Received, true
-	}
-	if need {
-		x.more = &m
+		m := more()
+		m.prepend, m.received = e.Prepend, e.Received
 	}
 }
 

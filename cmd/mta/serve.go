@@ -231,7 +231,7 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 	history := newHistoryCheck()
 	// Decoding a large snapshot leaves its buffers behind: give them back
 	// now rather than when the runtime's scavenger gets to them.
-	debug.FreeOSMemory()
+	go debug.FreeOSMemory() // not on the way to the first 250
 	j.Subscribe(q.Apply)
 	metrics := projections.NewMetrics(q)
 	j.Subscribe(metrics.Apply)

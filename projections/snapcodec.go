@@ -226,11 +226,11 @@ func (q *Queue) decodeSnapshot(data []byte, st *queueState) error {
 		s := State(r.shared())
 		st.Counts[s] = int(r.varint())
 	}
-	nrefs := r.count()
-	st.BodyRefs = make(map[string]int, nrefs)
-	for ; nrefs > 0 && r.err == nil; nrefs-- {
-		k := r.str()
-		st.BodyRefs[k] = int(r.varint())
+	// The body references are counted again from the envelopes (see
+	// LoadSnapshot): skipped.
+	for n := r.count(); n > 0 && r.err == nil; n-- {
+		r.bytes()
+		r.varint()
 	}
 	st.Suspended = map[string]time.Time{}
 	for n := r.count(); n > 0 && r.err == nil; n-- {

@@ -62,27 +62,20 @@ func (q *Queue) LoadSnapshot(data []byte) (uint64, error) {
 	defer q.mu.Unlock()
 	q.live = make(map[string]*entry, len(st.entries))
 	q.shared = tmp.shared
-	// The body counts keyed by the envelopes' own copies of the keys.
-	refs := make(map[string]int, len(st.BodyRefs))
+	// The body references are counted from the envelopes, keyed by their
+	// own copies of the keys: what the snapshot lists is the same count
+	// (live envelopes per body key), and counting is cheaper than looking
+	// a million of them up.
+	refs := make(map[string]int, len(st.entries))
 	for _, x := range st.entries {
 		q.live[x.id] = x
-		if k := x.bodyKey(); k != "" {
-			if n, ok := st.BodyRefs[k]; ok {
-				refs[k] = n
-			}
-		}
-	}
-	for k, n := range st.BodyRefs {
-		if _, ok := refs[k]; !ok {
-			refs[k] = n
+		if s := x.stateOf(); s.Live() {
+			refs[x.bodyKey()]++
 		}
 	}
 	q.counts, q.bodyRefs, q.seq = st.Counts, refs, st.Seq
 	if q.counts == nil {
 		q.counts = map[State]int{}
-	}
-	if q.bodyRefs == nil {
-		q.bodyRefs = map[string]int{}
 	}
 	q.suspended = st.Suspended
 	if q.suspended == nil {

@@ -15,6 +15,7 @@ package queue
 import (
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"time"
 
 	"go.uber.org/zap"
@@ -74,7 +75,12 @@ func RebuildUnchecked(j *journal.Journal, q *projections.Queue, log *zap.Logger,
 	}
 	check = func(<-chan struct{}) error { return nil }
 	if _, data, err := j.Snapshot(SnapshotName); err == nil {
+		// What decoding builds stays live, so collecting while the heap
+		// grows from nothing to its size finds nothing to free (a soft
+		// memory limit, [limits] memory_limit, still applies).
+		gc := debug.SetGCPercent(-1)
 		seq, lerr := q.LoadSnapshot(data)
+		debug.SetGCPercent(gc)
 		if lerr == nil {
 			// The snapshot stands for the records it covers: check them
 			// (checksums and chain, without decoding) so that a corrupt
@@ -88,7 +94,7 @@ func RebuildUnchecked(j *journal.Journal, q *projections.Queue, log *zap.Logger,
 				return nil
 			}
 			from, snapSeq = seq+1, seq
-			log.Info("queue snapshot loaded", zap.Uint64("seq", seq), zap.Int("live_envelopes", q.Len()))
+			log.Info("queue snapshot loaded", zap.Uint64("seq", seq), zap.Int("live_envelopes", q.Len()), zap.Duration("took", time.Since(start)))
 		} else {
 			// LoadSnapshot left q untouched.
 			log.Warn("queue snapshot unusable; replaying the whole journal", zap.Error(lerr))

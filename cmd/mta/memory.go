@@ -3,6 +3,7 @@ package main
 import (
 	"math"
 	"runtime/debug"
+	"time"
 )
 
 // applyMemoryLimit sets the Go runtime's soft memory limit to [limits]
@@ -17,4 +18,48 @@ func applyMemoryLimit(limit int64) int64 {
 		return cur
 	}
 	return 0
+}
+
+// idleTrim gives the heap's headroom back to the system once the server
+// falls quiet after activity: the Go runtime lets the heap grow to twice
+// what is live before it collects, and, idle, it does not collect again for
+// minutes, so after a burst a large queue would hold about twice its
+// memory. On each tick, when the journal's last sequence moved before the
+// previous tick and not since, the heap is trimmed once
+// (debug.FreeOSMemory: a collection, then the free pages returned). A busy
+// server is not touched.
+type idleTrim struct {
+	last uint64
+	busy bool
+}
+
+// observe takes the journal's last sequence at a tick and says whether to
+// trim now.
+func (t *idleTrim) observe(seq uint64) bool {
+	moved := seq != t.last
+	t.last = seq
+	if moved {
+		t.busy = true
+		return false
+	}
+	trim := t.busy
+	t.busy = false
+	return trim
+}
+
+// trimWhenIdle runs the idle trim every period until stop is closed.
+func trimWhenIdle(seq func() uint64, period time.Duration, stop <-chan struct{}) {
+	tick := time.NewTicker(period)
+	defer tick.Stop()
+	t := idleTrim{last: seq()}
+	for {
+		select {
+		case <-stop:
+			return
+		case <-tick.C:
+			if t.observe(seq()) {
+				debug.FreeOSMemory()
+			}
+		}
+	}
 }

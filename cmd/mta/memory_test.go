@@ -16,3 +16,24 @@ func TestMemoryLimitReachesTheRuntime(t *testing.T) {
 		t.Fatalf("memory_limit = 0 changed the runtime's limit: %d", got)
 	}
 }
+
+// The idle trim runs once per quiet spell that follows activity, never
+// while the journal moves, never when nothing happened.
+func TestIdleTrimRunsOnceAfterActivity(t *testing.T) {
+	tr := idleTrim{last: 3}
+	for i, c := range []struct {
+		seq  uint64
+		trim bool
+	}{
+		{3, false}, {3, false}, // nothing happened
+		{5, false}, {9, false}, // busy
+		{9, true},              // quiet after activity
+		{9, false}, {9, false}, // once only
+		{12, false}, {12, true}, // busy, then quiet again
+		{12, false},
+	} {
+		if got := tr.observe(c.seq); got != c.trim {
+			t.Fatalf("tick %d (seq %d): trim %v, want %v", i, c.seq, got, c.trim)
+		}
+	}
+}

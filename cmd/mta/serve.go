@@ -291,6 +291,8 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 	// whenever 250,000 have.
 	go queue.Snapshots{Journal: j, Queue: q, Log: log, Interval: 10 * time.Minute, Every: 50000, Max: 250000, From: snapSeq,
 		Saved: debug.FreeOSMemory}.Run(snapDone)
+	// After a burst, give the heap's headroom back once the journal is quiet.
+	go trimWhenIdle(j.LastSeq, 5*time.Second, snapDone)
 	retention := &queue.Retention{Journal: j, Queue: q, Period: cfg.Journal.Retention.Duration, Archive: cfg.Journal.Archive,
 		Bodies: cfg.Queue.KeepBodies, Log: log.Named("retention")}
 	if retention.Period > 0 {
@@ -404,6 +406,10 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 	go func() {
 		defer close(histDone)
 		history.run(checkHistory, histStop)
+		// The check read every record the snapshot covers, and the heap
+		// grew to the collector's goal doing it (twice the queue, at a
+		// large queue): give that back now, not when the heap next fills.
+		debug.FreeOSMemory()
 	}()
 	defer func() {
 		close(histStop)

@@ -79,11 +79,13 @@ func (s *Server) Accept(t *Transaction, sp *Spool, o Origin, log *zap.Logger) (s
 		Bodies: []journal.Body{sp.Body(id)},
 		Events: []events.Event{{Envelope: id, Payload: rcv}},
 	})
-	sp.Release()
 	if err != nil {
+		sp.Release()
 		log.Error("journal append failed; message refused", zap.String("envelope", id), zap.Error(err))
 		return "", errJournal
 	}
+	t.Header = nil // it is a part of the body's buffer, which goes back to the pool
+	sp.Recycle()
 	log.Info("message accepted", zap.String("envelope", id), zap.String("listener", t.Listener), zap.String("from", t.From),
 		zap.Strings("to", rcv.Recipients), zap.Int64("size", sp.Size()), zap.String("tls", rcv.TLS))
 	s.o.Accepted(id)

@@ -44,6 +44,41 @@ type BodyMemory struct {
 	// scratch keeps the spools' read and normalisation buffers for the
 	// next message, which would otherwise allocate ~100 KiB each.
 	scratch sync.Pool
+	// bodies keeps the in-memory bodies of 16, 32 and 64 KiB that the
+	// journal has made durable, for the next messages (most mail fits).
+	bodies [3]sync.Pool
+}
+
+// bodyClass is the pool of BodyMemory.bodies for a buffer of capacity c
+// (-1: none; larger ones are left to the collector).
+func bodyClass(c int) int {
+	switch c {
+	case spoolStep:
+		return 0
+	case 2 * spoolStep:
+		return 1
+	case 4 * spoolStep:
+		return 2
+	}
+	return -1
+}
+
+// getBody returns an empty buffer of capacity c, from the pool if it can.
+func (m *BodyMemory) getBody(c int) []byte {
+	if i := bodyClass(c); i >= 0 {
+		if b, ok := m.bodies[i].Get().(*[]byte); ok {
+			return (*b)[:0]
+		}
+	}
+	return make([]byte, 0, c)
+}
+
+// putBody keeps b for a later message when its size is one the pool
+// holds. Nothing else may hold b.
+func (m *BodyMemory) putBody(b []byte) {
+	if i := bodyClass(cap(b)); i >= 0 {
+		m.bodies[i].Put(&b)
+	}
 }
 
 // spoolScratch are the buffers a Spool needs only while it reads.
@@ -332,8 +367,10 @@ func (sp *Spool) keep(p []byte) {
 			}
 			sp.reserved += grow
 		}
-		m := make([]byte, len(sp.mem), c)
-		copy(m, sp.mem)
+		m := append(sp.budget.getBody(c), sp.mem...)
+		if sp.mem != nil {
+			sp.budget.putBody(sp.mem)
+		}
 		sp.mem = m
 	}
 	sp.mem = append(sp.mem, p...)
@@ -428,4 +465,15 @@ func (sp *Spool) Release() {
 	sp.mem, sp.file = nil, nil
 	sp.budget.release(sp.reserved)
 	sp.reserved = 0
+}
+
+// Recycle is Release once the journal has made the body durable (Append
+// returned no error, so its writer is done with the bytes): the memory
+// buffer goes back to the pool for the next message. Nothing may still
+// refer to it (InMemory, Header).
+func (sp *Spool) Recycle() {
+	if sp.mem != nil && sp.file == nil {
+		sp.budget.putBody(sp.mem)
+	}
+	sp.Release()
 }

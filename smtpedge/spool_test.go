@@ -153,3 +153,41 @@ func TestBodyMemoryBudget(t *testing.T) {
 	}
 	big.Discard()
 }
+
+// A body buffer the journal is done with serves the next messages: each
+// stores exactly its own bytes (a shorter one after a longer one, one that
+// grows the buffer), nothing of the one before, and the budget is whole.
+func TestSpoolRecyclesBodyBuffers(t *testing.T) {
+	j, err := journal.Open(journal.Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	m := NewBodyMemory(0)
+	for i, raw := range []string{
+		"Subject: one\r\n\r\n" + strings.Repeat("first message\r\n", 900),
+		"Subject: two\r\n\r\nshort\r\n",
+		"Subject: three\r\n\r\n" + strings.Repeat("third, larger\r\n", 3000),
+		"Subject: four\r\n\r\nx\r\n",
+	} {
+		sp := NewSpool(j, m)
+		if _, err := sp.ReadFrom(strings.NewReader(raw)); err != nil || sp.Err() != nil {
+			t.Fatalf("message %d: %v %v", i, err, sp.Err())
+		}
+		key := events.NewID()
+		if _, err := j.Append(journal.Write{Bodies: []journal.Body{sp.Body(key)}, Events: []events.Event{{Envelope: key, Payload: events.Received{BodyKey: key}}}}); err != nil {
+			t.Fatal(err)
+		}
+		sp.Recycle()
+		got, err := j.BodyChecked(key, sp.Sum())
+		if err != nil || string(got) != raw {
+			t.Fatalf("message %d stored as %d bytes (%v), want its own %d", i, len(got), err, len(raw))
+		}
+	}
+	if m.Used() != 0 {
+		t.Fatalf("%d bytes still reserved", m.Used())
+	}
+	if b := m.getBody(spoolStep); len(b) != 0 || cap(b) != spoolStep {
+		t.Fatalf("a pooled buffer comes back with length %d, capacity %d", len(b), cap(b))
+	}
+}

@@ -80,7 +80,9 @@ func Apply(o Options, in Input) (events.PoliciesApplied, error) {
 		applied = append(applied, "forward")
 	}
 	prepend := b.String()
-	if key, ok := dkimKeyFor(o.DKIM, fromAddress(header)); ok {
+	if len(o.DKIM) == 0 {
+		// No key to sign with: the From: field is not parsed.
+	} else if key, ok := dkimKeyFor(o.DKIM, fromAddress(header)); ok {
 		sig, err := key.SignReader(io.MultiReader(strings.NewReader(prepend), in.Body()))
 		if err != nil {
 			return events.PoliciesApplied{}, err

@@ -202,23 +202,84 @@ type slotConn struct {
 	tlsStarted    atomic.Bool              // STARTTLS answered 220
 	handshake     atomic.Pointer[time.Timer]
 	handshakeDone atomic.Bool
+
+	// Replies wait in out until the session reads again or closes (see
+	// Write). wmu is never held across anything but the one write.
+	wmu  sync.Mutex
+	out  []byte
+	werr error
 }
 
+// maxPendingReply bounds what Write keeps back: past it, it writes at once.
+const maxPendingReply = 16 << 10
+
+// Write keeps b back until the session next reads from the connection (or
+// closes it), then sends everything kept in one write: go-smtp writes and
+// flushes each line of a reply on its own (an EHLO reply was eight
+// syscalls and as many TCP segments), and a pipelining client's commands
+// are answered together, as RFC 2920 asks of a server. Nothing waits
+// longer than that: a session reads, or closes, after every reply it
+// writes (TLS included: a handshake reads after each flight it sends).
 func (c *slotConn) Write(b []byte) (int, error) {
-	n, err := c.Conn.Write(b)
+	c.wmu.Lock()
+	err := c.werr
+	if err == nil {
+		c.out = append(c.out, b...)
+		if len(c.out) >= maxPendingReply {
+			err = c.flushLocked()
+		}
+	}
+	c.wmu.Unlock()
+	if err != nil {
+		return 0, err
+	}
 	if c.s != nil {
 		c.s.noteWrite(c, b)
 	}
 	if c.closeOnWrite.Load() {
 		c.Close()
 	}
-	return n, err
+	return len(b), nil
+}
+
+// Read sends the replies kept back, then reads.
+func (c *slotConn) Read(b []byte) (int, error) {
+	if err := c.flush(); err != nil {
+		return 0, err
+	}
+	return c.Conn.Read(b)
+}
+
+func (c *slotConn) flush() error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.flushLocked()
+}
+
+func (c *slotConn) flushLocked() error {
+	if c.werr != nil || len(c.out) == 0 {
+		return c.werr
+	}
+	_, err := c.Conn.Write(c.out)
+	c.out = c.out[:0]
+	if err != nil {
+		c.werr = err
+	}
+	return err
 }
 
 func (c *slotConn) hangUp() { c.closeOnWrite.Store(true) }
 
 func (c *slotConn) Close() error {
 	c.once.Do(func() {
+		// The last reply (a 221, a 421) before the close; a client that
+		// stopped reading does not hold the close up for long.
+		c.wmu.Lock()
+		if len(c.out) > 0 && c.werr == nil {
+			c.Conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		}
+		c.flushLocked()
+		c.wmu.Unlock()
 		c.closed.Store(true)
 		if t := c.watchdog.Load(); t != nil {
 			t.Stop()

@@ -61,7 +61,7 @@ func (c *slotConn) replyConn() net.Conn {
 	if c.implicitTLS || c.tlsStarted.Load() {
 		return nil
 	}
-	return c.Conn
+	return c // after any reply still kept back (slotConn.Write)
 }
 
 var startTLSReply = []byte("220 2.0.0 Ready to start TLS")

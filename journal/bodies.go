@@ -360,10 +360,10 @@ func (b *BodyFile) committed() {
 // BodyReader reads one stored body. Reader may be called many times; each
 // reader starts at the beginning. Close releases the file.
 type BodyReader struct {
-	key  string
-	size int64
-	ra   io.ReaderAt
-	f    *os.File
+	key     string
+	size    int64
+	ra      io.ReaderAt
+	release func() // gives the file back (Close)
 }
 
 // Size is the body's length in bytes.
@@ -388,8 +388,9 @@ func (b *BodyReader) Header(max int64) ([]byte, error) {
 
 // Close releases the body's file.
 func (b *BodyReader) Close() error {
-	if b.f != nil {
-		return b.f.Close()
+	if b.release != nil {
+		b.release()
+		b.release = nil
 	}
 	return nil
 }
@@ -446,18 +447,41 @@ func (j *Journal) openBody(key string) (*BodyReader, error) {
 	if derr != nil {
 		return nil, fmt.Errorf("journal: body %s: %w", key, derr)
 	}
-	f, err := os.Open(j.bodies.path(ref.Segment))
+	end := ref.Offset + ref.Length
+	var (
+		f       *os.File
+		release func()
+		size    int64
+	)
+	if ref.Offset >= int64(len(logMagic)) {
+		// In a log segment, which the journal keeps open for its readers.
+		var sf *segFile
+		sf, size, err = j.segs.acquire(ref.Segment, end)
+		if err == nil {
+			f, release = sf.f, func() { j.segs.release(sf) }
+		}
+	} else {
+		// A segment of its own: not kept open, so that its space is freed
+		// as soon as the body is dropped.
+		f, err = os.Open(j.bodies.path(ref.Segment))
+		if err == nil {
+			release, size = func() { f.Close() }, end
+			if st, serr := f.Stat(); serr == nil {
+				size = st.Size()
+			}
+		}
+	}
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("%w: %s (segment %s is gone)", ErrNoBody, key, segmentName(ref.Segment))
 		}
 		return nil, fmt.Errorf("journal: read body %s: %w", key, err)
 	}
-	if st, err := f.Stat(); err == nil && st.Size() < ref.Offset+ref.Length {
-		f.Close()
-		return nil, &BodyCorruptError{Key: key, Truncated: fmt.Sprintf("segment %s holds %d bytes, the body ends at %d", segmentName(ref.Segment), st.Size(), ref.Offset+ref.Length)}
+	if size < end {
+		release()
+		return nil, &BodyCorruptError{Key: key, Truncated: fmt.Sprintf("segment %s holds %d bytes, the body ends at %d", segmentName(ref.Segment), size, end)}
 	}
-	return &BodyReader{key: key, size: ref.Length, ra: io.NewSectionReader(f, ref.Offset, ref.Length), f: f}, nil
+	return &BodyReader{key: key, size: ref.Length, ra: io.NewSectionReader(f, ref.Offset, ref.Length), release: release}, nil
 }
 
 // BodyLocation returns where the body under key is stored (ok is false

@@ -263,7 +263,7 @@ func Open(opts Options) (*Journal, error) {
 		db.Close()
 		return nil, err
 	}
-	j.segs = &segCache{dir: j.bodies.path, files: map[uint64]*os.File{}}
+	j.segs = &segCache{dir: j.bodies.path, files: map[uint64]*segFile{}}
 	if err := j.loadTail(); err != nil {
 		db.Close()
 		return nil, err

@@ -320,51 +320,118 @@ func isLogSegment(f *os.File) bool {
 	return err == nil && string(b[:]) == logMagic
 }
 
-// segCache caches open segment files for reading records.
+// segCache keeps log segment files open for reading records and the
+// bodies stored in them (a body read used to open, stat and close its
+// segment). A body reader holds its file (acquire/release): a file leaves
+// the cache when it is evicted, forgotten (being deleted) or the journal
+// closes, and is closed then, or at its last reader's release. Records are
+// read through get, without holding.
 type segCache struct {
 	dir   func(uint64) string
 	mu    sync.Mutex
-	files map[uint64]*os.File
+	files map[uint64]*segFile
+}
+
+// segFile is one open segment.
+type segFile struct {
+	f    *os.File
+	size int64 // as last seen: a segment being written grows
+	refs int   // body readers holding it
+	gone bool  // out of the cache: closed at the last release
 }
 
 const maxOpenSegments = 64
 
-func (c *segCache) get(seg uint64) (*os.File, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if f, ok := c.files[seg]; ok {
-		return f, nil
+// open returns seg's entry, opening the file if needed. c.mu is held.
+func (c *segCache) open(seg uint64) (*segFile, error) {
+	if sf, ok := c.files[seg]; ok {
+		return sf, nil
 	}
 	f, err := os.Open(c.dir(seg))
 	if err != nil {
 		return nil, err
 	}
 	if len(c.files) >= maxOpenSegments {
+		evict := uint64(0)
 		for k, old := range c.files {
-			old.Close()
-			delete(c.files, k)
-			break
+			evict = k
+			if old.refs == 0 {
+				break
+			}
 		}
+		c.drop(evict)
 	}
-	c.files[seg] = f
-	return f, nil
+	sf := &segFile{f: f, size: -1}
+	c.files[seg] = sf
+	return sf, nil
 }
 
-// forget closes seg's file (it is being deleted).
+// drop takes seg out of the cache, closing it unless a reader holds it.
+// c.mu is held.
+func (c *segCache) drop(seg uint64) {
+	sf, ok := c.files[seg]
+	if !ok {
+		return
+	}
+	delete(c.files, seg)
+	if sf.refs == 0 {
+		sf.f.Close()
+	} else {
+		sf.gone = true
+	}
+}
+
+func (c *segCache) get(seg uint64) (*os.File, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	sf, err := c.open(seg)
+	if err != nil {
+		return nil, err
+	}
+	return sf.f, nil
+}
+
+// acquire holds seg's file for a body that ends at end, and returns it
+// with the segment's size as last seen (seen again when it was less than
+// end: the segment may have grown). The caller releases it.
+func (c *segCache) acquire(seg uint64, end int64) (sf *segFile, size int64, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if sf, err = c.open(seg); err != nil {
+		return nil, 0, err
+	}
+	if sf.size < end {
+		st, err := sf.f.Stat()
+		if err != nil {
+			return nil, 0, err
+		}
+		sf.size = st.Size()
+	}
+	sf.refs++
+	return sf, sf.size, nil
+}
+
+// release gives back a file acquire returned.
+func (c *segCache) release(sf *segFile) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if sf.refs--; sf.refs == 0 && sf.gone {
+		sf.f.Close()
+	}
+}
+
+// forget closes seg's file (it is being deleted), at once or at its last
+// reader's release.
 func (c *segCache) forget(seg uint64) {
 	c.mu.Lock()
-	if f, ok := c.files[seg]; ok {
-		f.Close()
-		delete(c.files, seg)
-	}
+	c.drop(seg)
 	c.mu.Unlock()
 }
 
 func (c *segCache) closeAll() {
 	c.mu.Lock()
-	for k, f := range c.files {
-		f.Close()
-		delete(c.files, k)
+	for k := range c.files {
+		c.drop(k)
 	}
 	c.mu.Unlock()
 }

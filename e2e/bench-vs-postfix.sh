@@ -20,28 +20,29 @@ bench_postfix "$PF" "$SINK"
 wait_port "$SINK"; wait_port "$LM"; wait_port "$PF"
 
 now() { date +%s.%N; }
-# cpu_ticks PID...: user + system clock ticks of the processes and of
-# their children (a process tree: Postfix's master and its daemons, whose
-# exited children are counted in the master's cutime/cstime).
+# cpu_ticks PID...: user and system clock ticks ("U S") of the processes
+# and of their children (a process tree: Postfix's master and its daemons,
+# whose exited children are counted in the master's cutime/cstime).
 cpu_ticks() {
-  local pids="$*" p sum=0
+  local pids="$*" p u=0 s=0 pu ps
   for p in $(ps -e -o pid=,ppid= | awk -v roots=" $pids " 'index(roots, " " $2 " ") { print $1 }') $pids; do
     [ -r "/proc/$p/stat" ] || continue
-    sum=$((sum + $(awk '{ sub(/^.*\) /, ""); print $12 + $13 + $14 + $15 }' "/proc/$p/stat" 2>/dev/null || echo 0)))
+    read -r pu ps < <(awk '{ sub(/^.*\) /, ""); print $12 + $14, $13 + $15 }' "/proc/$p/stat" 2>/dev/null || echo 0 0)
+    u=$((u + pu)) s=$((s + ps))
   done
-  echo "$sum"
+  echo "$u $s"
 }
 measure() { # name addr empty-check pid
-  local t0 t1 t2 c0 c1
-  c0=$(cpu_ticks "$4")
+  local t0 t1 t2 u0 s0 u1 s1
+  read -r u0 s0 < <(cpu_ticks "$4")
   t0=$(now)
   smtp-source -s "$SESSIONS" -l "$SIZE" -m "$COUNT" -f a@src.test -t b@dest.test "$2"
   t1=$(now)
-  c1=$(cpu_ticks "$4") # before the queue is polled (that costs the MTA too)
+  read -r u1 s1 < <(cpu_ticks "$4") # before the queue is polled (that costs the MTA too)
   until eval "$3" 2>/dev/null | grep -q "empty"; do sleep 0.05; done
   t2=$(now)
-  awk -v n="$1" -v c="$COUNT" -v a="$(echo "$t1 - $t0" | bc)" -v e="$(echo "$t2 - $t0" | bc)" -v cpu="$((c1 - c0))" -v hz="$(getconf CLK_TCK)" \
-    'BEGIN { printf "%-10s accepted %d in %6.2f s (%5.0f msg/s), relayed all in %6.2f s (%5.0f msg/s); CPU while accepting %.0f us/msg\n", n, c, a, c/a, e, c/e, 1e6*cpu/hz/c }'
+  awk -v n="$1" -v c="$COUNT" -v a="$(echo "$t1 - $t0" | bc)" -v e="$(echo "$t2 - $t0" | bc)" -v u="$((u1 - u0))" -v s="$((s1 - s0))" -v hz="$(getconf CLK_TCK)" \
+    'BEGIN { printf "%-10s accepted %d in %6.2f s (%5.0f msg/s), relayed all in %6.2f s (%5.0f msg/s); CPU while accepting %.0f us/msg (user %.0f, kernel %.0f)\n", n, c, a, c/a, e, c/e, 1e6*(u+s)/hz/c, 1e6*u/hz/c, 1e6*s/hz/c }'
 }
 echo "load: $COUNT messages x $SIZE bytes, $SESSIONS sessions, $(nproc) cores; Postfix $(postconf -h mail_version)"
 for r in $(seq 1 "$ROUNDS"); do

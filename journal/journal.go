@@ -174,6 +174,7 @@ type Journal struct {
 	bodies        *bodyStore
 	segs          *segCache    // open segment files, for reading records
 	zbuf          []byte       // the writer goroutine's compression buffer
+	cbuf          []byte       // the writer goroutine's frame content buffer
 	frames        frameCache   // compressed frames read last, decompressed
 	rd            pebbleReader // j.db, or the read-only overlay (recoverLog)
 	recovered     int          // frames recoverLog re-indexed at Open

@@ -129,10 +129,10 @@ type frameRef struct {
 	ref BodyRef
 }
 
-// content encodes the frame's content; recOff[i] is where record i starts
-// within it.
-func (f *frame) content() (out []byte, recOff []int) {
-	b := binary.AppendUvarint(nil, uint64(len(f.refs)))
+// content encodes the frame's content into buf (reusing its memory);
+// recOff[i] is where record i starts within it.
+func (f *frame) content(buf []byte) (out []byte, recOff []int) {
+	b := binary.AppendUvarint(buf[:0], uint64(len(f.refs)))
 	for _, r := range f.refs {
 		b = binary.AppendUvarint(b, uint64(len(r.key)))
 		b = append(b, r.key...)

@@ -206,10 +206,13 @@ func (j *Journal) commit(group []*appendReq) {
 		results[req] = evs
 		all = append(all, evs...)
 	}
-	content, recOff := fr.content()
+	content, recOff := fr.content(j.cbuf)
 	zipped := zip(j.zbuf, content)
 	if cap(zipped) <= 1<<20 {
 		j.zbuf = zipped[:0] // kept for the next commit; a rare huge one is not
+	}
+	if cap(content) <= 1<<20 {
+		j.cbuf = content[:0] // likewise: only zipped is written
 	}
 	coff, err := j.bodies.endFrame(fr.start, zipped, true)
 	if err != nil {

@@ -412,7 +412,7 @@ func (j *Journal) OpenBody(key, sum string) (_ *BodyReader, err error) {
 	if sum == "" {
 		return br, nil
 	}
-	got, err := br.sha256()
+	got, err := br.sha256(&j.hashBufs)
 	if err != nil {
 		br.Close()
 		return nil, err
@@ -655,16 +655,19 @@ func (j *Journal) BodySHA256(key string) (_ string, err error) {
 		return "", err
 	}
 	defer br.Close()
-	return br.sha256()
+	return br.sha256(&j.hashBufs)
 }
 
 // sha256 reads the whole body, streaming, and returns its hex SHA-256.
-func (b *BodyReader) sha256() (string, error) {
+func (b *BodyReader) sha256(bufs *sync.Pool) (string, error) {
 	h := sha256.New()
-	// io.Copy would take a fresh 32 KiB buffer for every body: most are
-	// a few KiB.
-	buf := make([]byte, max(min(b.size, 32<<10), 512))
-	if _, err := io.CopyBuffer(h, b.Reader(), buf); err != nil {
+	// io.Copy would take a fresh 32 KiB buffer for every body.
+	buf, ok := bufs.Get().(*[32 << 10]byte)
+	if !ok {
+		buf = new([32 << 10]byte)
+	}
+	defer bufs.Put(buf)
+	if _, err := io.CopyBuffer(h, b.Reader(), buf[:]); err != nil {
 		return "", fmt.Errorf("journal: read body %s: %w", b.key, err)
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil

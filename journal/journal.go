@@ -175,6 +175,7 @@ type Journal struct {
 	segs          *segCache    // open segment files, for reading records
 	zbuf          []byte       // the writer goroutine's compression buffer
 	cbuf          []byte       // the writer goroutine's frame content buffer
+	hashBufs      sync.Pool    // buffers for checking bodies (OpenBody)
 	frames        frameCache   // compressed frames read last, decompressed
 	rd            pebbleReader // j.db, or the read-only overlay (recoverLog)
 	recovered     int          // frames recoverLog re-indexed at Open

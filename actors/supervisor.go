@@ -46,14 +46,15 @@ type (
 )
 
 type supervisor struct {
-	o      Options
-	ctx    context.Context
-	due    dueHeap
-	ready  *readyQueues          // due, waiting for a free slot of their destination
-	dests  map[string]*actor.PID // delivery actor per destination domain
-	routed map[string]int        // requests given to each delivery actor
-	active map[string]string     // envelope actors running -> their destination lane
-	again  map[string]bool       // became due while its actor was still running
+	o       Options
+	ctx     context.Context
+	workers *workers // the goroutines its children's turns run on
+	due     dueHeap
+	ready   *readyQueues          // due, waiting for a free slot of their destination
+	dests   map[string]*actor.PID // delivery actor per destination domain
+	routed  map[string]int        // requests given to each delivery actor
+	active  map[string]string     // envelope actors running -> their destination lane
+	again   map[string]bool       // became due while its actor was still running
 	// withheld envelopes are being handed to another node: never started.
 	withheld map[string]bool
 	timer    *time.Timer
@@ -67,7 +68,7 @@ type supervisor struct {
 }
 
 func newSupervisor(o Options, ctx context.Context) *supervisor {
-	sup := &supervisor{o: o, ctx: ctx, ready: newReadyQueues(o.MaxConnectionsPerDomain), active: map[string]string{},
+	sup := &supervisor{o: o, ctx: ctx, workers: newWorkers(300, 5*time.Second), ready: newReadyQueues(o.MaxConnectionsPerDomain), active: map[string]string{},
 		again: map[string]bool{}, dests: map[string]*actor.PID{}, routed: map[string]int{}, withheld: map[string]bool{}}
 	if o.Shaping != nil {
 		sup.ready.shape = o.Shaping
@@ -255,7 +256,7 @@ func (s *supervisor) fill(c actor.Context) {
 		}
 		s.active[id] = key
 		s.ready.started(key)
-		props := actor.PropsFromProducer(func() actor.Actor { return newEnvelope(s.o, id, s.self) })
+		props := actor.PropsFromProducer(func() actor.Actor { return newEnvelope(s.o, id, s.self) }, actor.WithDispatcher(s.workers))
 		c.Spawn(props)
 	}
 }
@@ -278,7 +279,7 @@ func (s *supervisor) destination(c actor.Context, key string) *actor.PID {
 	if pid, ok := s.dests[key]; ok {
 		return pid
 	}
-	pid := c.Spawn(actor.PropsFromProducer(func() actor.Actor { return newDestination(s.o, s.ctx, key, s.self) }))
+	pid := c.Spawn(actor.PropsFromProducer(func() actor.Actor { return newDestination(s.o, s.ctx, key, s.self) }, actor.WithDispatcher(s.workers)))
 	s.dests[key] = pid
 	return pid
 }

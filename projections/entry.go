@@ -1,35 +1,42 @@
 package projections
 
 import (
+	"strings"
 	"time"
 
 	"github.com/ledgermail/ledgermail/events"
 )
 
 // entry is how the live queue holds one envelope: an Envelope's fields in
-// a little over half its memory (144 bytes against 256), since a queue of
-// a million deferred envelopes is mostly these. What every envelope has is
-// inline; what few have is behind one pointer (entryMore): a body key that
-// is neither the parent's ID nor the envelope's own, pending recipients
-// that are not all of the recipients, the header block and Received
-// details a child keeps until its first attempt ends, a state or time this
-// form cannot hold.
+// half its memory (128 bytes against 256), since a queue of a million
+// deferred envelopes is mostly these. What every envelope has is inline;
+// what few have is behind one pointer (entryMore): a body key that is
+// neither the parent's ID nor the envelope's own, pending recipients that
+// are not all of the recipients, the header block and Received details a
+// child keeps until its first attempt ends, a state, time, size or count
+// this form cannot hold.
+//
+// The recipients are one string: the address itself when there is one (no
+// slice to allocate), the addresses joined by NUL, which no address holds
+// (RFC 5321), when there are more.
 //
 // The queue converts at its edges: Apply inflates the envelope an event
 // concerns, folds it (lifecycle.Fold) and deflates it again; every read
-// returns Envelopes. Slices are shared, never written into (Fold replaces
-// them), so Pending may be the Recipients slice itself.
+// returns Envelopes. Strings are shared, never copied.
 type entry struct {
 	id, parent, sender, lastError string
-	recipients                    []string
-	size                          int64
+	rcpts                         string // see above
 	lastSeq                       uint64
 	arrived, next                 int64 // see stamp
+	size                          uint32
 	attempts                      int32
 	state                         uint8 // an index into stateCodes
-	flags                         uint8
+	flags                         uint16
 	more                          *entryMore
 }
+
+// rcptSep joins the recipients of an entry.
+const rcptSep = "\x00"
 
 // entryMore holds what few envelopes need (see entry).
 type entryMore struct {
@@ -40,6 +47,8 @@ type entryMore struct {
 	state         State     // when not in stateCodes
 	arrived, next time.Time // when stamp cannot hold them
 	attempts      int       // when an int32 cannot
+	size          int64     // when a uint32 cannot
+	recipients    []string  // when one holds a NUL (rcpts cannot)
 }
 
 const (
@@ -50,6 +59,8 @@ const (
 	flagArrivedMore // the arrival time is in more
 	flagNextMore    // the next attempt's time is in more
 	flagAttemptsMore
+	flagSizeMore
+	flagRcptsMore // the recipients are in more
 )
 
 // stateCodes are the states an entry holds as a byte; stateOther says the
@@ -109,24 +120,70 @@ func (x *entry) bodyKey() string {
 	return ""
 }
 
-func (x *entry) pending() []string {
-	if x.flags&flagPendingAll != 0 {
-		return x.recipients
+// recipients splits x.rcpts (sharing its bytes).
+func (x *entry) recipients() []string {
+	switch {
+	case x.flags&flagRcptsMore != 0:
+		return x.more.recipients
+	case x.rcpts == "":
+		return nil
+	case strings.Contains(x.rcpts, rcptSep):
+		return strings.Split(x.rcpts, rcptSep)
 	}
-	if x.more != nil {
-		return x.more.pending
-	}
-	return nil
+	return []string{x.rcpts}
 }
 
-// fill sets *e to the envelope x holds (sharing its strings and slices).
+// joinRecipients is the rcpts of an entry holding rs (ok is false when
+// one holds a NUL: they cannot be joined); like, the rcpts it held, is
+// kept when it holds the same (no new string).
+func joinRecipients(rs []string, like string) (_ string, ok bool) {
+	for _, r := range rs {
+		if strings.Contains(r, rcptSep) {
+			return "", false
+		}
+	}
+	switch len(rs) {
+	case 0:
+		return "", true
+	case 1:
+		return rs[0], rs[0] != "" // "" is no recipients
+	}
+	rest := like
+	for i, r := range rs {
+		if i > 0 {
+			if !strings.HasPrefix(rest, rcptSep) {
+				rest = "-"
+				break
+			}
+			rest = rest[len(rcptSep):]
+		}
+		if !strings.HasPrefix(rest, r) {
+			rest = "-"
+			break
+		}
+		rest = rest[len(r):]
+	}
+	if rest == "" && like != "" {
+		return like, true
+	}
+	return strings.Join(rs, rcptSep), true
+}
+
+// fill sets *e to the envelope x holds (sharing its strings).
 func (x *entry) fill(e *Envelope) {
-	*e = Envelope{ID: x.id, Parent: x.parent, State: x.stateOf(), Sender: x.sender, Recipients: x.recipients,
-		Pending: x.pending(), Size: x.size, Arrived: unstamp(x.arrived), Attempts: int(x.attempts),
+	rs := x.recipients()
+	*e = Envelope{ID: x.id, Parent: x.parent, State: x.stateOf(), Sender: x.sender, Recipients: rs,
+		Size: int64(x.size), Arrived: unstamp(x.arrived), Attempts: int(x.attempts),
 		NextAttempt: unstamp(x.next), LastError: x.lastError, Warned: x.flags&flagWarned != 0,
 		BodyKey: x.bodyKey(), LastSeq: x.lastSeq}
+	if x.flags&flagPendingAll != 0 {
+		e.Pending = rs
+	}
 	if m := x.more; m != nil {
 		e.Prepend, e.Received = m.prepend, m.received
+		if x.flags&flagPendingAll == 0 {
+			e.Pending = m.pending
+		}
 		if x.flags&flagArrivedMore != 0 {
 			e.Arrived = m.arrived
 		}
@@ -135,6 +192,9 @@ func (x *entry) fill(e *Envelope) {
 		}
 		if x.flags&flagAttemptsMore != 0 {
 			e.Attempts = m.attempts
+		}
+		if x.flags&flagSizeMore != 0 {
+			e.Size = m.size
 		}
 	}
 }
@@ -148,17 +208,26 @@ func (x *entry) envelope() *Envelope {
 
 // toEntry sets *x to hold e.
 func toEntry(e *Envelope, x *entry) {
-	*x = entry{id: e.ID, parent: e.Parent, sender: e.Sender, lastError: e.LastError, recipients: e.Recipients,
-		size: e.Size, lastSeq: e.LastSeq, attempts: int32(e.Attempts)}
+	rcpts, joined := joinRecipients(e.Recipients, x.rcpts)
+	*x = entry{id: e.ID, parent: e.Parent, sender: e.Sender, lastError: e.LastError, rcpts: rcpts,
+		size: uint32(e.Size), lastSeq: e.LastSeq, attempts: int32(e.Attempts)}
 	more := func() *entryMore { // allocated only for what needs it
 		if x.more == nil {
 			x.more = new(entryMore)
 		}
 		return x.more
 	}
+	if !joined {
+		x.flags |= flagRcptsMore
+		more().recipients = e.Recipients
+	}
 	var ok bool
 	if x.state, ok = stateCode(e.State); !ok {
 		more().state = e.State
+	}
+	if int64(x.size) != e.Size {
+		x.flags |= flagSizeMore
+		more().size = e.Size
 	}
 	if int(x.attempts) != e.Attempts {
 		x.flags |= flagAttemptsMore

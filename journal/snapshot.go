@@ -1,6 +1,7 @@
 package journal
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -84,4 +85,79 @@ func (j *Journal) Snapshot(name string) (_ uint64, _ []byte, err error) {
 		return 0, nil, fmt.Errorf("journal: snapshot %s is as of sequence %d, past the journal's end %d", name, seq, j.LastSeq())
 	}
 	return seq, data, nil
+}
+
+// SnapshotReader streams a snapshot's state (OpenSnapshot).
+type SnapshotReader struct {
+	name    string
+	src     io.Reader
+	f       *os.File // nil for a snapshot of the older form, checked whole
+	size    int64
+	crc     uint32
+	want    uint32
+	checked bool
+}
+
+// Size is how many bytes the state holds.
+func (s *SnapshotReader) Size() int64 { return s.size }
+
+// Read reads the state. At its end it returns io.EOF only when what was
+// read matches the snapshot's checksum, an error otherwise: a reader must
+// reach the end before it trusts what it decoded.
+func (s *SnapshotReader) Read(p []byte) (int, error) {
+	n, err := s.src.Read(p)
+	if s.checked {
+		return n, err
+	}
+	s.crc = crc32.Update(s.crc, castagnoli, p[:n])
+	if errors.Is(err, io.EOF) && s.crc != s.want {
+		return n, fmt.Errorf("journal: snapshot %s fails its checksum", s.name)
+	}
+	return n, err
+}
+
+// Close releases the snapshot's file.
+func (s *SnapshotReader) Close() error {
+	if s.f != nil {
+		return s.f.Close()
+	}
+	return nil
+}
+
+// OpenSnapshot is Snapshot as a stream, for a state too large to hold
+// whole beside what it decodes into (a million queued envelopes make a
+// snapshot of some 230 MB): the checksum is checked as the state is read,
+// and its verdict comes at the end (see SnapshotReader.Read). The caller
+// closes the reader.
+func (j *Journal) OpenSnapshot(name string) (_ uint64, _ *SnapshotReader, err error) {
+	defer recoverRead(&err)
+	f, ferr := os.Open(j.snapshotFile(name))
+	if errors.Is(ferr, os.ErrNotExist) {
+		// The older form, in the index: small enough, and checked whole.
+		seq, data, err := j.Snapshot(name)
+		if err != nil {
+			return 0, nil, err
+		}
+		return seq, &SnapshotReader{name: name, src: bytes.NewReader(data), size: int64(len(data)), checked: true}, nil
+	}
+	if ferr != nil {
+		return 0, nil, fmt.Errorf("journal: read snapshot %s: %w", name, ferr)
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return 0, nil, fmt.Errorf("journal: read snapshot %s: %w", name, err)
+	}
+	var head [12]byte
+	if _, err := io.ReadFull(f, head[:]); err != nil {
+		f.Close()
+		return 0, nil, fmt.Errorf("journal: snapshot %s is truncated", name)
+	}
+	seq := binary.BigEndian.Uint64(head[:])
+	if seq > j.LastSeq() {
+		f.Close()
+		return 0, nil, fmt.Errorf("journal: snapshot %s is as of sequence %d, past the journal's end %d", name, seq, j.LastSeq())
+	}
+	return seq, &SnapshotReader{name: name, src: f, f: f, size: st.Size() - 12,
+		want: binary.BigEndian.Uint32(head[8:])}, nil
 }

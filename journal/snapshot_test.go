@@ -5,10 +5,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"hash/crc32"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"testing/iotest"
 
 	"github.com/cockroachdb/pebble/v2"
 
@@ -65,5 +67,56 @@ func TestSnapshotFile(t *testing.T) {
 	}
 	if _, _, err := j.Snapshot("queue"); err == nil || !strings.Contains(err.Error(), "truncated") {
 		t.Fatalf("cut snapshot: %v", err)
+	}
+}
+
+// OpenSnapshot streams what Snapshot returns, older form included; a
+// damaged file reads to its end and fails there, on the checksum.
+func TestOpenSnapshotChecksAtItsEnd(t *testing.T) {
+	dir := t.TempDir()
+	j := openT(t, dir)
+	defer j.Close()
+	if _, err := j.Append(Write{Events: []events.Event{delivered("E1", "r"), delivered("E2", "r")}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := j.OpenSnapshot("queue"); !errors.Is(err, ErrNoSnapshot) {
+		t.Fatalf("no snapshot yet: %v", err)
+	}
+	old := binary.BigEndian.AppendUint64(nil, 1)
+	old = binary.BigEndian.AppendUint32(old, crc32.Checksum([]byte("old"), castagnoli))
+	old = append(old, "old"...)
+	if err := j.db.Set([]byte(prefixSnapshot+"queue"), old, pebble.NoSync); err != nil {
+		t.Fatal(err)
+	}
+	read := func() (uint64, string, int64, error) {
+		seq, sr, err := j.OpenSnapshot("queue")
+		if err != nil {
+			return 0, "", 0, err
+		}
+		defer sr.Close()
+		b, err := io.ReadAll(iotest.OneByteReader(sr))
+		return seq, string(b), sr.Size(), err
+	}
+	if seq, data, size, err := read(); err != nil || seq != 1 || data != "old" || size != 3 {
+		t.Fatalf("older form: %d %q %d %v", seq, data, size, err)
+	}
+	state := strings.Repeat("new state ", 1000)
+	if err := j.PutSnapshot("queue", 2, []byte(state)); err != nil {
+		t.Fatal(err)
+	}
+	if seq, data, size, err := read(); err != nil || seq != 2 || data != state || size != int64(len(state)) {
+		t.Fatalf("saved snapshot: %d, %d bytes, size %d, %v", seq, len(data), size, err)
+	}
+	path := filepath.Join(dir, "SNAPSHOT-queue")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 1
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, data, _, err := read(); err == nil || !strings.Contains(err.Error(), "checksum") || len(data) != len(state) {
+		t.Fatalf("damaged snapshot: %d bytes, %v", len(data), err)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"time"
 
 	"github.com/ledgermail/ledgermail/events"
@@ -101,12 +102,63 @@ func appendTime(b []byte, t time.Time) []byte {
 	return append(b, tb...)
 }
 
-// snapReader decodes the binary form; the first error sticks.
+// snapReader decodes the binary form as it streams in: b is the unread
+// part of a window over src, refilled as the decoding needs (a snapshot of
+// a million envelopes is some 230 MB: it is not held whole beside the
+// queue it becomes). The first error sticks.
 type snapReader struct {
-	b   []byte
-	err error
-	q   *Queue // strings many envelopes repeat are shared through it
+	b    []byte    // unread bytes of the window
+	buf  []byte    // the window
+	src  io.Reader // what follows b (nil once it has ended)
+	left int64     // bytes src still holds
+	err  error
+	q    *Queue // strings many envelopes repeat are shared through it
 }
+
+// snapWindow is the window's size, unless an item needs more.
+const snapWindow = 1 << 20
+
+// fill makes b hold at least n bytes, reading from src, and says whether
+// it does (false: the snapshot ends before, or src failed: r.err).
+func (r *snapReader) fill(n int) bool {
+	if len(r.b) >= n {
+		return true
+	}
+	want := n // at most what is left
+	if int64(want-len(r.b)) > r.left {
+		want = len(r.b) + int(r.left)
+	}
+	if r.src == nil || r.err != nil || want <= len(r.b) {
+		return false
+	}
+	// The unread bytes move to the window's start (a larger window when
+	// want needs it), and src fills what follows, up to what is left.
+	if want > len(r.buf) {
+		buf := make([]byte, max(want, 2*len(r.buf)))
+		r.b = buf[:copy(buf, r.b)]
+		r.buf = buf
+	} else {
+		r.b = r.buf[:copy(r.buf, r.b)]
+	}
+	room := r.buf[len(r.b):]
+	if int64(len(room)) > r.left {
+		room = room[:r.left]
+	}
+	k, err := io.ReadAtLeast(r.src, room, want-len(r.b))
+	r.b = r.buf[:len(r.b)+k]
+	r.left -= int64(k)
+	switch {
+	case err == nil:
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		r.src = nil
+	default:
+		r.err = err
+	}
+	return len(r.b) >= n
+}
+
+// more says how many bytes the snapshot still holds.
+func (r *snapReader) more() int64 { return int64(len(r.b)) + r.left }
 
 func (r *snapReader) uvarint() uint64 { return readNum(r, binary.Uvarint) }
 func (r *snapReader) varint() int64   { return readNum(r, binary.Varint) }
@@ -115,22 +167,29 @@ func readNum[T uint64 | int64](r *snapReader, read func([]byte) (T, int)) T {
 	if r.err != nil {
 		return 0
 	}
+	r.fill(binary.MaxVarintLen64) // fewer at the end
 	v, n := read(r.b)
 	if n <= 0 {
-		r.err = errSnapTruncated
+		if r.err == nil {
+			r.err = errSnapTruncated
+		}
 		return 0
 	}
 	r.b = r.b[n:]
 	return v
 }
 
+// bytes reads a length-prefixed item. What it returns is valid until the
+// next read: every caller copies or decodes it at once.
 func (r *snapReader) bytes() []byte {
 	n := r.uvarint()
 	if r.err != nil {
 		return nil
 	}
-	if n > uint64(len(r.b)) {
-		r.err = errSnapTruncated
+	if n > uint64(r.more()) || !r.fill(int(n)) {
+		if r.err == nil {
+			r.err = errSnapTruncated
+		}
 		return nil
 	}
 	v := r.b[:n]
@@ -142,8 +201,10 @@ func (r *snapReader) flag() bool {
 	if r.err != nil {
 		return false
 	}
-	if len(r.b) == 0 {
-		r.err = errSnapTruncated
+	if !r.fill(1) {
+		if r.err == nil {
+			r.err = errSnapTruncated
+		}
 		return false
 	}
 	v := r.b[0]
@@ -170,8 +231,10 @@ func (r *snapReader) shared() string {
 // at least), so a damaged count cannot make a huge allocation.
 func (r *snapReader) count() int {
 	n := r.uvarint()
-	if n > uint64(len(r.b)) {
+	if r.err == nil && n > uint64(r.more()) {
 		r.err = errSnapTruncated
+	}
+	if r.err != nil {
 		return 0
 	}
 	return int(n)
@@ -216,10 +279,13 @@ func (r *snapReader) time() time.Time {
 	return t
 }
 
-// decodeSnapshot reads the binary form into st; the strings it shares go
-// into q.shared (q.mu is held).
-func (q *Queue) decodeSnapshot(data []byte, st *queueState) error {
-	r := &snapReader{b: data[len(snapMagic):], q: q}
+// decodeSnapshot reads the binary form (after its magic) from src, which
+// holds size bytes, into st, through a window of the given size (grown
+// when an item needs it); the strings it shares go into q.shared. It reads
+// src to its end: a stream that checks a checksum there fails then.
+func (q *Queue) decodeSnapshot(src io.Reader, size int64, st *queueState, window int) error {
+	r := &snapReader{src: src, left: size, buf: make([]byte, min(int64(window), max(size, 1))), q: q}
+	r.b = r.buf[:0]
 	st.Seq = r.uvarint()
 	st.Counts = map[State]int{}
 	for n := r.count(); n > 0 && r.err == nil; n-- {
@@ -265,8 +331,15 @@ func (q *Queue) decodeSnapshot(data []byte, st *queueState) error {
 	if r.err != nil {
 		return r.err
 	}
-	if len(r.b) != 0 {
-		return fmt.Errorf("%d bytes after the last envelope", len(r.b))
+	if r.more() > 0 {
+		return fmt.Errorf("%d bytes after the last envelope", r.more())
+	}
+	// Read src to its end: a stream that checks a checksum there fails
+	// then. (A src that ended already was read to its end.)
+	if r.src != nil {
+		if _, err := io.Copy(io.Discard, r.src); err != nil {
+			return err
+		}
 	}
 	return nil
 }

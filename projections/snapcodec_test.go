@@ -3,9 +3,13 @@ package projections
 import (
 	"bytes"
 	"encoding/gob"
+	"errors"
+	"io"
 	"reflect"
 	"sort"
+	"strings"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/ledgermail/ledgermail/events"
@@ -107,4 +111,43 @@ func gobSnapshot(tb testing.TB, q *Queue) []byte {
 		tb.Fatal(err)
 	}
 	return b.Bytes()
+}
+
+// Decoding streams through a window: whatever its size (smaller than an
+// item, so that it grows; a few bytes, so that it refills at every item)
+// and however the reader splits its reads, the envelopes come back the
+// same; a stream that fails at its end (a checksum) fails the decoding.
+func TestSnapshotDecodesThroughAWindow(t *testing.T) {
+	q := snapQueue()
+	data, _, err := q.MarshalSnapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := data[len(snapMagic):]
+	want := sortedEnvelopes(q)
+	for _, window := range []int{1, 3, 7, 64, 1 << 20} {
+		for name, src := range map[string]func() io.Reader{
+			"whole reads":   func() io.Reader { return bytes.NewReader(body) },
+			"one byte each": func() io.Reader { return iotest.OneByteReader(bytes.NewReader(body)) },
+		} {
+			tmp := &Queue{shared: map[string]string{}}
+			var st queueState
+			if err := tmp.decodeSnapshot(src(), int64(len(body)), &st, window); err != nil {
+				t.Fatalf("window %d, %s: %v", window, name, err)
+			}
+			r := NewQueue()
+			r.live = map[string]*entry{}
+			for _, x := range st.entries {
+				r.live[x.id] = x
+			}
+			r.counts = st.Counts
+			if got := sortedEnvelopes(r); !reflect.DeepEqual(got, want) {
+				t.Fatalf("window %d, %s: envelopes differ", window, name)
+			}
+		}
+	}
+	failing := io.MultiReader(bytes.NewReader(data), iotest.ErrReader(errors.New("fails its checksum")))
+	if _, err := NewQueue().LoadSnapshotFrom(failing, int64(len(data))); err == nil || !strings.Contains(err.Error(), "checksum") {
+		t.Fatalf("a stream failing at its end loaded: %v", err)
+	}
 }

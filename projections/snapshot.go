@@ -3,7 +3,9 @@ package projections
 import (
 	"bytes"
 	"encoding/gob"
+	"errors"
 	"fmt"
+	"io"
 	"time"
 )
 
@@ -37,16 +39,34 @@ func (q *Queue) MarshalSnapshot() ([]byte, uint64, error) {
 // form, or the gob form of earlier versions); events after the returned
 // sequence number must then be applied. On an error q is unchanged.
 func (q *Queue) LoadSnapshot(data []byte) (uint64, error) {
+	return q.LoadSnapshotFrom(bytes.NewReader(data), int64(len(data)))
+}
+
+// LoadSnapshotFrom is LoadSnapshot reading the snapshot from r, which
+// holds size bytes, as it decodes (the binary form is never held whole). r
+// is read to its end before q changes: a reader that checks a checksum
+// there (journal.SnapshotReader) refuses a damaged snapshot.
+func (q *Queue) LoadSnapshotFrom(r io.Reader, size int64) (uint64, error) {
 	var st queueState
 	// Strings are shared through a table of q's own once the snapshot is
 	// whole: until then, through this one.
 	tmp := &Queue{shared: map[string]string{}}
-	if bytes.HasPrefix(data, []byte(snapMagic)) {
+	head := make([]byte, len(snapMagic))
+	n, err := io.ReadFull(r, head)
+	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
+		return 0, fmt.Errorf("queue snapshot: %w", err)
+	}
+	if n == len(head) && string(head) == snapMagic {
 		// The decoder shares as it reads.
-		if err := tmp.decodeSnapshot(data, &st); err != nil {
+		if err := tmp.decodeSnapshot(r, size-int64(n), &st, snapWindow); err != nil {
 			return 0, fmt.Errorf("queue snapshot: %w", err)
 		}
 	} else {
+		rest, err := io.ReadAll(r)
+		if err != nil {
+			return 0, fmt.Errorf("queue snapshot: %w", err)
+		}
+		data := append(head[:n], rest...)
 		if err := gob.NewDecoder(bytes.NewReader(data)).Decode(&st); err != nil {
 			return 0, fmt.Errorf("queue snapshot: %w", err)
 		}

@@ -74,13 +74,15 @@ func RebuildUnchecked(j *journal.Journal, q *projections.Queue, log *zap.Logger,
 		report = nil
 	}
 	check = func(<-chan struct{}) error { return nil }
-	if _, data, err := j.Snapshot(SnapshotName); err == nil {
+	if _, sr, err := j.OpenSnapshot(SnapshotName); err == nil {
 		// What decoding builds stays live, so collecting while the heap
 		// grows from nothing to its size finds nothing to free (a soft
-		// memory limit, [limits] memory_limit, still applies).
+		// memory limit, [limits] memory_limit, still applies). The
+		// snapshot streams in: it is not held whole beside the queue.
 		gc := debug.SetGCPercent(-1)
-		seq, lerr := q.LoadSnapshot(data)
+		seq, lerr := q.LoadSnapshotFrom(sr, sr.Size())
 		debug.SetGCPercent(gc)
+		sr.Close()
 		if lerr == nil {
 			// The snapshot stands for the records it covers: check them
 			// (checksums and chain, without decoding) so that a corrupt

@@ -30,13 +30,7 @@ func TestSnapshotFile(t *testing.T) {
 	if _, _, err := j.Snapshot("queue"); !errors.Is(err, ErrNoSnapshot) {
 		t.Fatalf("no snapshot yet: %v", err)
 	}
-	// The older form: a value in the index.
-	old := binary.BigEndian.AppendUint64(nil, 1)
-	old = binary.BigEndian.AppendUint32(old, crc32.Checksum([]byte("old"), castagnoli))
-	old = append(old, "old"...)
-	if err := j.db.Set([]byte(prefixSnapshot+"queue"), old, pebble.NoSync); err != nil {
-		t.Fatal(err)
-	}
+	putOlderSnapshot(t, j, 1, "old")
 	if seq, data, err := j.Snapshot("queue"); err != nil || seq != 1 || string(data) != "old" {
 		t.Fatalf("older snapshot: %d %q %v", seq, data, err)
 	}
@@ -82,12 +76,7 @@ func TestOpenSnapshotChecksAtItsEnd(t *testing.T) {
 	if _, _, err := j.OpenSnapshot("queue"); !errors.Is(err, ErrNoSnapshot) {
 		t.Fatalf("no snapshot yet: %v", err)
 	}
-	old := binary.BigEndian.AppendUint64(nil, 1)
-	old = binary.BigEndian.AppendUint32(old, crc32.Checksum([]byte("old"), castagnoli))
-	old = append(old, "old"...)
-	if err := j.db.Set([]byte(prefixSnapshot+"queue"), old, pebble.NoSync); err != nil {
-		t.Fatal(err)
-	}
+	putOlderSnapshot(t, j, 1, "old")
 	read := func() (uint64, string, int64, error) {
 		seq, sr, err := j.OpenSnapshot("queue")
 		if err != nil {
@@ -118,5 +107,17 @@ func TestOpenSnapshotChecksAtItsEnd(t *testing.T) {
 	}
 	if _, data, _, err := read(); err == nil || !strings.Contains(err.Error(), "checksum") || len(data) != len(state) {
 		t.Fatalf("damaged snapshot: %d bytes, %v", len(data), err)
+	}
+}
+
+// putOlderSnapshot saves a queue snapshot as earlier versions did: a value
+// in the index.
+func putOlderSnapshot(t *testing.T, j *Journal, seq uint64, data string) {
+	t.Helper()
+	old := binary.BigEndian.AppendUint64(nil, seq)
+	old = binary.BigEndian.AppendUint32(old, crc32.Checksum([]byte(data), castagnoli))
+	old = append(old, data...)
+	if err := j.db.Set([]byte(prefixSnapshot+"queue"), old, pebble.NoSync); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -405,7 +405,7 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 	histStop, histDone := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(histDone)
-		history.run(checkHistory, histStop)
+		boundedWhile(func() { history.run(checkHistory, histStop) })
 		// The check read every record the snapshot covers, and the heap
 		// grew to the collector's goal doing it (twice the queue, at a
 		// large queue): give that back now, not when the heap next fills.

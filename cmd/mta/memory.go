@@ -2,6 +2,7 @@ package main
 
 import (
 	"math"
+	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
 	"time"
@@ -66,14 +67,18 @@ func trimWhenIdle(seq func() uint64, period time.Duration, stop <-chan struct{})
 }
 
 // boundedWhile runs fn with the heap held near what is live when it
-// starts: a soft memory limit of the live heap plus a quarter (at least
-// 64 MiB) while fn runs, the limit in force before (memory_limit) after,
+// starts: a soft memory limit of the live heap plus a half (at least 256
+// MiB: the limit counts all of the runtime's memory) while fn runs, the limit in force before (memory_limit) after,
 // and never above it. The history check reads millions of records after
 // start-up; each allocates a little, and the collector would otherwise let
 // the heap grow to twice the queue before it collects (about 950 MiB for
 // a few seconds at a million queued envelopes). The collections this
 // costs run in the background, off the path to the first 250.
 func boundedWhile(fn func()) {
+	// What is live now (start-up decoded the queue with the collector
+	// off: the last collection's figure would be far below it, and a
+	// limit under the live heap makes the collector run without pause).
+	runtime.GC()
 	sample := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
 	metrics.Read(sample)
 	var live uint64
@@ -81,7 +86,7 @@ func boundedWhile(fn func()) {
 		live = sample[0].Value.Uint64()
 	}
 	prev := debug.SetMemoryLimit(-1)
-	limit := int64(live + max(live/4, 64<<20))
+	limit := int64(live + max(live/2, 256<<20))
 	if limit < prev {
 		debug.SetMemoryLimit(limit)
 		defer debug.SetMemoryLimit(prev)

@@ -229,9 +229,6 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 		return err
 	}
 	history := newHistoryCheck()
-	// Decoding a large snapshot leaves its buffers behind: give them back
-	// now rather than when the runtime's scavenger gets to them.
-	go debug.FreeOSMemory() // not on the way to the first 250
 	j.Subscribe(q.Apply)
 	metrics := projections.NewMetrics(q)
 	j.Subscribe(metrics.Apply)

@@ -56,46 +56,27 @@ func (j *Journal) PutSnapshot(name string, seq uint64, data []byte) (err error) 
 // Snapshot returns the state saved under name and the sequence number it
 // is as of. A snapshot that fails its checksum or claims a sequence past
 // the end of the journal is an error (the caller replays from scratch).
-func (j *Journal) Snapshot(name string) (_ uint64, _ []byte, err error) {
-	defer recoverRead(&err)
-	v, ferr := os.ReadFile(j.snapshotFile(name))
-	if errors.Is(ferr, os.ErrNotExist) {
-		var closer io.Closer
-		v, closer, err = j.rd.Get([]byte(prefixSnapshot + name))
-		if errors.Is(err, pebble.ErrNotFound) {
-			return 0, nil, ErrNoSnapshot
-		}
-		if err != nil {
-			return 0, nil, fmt.Errorf("journal: read snapshot %s: %w", name, err)
-		}
-		v = append([]byte(nil), v...)
-		closer.Close()
-	} else if ferr != nil {
-		return 0, nil, fmt.Errorf("journal: read snapshot %s: %w", name, ferr)
+func (j *Journal) Snapshot(name string) (uint64, []byte, error) {
+	seq, sr, err := j.OpenSnapshot(name)
+	if err != nil {
+		return 0, nil, err
 	}
-	if len(v) < 12 {
-		return 0, nil, fmt.Errorf("journal: snapshot %s is truncated", name)
-	}
-	seq := binary.BigEndian.Uint64(v)
-	data := v[12:]
-	if crc32.Checksum(data, castagnoli) != binary.BigEndian.Uint32(v[8:]) {
-		return 0, nil, fmt.Errorf("journal: snapshot %s fails its checksum", name)
-	}
-	if seq > j.LastSeq() {
-		return 0, nil, fmt.Errorf("journal: snapshot %s is as of sequence %d, past the journal's end %d", name, seq, j.LastSeq())
+	defer sr.Close()
+	data, err := io.ReadAll(sr) // the checksum's verdict comes at the end
+	if err != nil {
+		return 0, nil, err
 	}
 	return seq, data, nil
 }
 
 // SnapshotReader streams a snapshot's state (OpenSnapshot).
 type SnapshotReader struct {
-	name    string
-	src     io.Reader
-	f       *os.File // nil for a snapshot of the older form, checked whole
-	size    int64
-	crc     uint32
-	want    uint32
-	checked bool
+	name string
+	src  io.Reader
+	f    *os.File // nil for a snapshot of the older form
+	size int64
+	crc  uint32
+	want uint32
 }
 
 // Size is how many bytes the state holds.
@@ -106,9 +87,6 @@ func (s *SnapshotReader) Size() int64 { return s.size }
 // reach the end before it trusts what it decoded.
 func (s *SnapshotReader) Read(p []byte) (int, error) {
 	n, err := s.src.Read(p)
-	if s.checked {
-		return n, err
-	}
 	s.crc = crc32.Update(s.crc, castagnoli, p[:n])
 	if errors.Is(err, io.EOF) && s.crc != s.want {
 		return n, fmt.Errorf("journal: snapshot %s fails its checksum", s.name)
@@ -131,33 +109,45 @@ func (s *SnapshotReader) Close() error {
 // closes the reader.
 func (j *Journal) OpenSnapshot(name string) (_ uint64, _ *SnapshotReader, err error) {
 	defer recoverRead(&err)
-	f, ferr := os.Open(j.snapshotFile(name))
-	if errors.Is(ferr, os.ErrNotExist) {
-		// The older form, in the index: small enough, and checked whole.
-		seq, data, err := j.Snapshot(name)
-		if err != nil {
-			return 0, nil, err
-		}
-		return seq, &SnapshotReader{name: name, src: bytes.NewReader(data), size: int64(len(data)), checked: true}, nil
-	}
-	if ferr != nil {
-		return 0, nil, fmt.Errorf("journal: read snapshot %s: %w", name, ferr)
-	}
-	st, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return 0, nil, fmt.Errorf("journal: read snapshot %s: %w", name, err)
-	}
 	var head [12]byte
-	if _, err := io.ReadFull(f, head[:]); err != nil {
-		f.Close()
-		return 0, nil, fmt.Errorf("journal: snapshot %s is truncated", name)
+	sr := &SnapshotReader{name: name}
+	f, ferr := os.Open(j.snapshotFile(name))
+	switch {
+	case errors.Is(ferr, os.ErrNotExist):
+		// The older form, a value in the index.
+		v, closer, err := j.rd.Get([]byte(prefixSnapshot + name))
+		if errors.Is(err, pebble.ErrNotFound) {
+			return 0, nil, ErrNoSnapshot
+		}
+		if err != nil {
+			return 0, nil, fmt.Errorf("journal: read snapshot %s: %w", name, err)
+		}
+		v = append([]byte(nil), v...)
+		closer.Close()
+		if len(v) < len(head) {
+			return 0, nil, fmt.Errorf("journal: snapshot %s is truncated", name)
+		}
+		copy(head[:], v)
+		sr.src, sr.size = bytes.NewReader(v[len(head):]), int64(len(v)-len(head))
+	case ferr != nil:
+		return 0, nil, fmt.Errorf("journal: read snapshot %s: %w", name, ferr)
+	default:
+		st, err := f.Stat()
+		if err != nil {
+			f.Close()
+			return 0, nil, fmt.Errorf("journal: read snapshot %s: %w", name, err)
+		}
+		if _, err := io.ReadFull(f, head[:]); err != nil {
+			f.Close()
+			return 0, nil, fmt.Errorf("journal: snapshot %s is truncated", name)
+		}
+		sr.src, sr.f, sr.size = f, f, st.Size()-int64(len(head))
 	}
 	seq := binary.BigEndian.Uint64(head[:])
 	if seq > j.LastSeq() {
-		f.Close()
+		sr.Close()
 		return 0, nil, fmt.Errorf("journal: snapshot %s is as of sequence %d, past the journal's end %d", name, seq, j.LastSeq())
 	}
-	return seq, &SnapshotReader{name: name, src: f, f: f, size: st.Size() - 12,
-		want: binary.BigEndian.Uint32(head[8:])}, nil
+	sr.want = binary.BigEndian.Uint32(head[8:])
+	return seq, sr, nil
 }

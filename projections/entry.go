@@ -148,25 +148,22 @@ func joinRecipients(rs []string, like string) (_ string, ok bool) {
 	case 1:
 		return rs[0], rs[0] != "" // "" is no recipients
 	}
-	rest := like
-	for i, r := range rs {
-		if i > 0 {
-			if !strings.HasPrefix(rest, rcptSep) {
-				rest = "-"
-				break
-			}
-			rest = rest[len(rcptSep):]
-		}
-		if !strings.HasPrefix(rest, r) {
-			rest = "-"
-			break
-		}
-		rest = rest[len(r):]
-	}
-	if rest == "" && like != "" {
+	if like != "" && joinedAre(like, rs) {
 		return like, true
 	}
 	return strings.Join(rs, rcptSep), true
+}
+
+// joinedAre says whether joined is rs joined by rcptSep.
+func joinedAre(joined string, rs []string) bool {
+	for i, r := range rs {
+		head, rest, found := strings.Cut(joined, rcptSep)
+		if head != r || found != (i < len(rs)-1) {
+			return false
+		}
+		joined = rest
+	}
+	return true
 }
 
 // fill sets *e to the envelope x holds (sharing its strings).

@@ -368,9 +368,7 @@ func (sp *Spool) keep(p []byte) {
 			sp.reserved += grow
 		}
 		m := append(sp.budget.getBody(c), sp.mem...)
-		if sp.mem != nil {
-			sp.budget.putBody(sp.mem)
-		}
+		sp.budget.putBody(sp.mem) // a nil one has no pool
 		sp.mem = m
 	}
 	sp.mem = append(sp.mem, p...)

@@ -26,7 +26,7 @@ func rawRecord(t *testing.T, j *Journal, seq uint64) []byte {
 		t.Fatal(err)
 	}
 	defer closer.Close()
-	raw, err := j.recordBytes(seq, v)
+	raw, err := j.recordBytes(seq, v, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

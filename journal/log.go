@@ -262,6 +262,12 @@ func parseContent(c []byte, base int64, withEnvs bool) (*parsedFrame, error) {
 // content starts, where the frame ends, and its magic. why says what is
 // wrong with a frame that is damaged or cut short; err is an I/O error.
 func frameAt(f *os.File, off, size int64) (c []byte, coff, end int64, magic uint32, why string, err error) {
+	return frameInto(f, off, size, nil)
+}
+
+// frameInto is frameAt reading into fb's buffers, which it grows as needed
+// (nil: fresh ones). The content returned may be one of them.
+func frameInto(f *os.File, off, size int64, fb *frameBuf) (c []byte, coff, end int64, magic uint32, why string, err error) {
 	const short = "is cut short (the segment is truncated)"
 	if off+frameHeader > size {
 		return nil, 0, 0, 0, short, nil
@@ -279,7 +285,14 @@ func frameAt(f *os.File, off, size int64) (c []byte, coff, end int64, magic uint
 	if coff+cl > size {
 		return nil, 0, 0, 0, short, nil
 	}
-	c = make([]byte, cl)
+	if fb != nil {
+		if int64(cap(fb.raw)) < cl {
+			fb.raw = make([]byte, cl)
+		}
+		c = fb.raw[:cl]
+	} else {
+		c = make([]byte, cl)
+	}
 	if _, err := f.ReadAt(c, coff); err != nil {
 		return nil, 0, 0, 0, "", err
 	}
@@ -287,7 +300,11 @@ func frameAt(f *os.File, off, size int64) (c []byte, coff, end int64, magic uint
 		return nil, 0, 0, 0, fmt.Sprintf("fails its checksum (stored %08x, computed %08x)", want, got), nil
 	}
 	if magic != frameMagic {
-		if c, err = unzip(c); err != nil {
+		var dst []byte
+		if fb != nil {
+			dst = fb.plain[:cap(fb.plain)]
+		}
+		if c, err = unzipInto(dst, c); err != nil {
 			return nil, 0, 0, 0, fmt.Sprintf("does not decompress: %v", err), nil
 		}
 	}
@@ -439,13 +456,13 @@ func (c *segCache) closeAll() {
 // recordBytes returns the record stored for seq: v itself, or, when v
 // points into the log, the record read from there (a segment that is gone
 // or too short is a *CorruptError).
-func (j *Journal) recordBytes(seq uint64, v []byte) ([]byte, error) {
+func (j *Journal) recordBytes(seq uint64, v []byte, fb *frameBuf) ([]byte, error) {
 	if !isPtr(v) {
 		return v, nil
 	}
 	p := decodePtr(v)
 	if p.zipped {
-		c, err := j.frameContent(seq, p.seg, p.frame)
+		c, err := j.frameContent(seq, p.seg, p.frame, fb)
 		if err != nil {
 			return nil, err
 		}
@@ -483,7 +500,14 @@ func (j *Journal) segmentOf(seq, seg uint64) (*os.File, error) {
 
 // loadRecord decodes the record stored for seq (see recordBytes).
 func (j *Journal) loadRecord(seq uint64, v []byte) (record, []byte, error) {
-	raw, err := j.recordBytes(seq, v)
+	return j.loadRecordVia(seq, v, nil)
+}
+
+// loadRecordVia is loadRecord reading a compressed frame through fb (see
+// frameContent): the record's bytes are valid until fb reads another
+// frame.
+func (j *Journal) loadRecordVia(seq uint64, v []byte, fb *frameBuf) (record, []byte, error) {
+	raw, err := j.recordBytes(seq, v, fb)
 	if err != nil {
 		return record{}, nil, err
 	}

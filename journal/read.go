@@ -122,6 +122,8 @@ func (j *Journal) scan(from uint64, fn func(events.Event) error, report func(*Co
 	}
 	defer it.Close()
 	expect := from
+	// Each event is decoded (copied out) before the next record is read.
+	var fb frameBuf
 	for ok := it.First(); ok; ok = it.Next() {
 		seq, err := seqFromKey(it.Key())
 		if err != nil {
@@ -134,7 +136,7 @@ func (j *Journal) scan(from uint64, fn func(events.Event) error, report func(*Co
 			havePrev = false
 		}
 		expect = seq + 1
-		r, _, err := j.loadRecord(seq, it.Value())
+		r, _, err := j.loadRecordVia(seq, it.Value(), &fb)
 		if err != nil {
 			if err := fail(err); err != nil {
 				return err

@@ -37,7 +37,10 @@ func zip(dst, b []byte) []byte {
 	return enc(nil, b)
 }
 
-func unzip(b []byte) ([]byte, error) {
+func unzip(b []byte) ([]byte, error) { return unzipInto(nil, b) }
+
+// unzipInto is unzip decoding into dst when it is large enough.
+func unzipInto(dst, b []byte) ([]byte, error) {
 	n, err := s2.DecodedLen(b)
 	if err != nil {
 		return nil, err
@@ -45,7 +48,18 @@ func unzip(b []byte) ([]byte, error) {
 	if n > maxFrameContent {
 		return nil, fmt.Errorf("claims %d bytes", n)
 	}
-	return s2.Decode(nil, b)
+	return s2.Decode(dst, b)
+}
+
+// frameBuf holds the one frame a sequential reader (a scan) is in, in
+// buffers it reuses from frame to frame: such a reader reads each frame
+// once, in order, so the shared cache would only churn and every frame
+// would be two fresh allocations.
+type frameBuf struct {
+	key        frameKey
+	have       bool
+	content    []byte
+	raw, plain []byte
 }
 
 // frameCache keeps the decompressed content of the frames read last.
@@ -89,9 +103,17 @@ func (c *frameCache) put(k frameKey, b []byte) {
 // frameContent returns the decompressed content of the compressed frame at
 // off in segment seg, checking its CRC (a failure is a *CorruptError for
 // the record seq being read).
-func (j *Journal) frameContent(seq, seg uint64, off int64) ([]byte, error) {
+//
+// With fb, the frame is read through it instead of the shared cache: the
+// content stays valid until fb reads another frame.
+func (j *Journal) frameContent(seq, seg uint64, off int64, fb *frameBuf) ([]byte, error) {
 	k := frameKey{seg, off}
-	if c, ok := j.frames.get(k); ok {
+	if fb != nil {
+		if fb.have && fb.key == k {
+			return fb.content, nil
+		}
+		fb.have = false
+	} else if c, ok := j.frames.get(k); ok {
 		return c, nil
 	}
 	f, err := j.segmentOf(seq, seg)
@@ -104,7 +126,7 @@ func (j *Journal) frameContent(seq, seg uint64, off int64) ([]byte, error) {
 	}
 	// frameAt checks the stored lengths against the file's size before it
 	// allocates: a damaged header cannot claim gigabytes.
-	plain, _, _, magic, why, err := frameAt(f, off, st.Size())
+	plain, _, _, magic, why, err := frameInto(f, off, st.Size(), fb)
 	if err != nil {
 		return nil, fmt.Errorf("journal: read record %d: %w", seq, err)
 	}
@@ -113,6 +135,13 @@ func (j *Journal) frameContent(seq, seg uint64, off int64) ([]byte, error) {
 	}
 	if why != "" {
 		return nil, &CorruptError{Seq: seq, Reason: fmt.Sprintf("its frame at %s offset %d %s", segmentName(seg), off, why)}
+	}
+	if fb != nil {
+		if magic != frameMagic {
+			fb.plain = plain
+		}
+		fb.key, fb.have, fb.content = k, true, plain
+		return plain, nil
 	}
 	j.frames.put(k, plain)
 	return plain, nil

@@ -115,6 +115,9 @@ type snapReader struct {
 	q    *Queue // strings many envelopes repeat are shared through it
 }
 
+// snapChunk is how many decoded envelopes go to the maps at a time.
+const snapChunk = 4096
+
 // snapWindow is the window's size, unless an item needs more.
 const snapWindow = 1 << 20
 
@@ -304,32 +307,57 @@ func (q *Queue) decodeSnapshot(src io.Reader, size int64, st *queueState, window
 		st.Suspended[d] = r.time()
 	}
 	n := r.count()
-	st.entries = make([]*entry, n)
-	var e Envelope
-	for i := 0; i < n && r.err == nil; i++ {
-		e = Envelope{ID: r.str(), Parent: r.str(), State: State(r.shared()), Sender: r.shared(), LastError: r.shared()}
-		e.BodyKey = r.strLike(e.Parent)
-		e.Prepend = r.str()
-		e.Recipients = r.strs(nil)
-		e.Pending = r.strs(e.Recipients)
-		e.Size = r.varint()
-		e.Arrived = r.time()
-		e.Attempts = int(r.uvarint())
-		e.NextAttempt = r.time()
-		e.Warned = r.flag()
-		e.LastSeq = r.uvarint()
-		if recv := r.bytes(); len(recv) > 0 && r.err == nil {
-			var p events.Received
-			if err := json.Unmarshal(recv, &p); err != nil {
-				return fmt.Errorf("envelope %s: %w", e.ID, err)
-			}
-			e.Received = &p
+	// The envelopes go to the maps on a goroutine of their own, in chunks,
+	// while the next ones decode: a start-up loads a large snapshot on two
+	// cores.
+	chunks, built := make(chan []*entry, 8), make(chan struct{})
+	go func() {
+		defer close(built)
+		st.live, st.refs = make(map[string]*entry, n), make(map[string]int, n)
+		for c := range chunks {
+			st.index(c)
 		}
-		st.entries[i] = new(entry) // one each: a slice of them would live as long as its last
-		toEntry(&e, st.entries[i])
-	}
-	if r.err != nil {
+	}()
+	err := func() error {
+		defer func() {
+			close(chunks)
+			<-built
+		}()
+		var e Envelope
+		chunk := make([]*entry, 0, snapChunk)
+		for i := 0; i < n && r.err == nil; i++ {
+			e = Envelope{ID: r.str(), Parent: r.str(), State: State(r.shared()), Sender: r.shared(), LastError: r.shared()}
+			e.BodyKey = r.strLike(e.Parent)
+			e.Prepend = r.str()
+			e.Recipients = r.strs(nil)
+			e.Pending = r.strs(e.Recipients)
+			e.Size = r.varint()
+			e.Arrived = r.time()
+			e.Attempts = int(r.uvarint())
+			e.NextAttempt = r.time()
+			e.Warned = r.flag()
+			e.LastSeq = r.uvarint()
+			if recv := r.bytes(); len(recv) > 0 && r.err == nil {
+				var p events.Received
+				if err := json.Unmarshal(recv, &p); err != nil {
+					return fmt.Errorf("envelope %s: %w", e.ID, err)
+				}
+				e.Received = &p
+			}
+			x := new(entry) // one each: a slice of them would live as long as its last
+			toEntry(&e, x)
+			if chunk = append(chunk, x); len(chunk) == cap(chunk) {
+				chunks <- chunk
+				chunk = make([]*entry, 0, snapChunk)
+			}
+		}
+		if len(chunk) > 0 {
+			chunks <- chunk
+		}
 		return r.err
+	}()
+	if err != nil {
+		return err
 	}
 	if r.more() > 0 {
 		return fmt.Errorf("%d bytes after the last envelope", r.more())

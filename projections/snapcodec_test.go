@@ -136,10 +136,7 @@ func TestSnapshotDecodesThroughAWindow(t *testing.T) {
 				t.Fatalf("window %d, %s: %v", window, name, err)
 			}
 			r := NewQueue()
-			r.live = map[string]*entry{}
-			for _, x := range st.entries {
-				r.live[x.id] = x
-			}
+			r.live = st.live
 			r.counts = st.Counts
 			if got := sortedEnvelopes(r); !reflect.DeepEqual(got, want) {
 				t.Fatalf("window %d, %s: envelopes differ", window, name)
@@ -149,5 +146,33 @@ func TestSnapshotDecodesThroughAWindow(t *testing.T) {
 	failing := io.MultiReader(bytes.NewReader(data), iotest.ErrReader(errors.New("fails its checksum")))
 	if _, err := NewQueue().LoadSnapshotFrom(failing, int64(len(data))); err == nil || !strings.Contains(err.Error(), "checksum") {
 		t.Fatalf("a stream failing at its end loaded: %v", err)
+	}
+}
+
+// A snapshot of more envelopes than go to the maps at a time (snapChunk)
+// loads whole: every envelope, and the body references counted from them.
+func TestSnapshotLoadsInChunks(t *testing.T) {
+	const n = 3*snapChunk + 11
+	q := deferredQueue(n)
+	data, _, err := q.MarshalSnapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := NewQueue()
+	if _, err := r.LoadSnapshot(data); err != nil {
+		t.Fatal(err)
+	}
+	if q.Len() != n || r.Len() != n || !reflect.DeepEqual(sortedEnvelopes(r), sortedEnvelopes(q)) {
+		t.Fatalf("%d envelopes loaded of %d, or they differ", r.Len(), q.Len())
+	}
+	if !reflect.DeepEqual(r.bodyRefs, q.bodyRefs) {
+		t.Fatalf("body references: %d keys loaded, %d live", len(r.bodyRefs), len(q.bodyRefs))
+	}
+	// Cut short in the middle of the envelopes: refused, r unchanged.
+	if _, err := r.LoadSnapshot(data[:len(data)/2]); err == nil {
+		t.Fatal("a truncated snapshot loaded")
+	}
+	if r.Len() != n {
+		t.Fatalf("a refused snapshot changed the queue: %d envelopes", r.Len())
 	}
 }

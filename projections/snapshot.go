@@ -17,9 +17,26 @@ type queueState struct {
 	Counts    map[State]int
 	BodyRefs  map[string]int
 	Suspended map[string]time.Time
-	// entries are the live envelopes as the queue holds them (the binary
-	// form decodes into these, the gob form into Live).
+	// entries are the live envelopes as the queue holds them (the gob
+	// form, decoded into Live, is converted to these).
 	entries []*entry
+	// live and refs are the queue's maps, built as the binary form
+	// decodes (from entries otherwise).
+	live map[string]*entry
+	refs map[string]int
+}
+
+// index adds decoded envelopes to st's maps. The body references are
+// counted from the envelopes, keyed by their own copies of the keys: what
+// the snapshot lists is the same count (live envelopes per body key), and
+// counting is cheaper than looking a million of them up.
+func (st *queueState) index(xs []*entry) {
+	for _, x := range xs {
+		st.live[x.id] = x
+		if s := x.stateOf(); s.Live() {
+			st.refs[x.bodyKey()]++
+		}
+	}
 }
 
 // MarshalSnapshot returns the queue's state and the sequence number it is
@@ -77,23 +94,13 @@ func (q *Queue) LoadSnapshotFrom(r io.Reader, size int64) (uint64, error) {
 			toEntry(e, st.entries[i])
 		}
 		st.Live = nil
+		st.live, st.refs = make(map[string]*entry, len(st.entries)), make(map[string]int, len(st.entries))
+		st.index(st.entries)
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	q.live = make(map[string]*entry, len(st.entries))
-	q.shared = tmp.shared
-	// The body references are counted from the envelopes, keyed by their
-	// own copies of the keys: what the snapshot lists is the same count
-	// (live envelopes per body key), and counting is cheaper than looking
-	// a million of them up.
-	refs := make(map[string]int, len(st.entries))
-	for _, x := range st.entries {
-		q.live[x.id] = x
-		if s := x.stateOf(); s.Live() {
-			refs[x.bodyKey()]++
-		}
-	}
-	q.counts, q.bodyRefs, q.seq = st.Counts, refs, st.Seq
+	q.live, q.shared = st.live, tmp.shared
+	q.counts, q.bodyRefs, q.seq = st.Counts, st.refs, st.Seq
 	if q.counts == nil {
 		q.counts = map[State]int{}
 	}

@@ -105,33 +105,56 @@ func RebuildUnchecked(j *journal.Journal, q *projections.Queue, log *zap.Logger,
 		log.Warn("queue snapshot unusable; replaying the whole journal", zap.Error(err))
 	}
 	last := start
-	batch := make([]events.Event, 0, 1024)
-	flush := func() {
+	err = replayTail(j, from, ignoreCorrupt, report, func(batch []events.Event) {
 		q.Apply(batch)
-		batch = batch[:0]
-	}
-	fn := func(e events.Event) error {
-		batch = append(batch, e)
-		if len(batch) == cap(batch) {
-			flush()
-			if time.Since(last) > 2*time.Second {
-				last = time.Now()
-				log.Info("replaying journal", zap.Uint64("seq", e.Seq), zap.Uint64("of", total))
-			}
+		if time.Since(last) > 2*time.Second {
+			last = time.Now()
+			log.Info("replaying journal", zap.Uint64("seq", batch[len(batch)-1].Seq), zap.Uint64("of", total))
 		}
-		return nil
-	}
-	if ignoreCorrupt {
-		err = j.ScanTolerant(from, fn, report)
-	} else {
-		err = j.Scan(from, fn)
-	}
+	})
 	if err != nil {
 		return 0, nil, refuseStart(err)
 	}
-	flush()
 	log.Info("journal replayed", zap.Uint64("from", from), zap.Uint64("to", total), zap.Int("live_envelopes", q.Len()), zap.Duration("took", time.Since(start)))
 	return snapSeq, check, nil
+}
+
+// replayTail reads the journal from seq from and hands its events to apply
+// in batches, in order. Reading and decoding run on a goroutine of their
+// own, a few batches ahead of apply (which folds them into the queue):
+// start-up replays the tail on two cores. apply must not keep the batch.
+func replayTail(j *journal.Journal, from uint64, ignoreCorrupt bool, report func(*journal.CorruptError) error, apply func([]events.Event)) error {
+	const batchSize, ahead = 1024, 4
+	full, free := make(chan []events.Event, ahead), make(chan []events.Event, ahead+1)
+	for range ahead + 1 {
+		free <- make([]events.Event, 0, batchSize)
+	}
+	var scanErr error
+	go func() {
+		defer close(full)
+		batch := <-free
+		fn := func(e events.Event) error {
+			batch = append(batch, e)
+			if len(batch) == batchSize {
+				full <- batch
+				batch = <-free
+			}
+			return nil
+		}
+		if ignoreCorrupt {
+			scanErr = j.ScanTolerant(from, fn, report)
+		} else {
+			scanErr = j.Scan(from, fn)
+		}
+		if scanErr == nil && len(batch) > 0 {
+			full <- batch
+		}
+	}()
+	for batch := range full {
+		apply(batch)
+		free <- batch[:0]
+	}
+	return scanErr
 }
 
 // SaveSnapshot stores the queue projection (at shutdown and periodically)

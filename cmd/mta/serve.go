@@ -228,6 +228,10 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 	if err != nil {
 		return err
 	}
+	// Before the first 250: the replay's garbage goes, so that the server
+	// does not start out at twice the queue's memory (the collector's
+	// goal), and the history check's bound starts from what is live.
+	live := collect()
 	history := newHistoryCheck()
 	j.Subscribe(q.Apply)
 	metrics := projections.NewMetrics(q)
@@ -402,7 +406,7 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 	histStop, histDone := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(histDone)
-		boundedWhile(func() { history.run(checkHistory, histStop) })
+		boundedWhile(live, func() { history.run(checkHistory, histStop) })
 		// The check read every record the snapshot covers, and the heap
 		// grew to the collector's goal doing it (twice the queue, at a
 		// large queue): give that back now, not when the heap next fills.

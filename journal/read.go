@@ -270,8 +270,13 @@ func (j *Journal) VerifyUntil(seq uint64, report func(*CorruptError) error, stop
 		}
 		return nil
 	}
-	// One batch is hashed while the next is read: two buffers take turns.
+	// One batch is hashed while the next is read: two buffers take turns,
+	// each with the arena its records' bytes are copied into (the frames
+	// they come from are read into one buffer, fb, reused: the check reads
+	// the whole journal and allocates next to nothing).
 	batch, spare := make([]verifyItem, 0, verifyBatch), make([]verifyItem, 0, verifyBatch)
+	var fb frameBuf
+	var arena, spareArena []byte
 	var pending []verifyItem
 	var hashed chan struct{}
 	flush := func() error {
@@ -291,6 +296,7 @@ func (j *Journal) VerifyUntil(seq uint64, report func(*CorruptError) error, stop
 			}(pending, hashed)
 			batch = spare
 			spare = nil
+			arena, spareArena = spareArena[:0], arena
 		}
 		return nil
 	}
@@ -304,7 +310,7 @@ func (j *Journal) VerifyUntil(seq uint64, report func(*CorruptError) error, stop
 			v.gap = &CorruptError{Seq: expect, Reason: fmt.Sprintf("missing (next record is %d)", n)}
 		}
 		expect = n + 1
-		r, _, err := j.loadRecord(n, it.Value())
+		r, err := verifyRecord(j, n, it.Value(), &fb, &arena)
 		if err != nil {
 			var ce *CorruptError
 			if !errors.As(err, &ce) {
@@ -345,6 +351,22 @@ func (j *Journal) VerifyUntil(seq uint64, report func(*CorruptError) error, stop
 		return fail(&CorruptError{Seq: expect, Reason: "missing (journal ends before it)"})
 	}
 	return nil
+}
+
+// verifyRecord is loadRecord for VerifyUntil: a record stored in the log is
+// read through fb and copied to the end of *arena, where it stays until
+// its batch has been checked.
+func verifyRecord(j *Journal, seq uint64, v []byte, fb *frameBuf, arena *[]byte) (record, error) {
+	raw, err := j.recordBytes(seq, v, fb)
+	if err != nil {
+		return record{}, err
+	}
+	if isPtr(v) {
+		start := len(*arena)
+		*arena = append(*arena, raw...)
+		raw = (*arena)[start:len(*arena):len(*arena)]
+	}
+	return decodeRecord(seq, raw)
 }
 
 // verifyBatch is how many records Verify hashes at a time.

@@ -3,7 +3,10 @@ package queue
 import (
 	"fmt"
 	"os"
+	"runtime"
+	"runtime/debug"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -131,4 +134,44 @@ func benchLog() *zap.Logger {
 	}
 	l, _ := zap.NewDevelopment()
 	return l
+}
+
+// BenchmarkHistoryCheck runs the check of the records under the snapshot
+// that start-up runs once it accepts mail, on BenchmarkRestart's journal.
+func BenchmarkHistoryCheck(b *testing.B) {
+	dir := os.Getenv("RESTART_DIR")
+	if dir == "" {
+		b.Skip("RESTART_DIR names a journal BenchmarkRestart built")
+	}
+	j, err := journal.Open(journal.Options{Dir: dir})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer j.Close()
+	seq, _, err := j.Snapshot(SnapshotName)
+	if err != nil {
+		b.Fatal(err)
+	}
+	runtime.GC()
+	debug.FreeOSMemory()
+	before := rssAnon()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if err := j.VerifyUntil(seq, nil, nil); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(rssAnon()-before)/(1<<20), "MiB-anon-growth")
+}
+
+// rssAnon is the process's anonymous resident memory.
+func rssAnon() int64 {
+	b, _ := os.ReadFile("/proc/self/status")
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == "RssAnon:" {
+			kb, _ := strconv.ParseInt(f[1], 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
 }

@@ -3,7 +3,6 @@ package main
 import (
 	"math"
 	"runtime/debug"
-	"runtime/metrics"
 	"time"
 )
 
@@ -63,38 +62,4 @@ func trimWhenIdle(seq func() uint64, period time.Duration, stop <-chan struct{})
 			}
 		}
 	}
-}
-
-// collect runs a full collection, gives the free memory back to the
-// system (debug.FreeOSMemory) and returns the live heap it found.
-func collect() uint64 {
-	debug.FreeOSMemory()
-	sample := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
-	metrics.Read(sample)
-	if sample[0].Value.Kind() == metrics.KindUint64 {
-		return sample[0].Value.Uint64()
-	}
-	return 0
-}
-
-// boundedWhile runs fn with the heap held near live, the live heap when it
-// starts (measured by collect: start-up decodes the queue with the
-// collector off, so the runtime's own figure from its last collection
-// would be far below it, and a limit under the live heap makes the
-// collector run without pause): a soft memory limit of live plus a half
-// (at least 256 MiB: the limit counts all of the runtime's memory) while
-// fn runs, the limit in force before (memory_limit) after, and never above
-// it. The history check reads millions of records after start-up; each
-// allocates a little, and the collector would otherwise let the heap grow
-// to twice the queue before it collects (about 950 MiB for a few seconds
-// at a million queued envelopes). The collections this costs run in the
-// background, off the path to the first 250.
-func boundedWhile(live uint64, fn func()) {
-	prev := debug.SetMemoryLimit(-1)
-	limit := int64(live + max(live/2, 256<<20))
-	if limit < prev {
-		debug.SetMemoryLimit(limit)
-		defer debug.SetMemoryLimit(prev)
-	}
-	fn()
 }

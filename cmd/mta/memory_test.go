@@ -1,7 +1,6 @@
 package main
 
 import (
-	"math"
 	"runtime/debug"
 	"testing"
 )
@@ -35,27 +34,6 @@ func TestIdleTrimRunsOnceAfterActivity(t *testing.T) {
 	} {
 		if got := tr.observe(c.seq); got != c.trim {
 			t.Fatalf("tick %d (seq %d): trim %v, want %v", i, c.seq, got, c.trim)
-		}
-	}
-}
-
-// While the history check runs, a soft limit holds the heap near what is
-// live (never above memory_limit); after it, the limit in force before is.
-func TestBoundedWhileLimitsThenRestores(t *testing.T) {
-	prev := debug.SetMemoryLimit(-1)
-	defer debug.SetMemoryLimit(prev)
-	for _, before := range []int64{math.MaxInt64, 1 << 40, 32 << 20} {
-		debug.SetMemoryLimit(before)
-		var during int64
-		boundedWhile(collect(), func() { during = debug.SetMemoryLimit(-1) })
-		if before > 1<<40 && (during >= before || during < 256<<20) {
-			t.Errorf("no memory_limit: %d during the check, want the live heap and 256 MiB at least", during)
-		}
-		if during > before {
-			t.Errorf("memory_limit %d: %d during the check", before, during)
-		}
-		if after := debug.SetMemoryLimit(-1); after != before {
-			t.Errorf("memory_limit %d: %d after the check", before, after)
 		}
 	}
 }

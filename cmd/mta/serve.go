@@ -228,10 +228,11 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 	if err != nil {
 		return err
 	}
-	// Before the first 250: the replay's garbage goes, so that the server
-	// does not start out at twice the queue's memory (the collector's
-	// goal), and the history check's bound starts from what is live.
-	live := collect()
+	// Before the first 250: the replay's garbage goes back to the system,
+	// so that the server does not start out at twice the queue's memory
+	// (the collector's goal), and the history check's bound starts from
+	// what is live.
+	live := queue.Collect()
 	history := newHistoryCheck()
 	j.Subscribe(q.Apply)
 	metrics := projections.NewMetrics(q)
@@ -406,10 +407,9 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 	histStop, histDone := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(histDone)
-		boundedWhile(live, func() { history.run(checkHistory, histStop) })
-		// The check read every record the snapshot covers, and the heap
-		// grew to the collector's goal doing it (twice the queue, at a
-		// large queue): give that back now, not when the heap next fills.
+		queue.BoundedWhile(live, func() { history.run(checkHistory, histStop) })
+		// What the check and the first minutes left: given back now, not
+		// when the heap next fills.
 		debug.FreeOSMemory()
 	}()
 	defer func() {

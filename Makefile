@@ -61,6 +61,7 @@ bench: deps
 	$(GO) test -run '^$$' -bench RelayTransaction -benchtime 3000x ./mxrelay/
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./projections/
 	$(GO) test -run '^$$' -bench AcceptLatency -benchtime 3x ./queue/
+	$(GO) test -run '^$$' -bench 'Restart|HistoryCheck' -benchtime 3x ./queue/
 
 # CPU and allocation profiles under the benchmark load ([admin] pprof).
 profile: deps

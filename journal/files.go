@@ -11,6 +11,15 @@ import (
 // the one way other packages write small files in the data directory (the
 // users file, the generated certificate).
 func WriteFile(path string, data []byte, perm os.FileMode) error {
+	return writeFileFrom(path, perm, func(f *os.File) error {
+		_, err := f.Write(data)
+		return err
+	})
+}
+
+// writeFileFrom is WriteFile with the content written by fill into the
+// temporary file (a failure leaves path as it was).
+func writeFileFrom(path string, perm os.FileMode, fill func(*os.File) error) error {
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create directory %s: %w", dir, err)
@@ -21,7 +30,7 @@ func WriteFile(path string, data []byte, perm os.FileMode) error {
 	}
 	tmp := f.Name()
 	defer os.Remove(tmp)
-	if _, err := f.Write(data); err != nil {
+	if err := fill(f); err != nil {
 		f.Close()
 		return fmt.Errorf("write %s: %w", path, err)
 	}

@@ -1,6 +1,7 @@
 package journal
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/binary"
 	"errors"
@@ -31,26 +32,70 @@ func (j *Journal) snapshotFile(name string) string {
 // that start-up replays only the events after it. A snapshot is an
 // optimisation: the events stay and remain the truth. Every event up to
 // seq must be durable (a read model folds only committed events).
-func (j *Journal) PutSnapshot(name string, seq uint64, data []byte) (err error) {
+func (j *Journal) PutSnapshot(name string, seq uint64, data []byte) error {
+	_, _, err := j.WriteSnapshot(name, func(w io.Writer) (uint64, error) {
+		_, err := w.Write(data)
+		return seq, err
+	})
+	return err
+}
+
+// WriteSnapshot is PutSnapshot for a state written as it is encoded:
+// write writes it to w and returns the sequence number it is as of. It
+// goes through a 256 KiB buffer into the new file (a million queued
+// envelopes make some 230 MB, never held whole), whose header (the
+// sequence number and the checksum) is filled in at the end; the file
+// replaces the old snapshot only once it is whole and synced. It returns
+// the sequence number and the state's size.
+func (j *Journal) WriteSnapshot(name string, write func(w io.Writer) (uint64, error)) (seq uint64, size int64, err error) {
 	if j.opts.ReadOnly {
-		return ErrReadOnly
+		return 0, 0, ErrReadOnly
 	}
 	if err := j.Err(); err != nil {
-		return err
+		return 0, 0, err
 	}
-	b := make([]byte, 12, 12+len(data))
-	binary.BigEndian.PutUint64(b, seq)
-	binary.BigEndian.PutUint32(b[8:], crc32.Checksum(data, castagnoli))
-	b = append(b, data...)
-	if err := WriteFile(j.snapshotFile(name), b, 0o600); err != nil {
-		return fmt.Errorf("journal: save snapshot %s: %w", name, err)
+	err = writeFileFrom(j.snapshotFile(name), 0o600, func(f *os.File) error {
+		var head [12]byte
+		if _, err := f.Write(head[:]); err != nil {
+			return err
+		}
+		cw := &crcWriter{w: bufio.NewWriterSize(f, 256<<10)}
+		var err error
+		if seq, err = write(cw); err != nil {
+			return err
+		}
+		if err := cw.w.Flush(); err != nil {
+			return err
+		}
+		binary.BigEndian.PutUint64(head[:], seq)
+		binary.BigEndian.PutUint32(head[8:], cw.crc)
+		size = cw.n
+		_, err = f.WriteAt(head[:], 0)
+		return err
+	})
+	if err != nil {
+		return 0, 0, fmt.Errorf("journal: save snapshot %s: %w", name, err)
 	}
 	// The older form, if any, would only take room in the index.
 	if _, closer, err := j.rd.Get([]byte(prefixSnapshot + name)); err == nil {
 		closer.Close()
 		j.send(&appendReq{put: &putReq{key: []byte(prefixSnapshot + name), del: true}, done: make(chan appendRes, 1)})
 	}
-	return nil
+	return seq, size, nil
+}
+
+// crcWriter counts and checksums what goes through it.
+type crcWriter struct {
+	w   *bufio.Writer
+	crc uint32
+	n   int64
+}
+
+func (c *crcWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.crc = crc32.Update(c.crc, castagnoli, p[:n])
+	c.n += int64(n)
+	return n, err
 }
 
 // Snapshot returns the state saved under name and the sequence number it

@@ -121,3 +121,42 @@ func putOlderSnapshot(t *testing.T, j *Journal, seq uint64, data string) {
 		t.Fatal(err)
 	}
 }
+
+// A state written as it is encoded, larger than the writer's buffer, reads
+// back whole under the sequence number write returned; a write that fails
+// leaves the snapshot there was.
+func TestWriteSnapshotStreams(t *testing.T) {
+	j := openT(t, t.TempDir())
+	defer j.Close()
+	if _, err := j.Append(Write{Events: []events.Event{delivered("E1", "r"), delivered("E2", "r"), delivered("E3", "r")}}); err != nil {
+		t.Fatal(err)
+	}
+	state := bytes.Repeat([]byte("0123456789abcdef"), 100000) // 1.6 MB
+	seq, size, err := j.WriteSnapshot("queue", func(w io.Writer) (uint64, error) {
+		for b := state; len(b) > 0; b = b[min(len(b), 7000):] {
+			if _, err := w.Write(b[:min(len(b), 7000)]); err != nil {
+				return 0, err
+			}
+		}
+		return 3, nil
+	})
+	if err != nil || seq != 3 || size != int64(len(state)) {
+		t.Fatalf("WriteSnapshot: seq %d, size %d, %v", seq, size, err)
+	}
+	got, data, err := j.Snapshot("queue")
+	if err != nil || got != 3 || !bytes.Equal(data, state) {
+		t.Fatalf("read back: seq %d, %d bytes, %v", got, len(data), err)
+	}
+	if _, _, err := j.WriteSnapshot("queue", func(w io.Writer) (uint64, error) {
+		w.Write([]byte("half a state"))
+		return 0, errors.New("encoding failed")
+	}); err == nil || !strings.Contains(err.Error(), "encoding failed") {
+		t.Fatalf("a failed write: %v", err)
+	}
+	if got, data, err := j.Snapshot("queue"); err != nil || got != 3 || !bytes.Equal(data, state) {
+		t.Fatalf("after a failed write: seq %d, %d bytes, %v", got, len(data), err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(j.Dir(), ".SNAPSHOT-queue.tmp-*")); len(left) > 0 {
+		t.Fatalf("temporary files left: %v", left)
+	}
+}

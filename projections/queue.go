@@ -184,14 +184,19 @@ func (q *Queue) apply(ev events.Event) {
 	q.put(env)
 }
 
-// put stores e as its entry, reusing the one the queue has. q.mu is held.
+// put stores e as its entry, a new one. q.mu is held.
+//
+// An entry is replaced, never changed once in q.live: a snapshot takes the
+// entries under the read lock and encodes them after releasing it
+// (WriteSnapshot). The new entry starts from the old one's joined
+// recipients, which it keeps when they are the same.
 func (q *Queue) put(e *Envelope) {
-	x := q.live[e.ID]
-	if x == nil {
-		x = new(entry)
-		q.live[e.ID] = x
+	x := new(entry)
+	if old := q.live[e.ID]; old != nil {
+		x.rcpts = old.rcpts
 	}
 	toEntry(e, x)
+	q.live[e.ID] = x
 }
 
 // keepsDetails says whether an envelope keeps its header block and

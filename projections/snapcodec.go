@@ -16,7 +16,8 @@ import (
 //
 // The form: the magic, then uvarint sequence number; the counts (uvarint
 // n, then n × state string, varint count); the body references (the same
-// with body keys); the suspended domains (uvarint n, then n × domain,
+// with body keys; written empty now, and skipped when read: they are
+// counted from the envelopes); the suspended domains (uvarint n, then n × domain,
 // time); the live envelopes (uvarint n, then n × envelope). A string is a
 // uvarint length and its bytes; a time is a uvarint length and
 // time.MarshalBinary's bytes; a string list is a uvarint count and its
@@ -28,29 +29,45 @@ const snapMagic = "LMQS1\n"
 
 var errSnapTruncated = errors.New("truncated")
 
-// appendSnapshot encodes the queue's state in the binary form. q.mu is
-// held (for reading): it encodes in place, without copying the envelopes.
-func (q *Queue) appendSnapshot(b []byte) ([]byte, error) {
+// snapState is what a snapshot holds besides the envelopes, taken under
+// the read lock with the envelopes' entries (which are never changed once
+// in the queue: see put), so that encoding runs without the lock.
+type snapState struct {
+	seq       uint64
+	counts    map[State]int
+	suspended map[string]time.Time
+	live      []*entry
+}
+
+// encodeSnapshot writes st in the binary form to w, through a buffer of
+// about 64 KiB it reuses: a snapshot of a million envelopes (some 230 MB)
+// is never held whole.
+func encodeSnapshot(w io.Writer, st *snapState) error {
+	const flushAt = 64 << 10
+	b := make([]byte, 0, flushAt+4096)
+	flush := func() error {
+		_, err := w.Write(b)
+		b = b[:0]
+		return err
+	}
 	b = append(b, snapMagic...)
-	b = binary.AppendUvarint(b, q.seq)
-	b = binary.AppendUvarint(b, uint64(len(q.counts)))
-	for s, n := range q.counts {
+	b = binary.AppendUvarint(b, st.seq)
+	b = binary.AppendUvarint(b, uint64(len(st.counts)))
+	for s, n := range st.counts {
 		b = appendStr(b, string(s))
 		b = binary.AppendVarint(b, int64(n))
 	}
-	b = binary.AppendUvarint(b, uint64(len(q.bodyRefs)))
-	for k, n := range q.bodyRefs {
-		b = appendStr(b, k)
-		b = binary.AppendVarint(b, int64(n))
-	}
-	b = binary.AppendUvarint(b, uint64(len(q.suspended)))
-	for d, t := range q.suspended {
+	// The body references are counted again from the envelopes at load:
+	// none are listed.
+	b = binary.AppendUvarint(b, 0)
+	b = binary.AppendUvarint(b, uint64(len(st.suspended)))
+	for d, t := range st.suspended {
 		b = appendStr(b, d)
 		b = appendTime(b, t)
 	}
-	b = binary.AppendUvarint(b, uint64(len(q.live)))
+	b = binary.AppendUvarint(b, uint64(len(st.live)))
 	var e Envelope
-	for _, x := range q.live {
+	for _, x := range st.live {
 		x.fill(&e)
 		for _, s := range []string{e.ID, e.Parent, string(e.State), e.Sender, e.LastError, e.BodyKey, e.Prepend} {
 			b = appendStr(b, s)
@@ -71,12 +88,17 @@ func (q *Queue) appendSnapshot(b []byte) ([]byte, error) {
 		if e.Received != nil {
 			var err error
 			if recv, err = json.Marshal(e.Received); err != nil {
-				return nil, fmt.Errorf("queue snapshot: envelope %s: %w", e.ID, err)
+				return fmt.Errorf("queue snapshot: envelope %s: %w", e.ID, err)
 			}
 		}
 		b = appendStr(b, string(recv))
+		if len(b) >= flushAt {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
 	}
-	return b, nil
+	return flush()
 }
 
 func appendStr(b []byte, s string) []byte {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/gob"
 	"errors"
+	"fmt"
 	"io"
 	"reflect"
 	"sort"
@@ -174,5 +175,57 @@ func TestSnapshotLoadsInChunks(t *testing.T) {
 	}
 	if r.Len() != n {
 		t.Fatalf("a refused snapshot changed the queue: %d envelopes", r.Len())
+	}
+}
+
+// A snapshot encodes outside the lock while events are applied: each one
+// is exactly the fold of the events up to the sequence number it names.
+func TestSnapshotWhileApplying(t *testing.T) {
+	const n = 3000
+	var evs []events.Event
+	now := time.Now()
+	for k := 0; k < n; k++ {
+		id := fmt.Sprintf("01A20FC4916BCB%06X", k)
+		evs = append(evs,
+			events.Event{Seq: uint64(3*k + 1), Time: now, Envelope: id, Payload: events.Received{Sender: "a@x.test", Recipients: []string{"b@y.test", "c@y.test"}, BodyKey: id, Size: 10}},
+			events.Event{Seq: uint64(3*k + 2), Time: now, Envelope: id, Payload: events.Deferred{Recipients: []string{"b@y.test"}, NextAttempt: now.Add(time.Hour), Reason: "try later"}},
+			events.Event{Seq: uint64(3*k + 3), Time: now, Envelope: id, Payload: events.Deferred{Recipients: []string{"c@y.test"}, NextAttempt: now.Add(2 * time.Hour), Reason: fmt.Sprint("again ", k)}},
+		)
+	}
+	q := NewQueue()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; i < len(evs); i += 7 {
+			q.Apply(evs[i:min(i+7, len(evs))])
+		}
+	}()
+	var snaps [][]byte
+	for running := true; running; {
+		select {
+		case <-done:
+			running = false
+		default:
+		}
+		data, _, err := q.MarshalSnapshot()
+		if err != nil {
+			t.Fatal(err)
+		}
+		snaps = append(snaps, data)
+	}
+	if len(snaps) < 2 {
+		t.Fatalf("only %d snapshots taken while applying", len(snaps))
+	}
+	for _, data := range snaps {
+		r := NewQueue()
+		seq, err := r.LoadSnapshot(data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ref := NewQueue()
+		ref.Apply(evs[:seq])
+		if !reflect.DeepEqual(sortedEnvelopes(r), sortedEnvelopes(ref)) || !reflect.DeepEqual(r.bodyRefs, ref.bodyRefs) {
+			t.Fatalf("snapshot at %d differs from the fold of the events up to it", seq)
+		}
 	}
 }

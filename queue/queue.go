@@ -161,15 +161,12 @@ func replayTail(j *journal.Journal, from uint64, ignoreCorrupt bool, report func
 // so that the next start replays only the journal's tail.
 func SaveSnapshot(j *journal.Journal, q *projections.Queue, log *zap.Logger) uint64 {
 	start := time.Now()
-	data, seq, err := q.MarshalSnapshot()
-	if err == nil {
-		err = j.PutSnapshot(SnapshotName, seq, data)
-	}
+	seq, size, err := j.WriteSnapshot(SnapshotName, q.WriteSnapshot)
 	if err != nil {
 		log.Warn("queue snapshot not saved", zap.Error(err))
 		return 0
 	}
-	log.Info("queue snapshot saved", zap.Uint64("seq", seq), zap.Int("bytes", len(data)), zap.Duration("took", time.Since(start)))
+	log.Info("queue snapshot saved", zap.Uint64("seq", seq), zap.Int64("bytes", size), zap.Duration("took", time.Since(start)))
 	return seq
 }
 

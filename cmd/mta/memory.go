@@ -3,6 +3,7 @@ package main
 import (
 	"math"
 	"runtime/debug"
+	"runtime/metrics"
 	"time"
 )
 
@@ -47,6 +48,28 @@ func (t *idleTrim) observe(seq uint64) bool {
 	return trim
 }
 
+// trimWorth says whether a trim would give back enough to pay for its
+// collection (a whole one: about a second of CPU at a million queued
+// envelopes): what the heap holds beyond what was live at the last
+// collection (garbage since, and free pages not yet returned) is a
+// quarter of that live heap, and 16 MiB, at least. A server that falls
+// quiet often after a little mail is not collected each time.
+func trimWorth() bool {
+	s := []metrics.Sample{{Name: "/gc/heap/live:bytes"}, {Name: "/memory/classes/heap/objects:bytes"}, {Name: "/memory/classes/heap/free:bytes"}}
+	metrics.Read(s)
+	for _, x := range s {
+		if x.Value.Kind() != metrics.KindUint64 {
+			return true
+		}
+	}
+	live, objects, free := s[0].Value.Uint64(), s[1].Value.Uint64(), s[2].Value.Uint64()
+	extra := free
+	if objects > live {
+		extra += objects - live
+	}
+	return extra >= max(live/4, 16<<20)
+}
+
 // trimWhenIdle runs the idle trim every period until stop is closed.
 func trimWhenIdle(seq func() uint64, period time.Duration, stop <-chan struct{}) {
 	tick := time.NewTicker(period)
@@ -57,7 +80,7 @@ func trimWhenIdle(seq func() uint64, period time.Duration, stop <-chan struct{})
 		case <-stop:
 			return
 		case <-tick.C:
-			if t.observe(seq()) {
+			if t.observe(seq()) && trimWorth() {
 				debug.FreeOSMemory()
 			}
 		}

@@ -37,3 +37,25 @@ func TestIdleTrimRunsOnceAfterActivity(t *testing.T) {
 		}
 	}
 }
+
+// A trim is worth its collection only when the heap holds a fair share
+// more than what was live: after garbage, yes; right after a trim, no.
+func TestTrimWorthAfterGarbageOnly(t *testing.T) {
+	debug.FreeOSMemory()
+	if trimWorth() {
+		t.Fatal("worth a trim right after one")
+	}
+	var keep [][]byte
+	for i := 0; i < 64; i++ {
+		keep = append(keep, make([]byte, 1<<20))
+	}
+	keep = nil // 64 MiB of garbage
+	if !trimWorth() {
+		t.Fatal("not worth a trim with 64 MiB of garbage")
+	}
+	debug.FreeOSMemory()
+	if trimWorth() {
+		t.Fatal("worth a trim right after one")
+	}
+	_ = keep
+}

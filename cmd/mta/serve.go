@@ -294,7 +294,7 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 	go queue.Snapshots{Journal: j, Queue: q, Log: log, Interval: 10 * time.Minute, Every: 50000, Max: 250000, From: snapSeq,
 		Saved: debug.FreeOSMemory}.Run(snapDone)
 	// After a burst, give the heap's headroom back once the journal is quiet.
-	go trimWhenIdle(j.LastSeq, 5*time.Second, snapDone)
+	go trimWhenIdle(j.LastSeq, 2*time.Second, snapDone)
 	retention := &queue.Retention{Journal: j, Queue: q, Period: cfg.Journal.Retention.Duration, Archive: cfg.Journal.Archive,
 		Bodies: cfg.Queue.KeepBodies, Log: log.Named("retention")}
 	if retention.Period > 0 {

@@ -195,14 +195,7 @@ func TestQueueSharesRepeatedStrings(t *testing.T) {
 	}
 	same(q, "last error", func(e *Envelope) string { return e.LastError })
 	same(q, "sender", func(e *Envelope) string { return e.Sender })
-	data, _, err := q.MarshalSnapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := NewQueue()
-	if _, err := r.LoadSnapshot(data); err != nil {
-		t.Fatal(err)
-	}
+	r, _ := reloaded(t, q)
 	same(r, "loaded last error", func(e *Envelope) string { return e.LastError })
 	same(r, "loaded sender", func(e *Envelope) string { return e.Sender })
 	same(r, "loaded state", func(e *Envelope) string { return string(e.State) })

@@ -150,11 +150,9 @@ func TestSnapshotDecodesThroughAWindow(t *testing.T) {
 	}
 }
 
-// A snapshot of more envelopes than go to the maps at a time (snapChunk)
-// loads whole: every envelope, and the body references counted from them.
-func TestSnapshotLoadsInChunks(t *testing.T) {
-	const n = 3*snapChunk + 11
-	q := deferredQueue(n)
+// reloaded is q saved and loaded into a new queue, and the snapshot.
+func reloaded(t *testing.T, q *Queue) (*Queue, []byte) {
+	t.Helper()
 	data, _, err := q.MarshalSnapshot()
 	if err != nil {
 		t.Fatal(err)
@@ -163,6 +161,15 @@ func TestSnapshotLoadsInChunks(t *testing.T) {
 	if _, err := r.LoadSnapshot(data); err != nil {
 		t.Fatal(err)
 	}
+	return r, data
+}
+
+// A snapshot of more envelopes than go to the maps at a time (snapChunk)
+// loads whole: every envelope, and the body references counted from them.
+func TestSnapshotLoadsInChunks(t *testing.T) {
+	const n = 3*snapChunk + 11
+	q := deferredQueue(n)
+	r, data := reloaded(t, q)
 	if q.Len() != n || r.Len() != n || !reflect.DeepEqual(sortedEnvelopes(r), sortedEnvelopes(q)) {
 		t.Fatalf("%d envelopes loaded of %d, or they differ", r.Len(), q.Len())
 	}

@@ -55,10 +55,13 @@ func (q *Queue) MarshalSnapshot() ([]byte, uint64, error) {
 // returns the sequence number it is as of, consistently. The read lock is
 // held only to take the envelopes' entries (a million pointers, some
 // milliseconds), not while they are encoded (about a second at a
-// million): the queue's entries are replaced, never changed, so what was
-// taken stays as it was while events are applied meanwhile.
+// million): until the encoding ends, the queue replaces the entries it
+// changes instead of changing them (see put), so what was taken stays as
+// it was while events are applied meanwhile.
 func (q *Queue) WriteSnapshot(w io.Writer) (uint64, error) {
 	q.mu.RLock()
+	q.encoding.Add(1)
+	defer q.encoding.Add(-1)
 	st := &snapState{seq: q.seq, counts: maps.Clone(q.counts), suspended: maps.Clone(q.suspended),
 		live: make([]*entry, 0, len(q.live))}
 	for _, x := range q.live {

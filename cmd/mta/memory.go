@@ -70,6 +70,13 @@ func trimWorth() bool {
 	return extra >= max(live/4, 16<<20)
 }
 
+// trimIfWorth trims the heap (debug.FreeOSMemory) when trimWorth says so.
+func trimIfWorth() {
+	if trimWorth() {
+		debug.FreeOSMemory()
+	}
+}
+
 // trimWhenIdle runs the idle trim every period until stop is closed.
 func trimWhenIdle(seq func() uint64, period time.Duration, stop <-chan struct{}) {
 	tick := time.NewTicker(period)
@@ -80,8 +87,8 @@ func trimWhenIdle(seq func() uint64, period time.Duration, stop <-chan struct{})
 		case <-stop:
 			return
 		case <-tick.C:
-			if t.observe(seq()) && trimWorth() {
-				debug.FreeOSMemory()
+			if t.observe(seq()) {
+				trimIfWorth()
 			}
 		}
 	}

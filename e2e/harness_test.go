@@ -283,6 +283,7 @@ func (s *server) startArgs(extra ...string) {
 	waitFor(s.t, "mta serve to listen", 30*time.Second, func() bool {
 		select {
 		case err := <-s.waitDone:
+			s.cmd = nil // its exit is consumed: cleanup must not wait for it again
 			b, _ := os.ReadFile(s.logFile)
 			s.t.Fatalf("mta serve exited early (%v):\n%s", err, b)
 		default:

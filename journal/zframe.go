@@ -58,8 +58,7 @@ func unzipInto(dst, b []byte) ([]byte, error) {
 type frameBuf struct {
 	key        frameKey
 	have       bool
-	content    []byte
-	raw, plain []byte
+	raw, plain []byte // plain: the frame's content, once have
 }
 
 // frameCache keeps the decompressed content of the frames read last.
@@ -110,7 +109,7 @@ func (j *Journal) frameContent(seq, seg uint64, off int64, fb *frameBuf) ([]byte
 	k := frameKey{seg, off}
 	if fb != nil {
 		if fb.have && fb.key == k {
-			return fb.content, nil
+			return fb.plain, nil
 		}
 		fb.have = false
 	} else if c, ok := j.frames.get(k); ok {
@@ -137,10 +136,7 @@ func (j *Journal) frameContent(seq, seg uint64, off int64, fb *frameBuf) ([]byte
 		return nil, &CorruptError{Seq: seq, Reason: fmt.Sprintf("its frame at %s offset %d %s", segmentName(seg), off, why)}
 	}
 	if fb != nil {
-		if magic != frameMagic {
-			fb.plain = plain
-		}
-		fb.key, fb.have, fb.content = k, true, plain
+		fb.key, fb.have, fb.plain = k, true, plain
 		return plain, nil
 	}
 	j.frames.put(k, plain)

@@ -203,8 +203,7 @@ func (q *Queue) put(e *Envelope) {
 		x = new(entry)
 		q.live[e.ID] = x
 	case q.encoding.Load() > 0:
-		fresh := &entry{rcpts: x.rcpts} // keeps the joined recipients when the same
-		x = fresh
+		x = &entry{rcpts: x.rcpts} // keeps the joined recipients when the same
 		q.live[e.ID] = x
 	}
 	toEntry(e, x)

@@ -29,9 +29,9 @@ const snapMagic = "LMQS1\n"
 
 var errSnapTruncated = errors.New("truncated")
 
-// snapState is what a snapshot holds besides the envelopes, taken under
-// the read lock with the envelopes' entries (which are never changed once
-// in the queue: see put), so that encoding runs without the lock.
+// snapState is what a snapshot holds, taken under the read lock: the
+// envelopes' entries (which the queue replaces instead of changing while
+// the snapshot encodes: see put), so that encoding runs without the lock.
 type snapState struct {
 	seq       uint64
 	counts    map[State]int
@@ -335,9 +335,11 @@ func (q *Queue) decodeSnapshot(src io.Reader, size int64, st *queueState, window
 	chunks, built := make(chan []*entry, 8), make(chan struct{})
 	go func() {
 		defer close(built)
-		st.live, st.refs = make(map[string]*entry, n), make(map[string]int, n)
+		st.newMaps(n)
 		for c := range chunks {
-			st.index(c)
+			for _, x := range c {
+				st.add(x)
+			}
 		}
 	}()
 	err := func() error {

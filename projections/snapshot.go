@@ -18,25 +18,25 @@ type queueState struct {
 	Counts    map[State]int
 	BodyRefs  map[string]int
 	Suspended map[string]time.Time
-	// entries are the live envelopes as the queue holds them (the gob
-	// form, decoded into Live, is converted to these).
-	entries []*entry
-	// live and refs are the queue's maps, built as the binary form
-	// decodes (from entries otherwise).
+	// live and refs are the queue's maps, built as the snapshot decodes
+	// (newMaps, then add for each envelope).
 	live map[string]*entry
 	refs map[string]int
 }
 
-// index adds decoded envelopes to st's maps. The body references are
+// newMaps makes st's maps for n envelopes.
+func (st *queueState) newMaps(n int) {
+	st.live, st.refs = make(map[string]*entry, n), make(map[string]int, n)
+}
+
+// add puts a decoded envelope in st's maps. The body references are
 // counted from the envelopes, keyed by their own copies of the keys: what
 // the snapshot lists is the same count (live envelopes per body key), and
 // counting is cheaper than looking a million of them up.
-func (st *queueState) index(xs []*entry) {
-	for _, x := range xs {
-		st.live[x.id] = x
-		if s := x.stateOf(); s.Live() {
-			st.refs[x.bodyKey()]++
-		}
+func (st *queueState) add(x *entry) {
+	st.live[x.id] = x
+	if s := x.stateOf(); s.Live() {
+		st.refs[x.bodyKey()]++
 	}
 }
 
@@ -109,15 +109,14 @@ func (q *Queue) LoadSnapshotFrom(r io.Reader, size int64) (uint64, error) {
 		if err := gob.NewDecoder(bytes.NewReader(data)).Decode(&st); err != nil {
 			return 0, fmt.Errorf("queue snapshot: %w", err)
 		}
-		st.entries = make([]*entry, len(st.Live))
-		for i, e := range st.Live {
+		st.newMaps(len(st.Live))
+		for _, e := range st.Live {
 			tmp.compact(e)
-			st.entries[i] = new(entry)
-			toEntry(e, st.entries[i])
+			x := new(entry)
+			toEntry(e, x)
+			st.add(x)
 		}
 		st.Live = nil
-		st.live, st.refs = make(map[string]*entry, len(st.entries)), make(map[string]int, len(st.entries))
-		st.index(st.entries)
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()

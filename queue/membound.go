@@ -9,13 +9,7 @@ import (
 // system (debug.FreeOSMemory) and returns the live heap it found.
 func Collect() uint64 {
 	debug.FreeOSMemory()
-	return heapObjects()
-}
-
-// heapObjects is the heap's allocated bytes now (live and not yet
-// collected).
-func heapObjects() uint64 {
-	sample := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
+	sample := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
 	metrics.Read(sample)
 	if sample[0].Value.Kind() == metrics.KindUint64 {
 		return sample[0].Value.Uint64()

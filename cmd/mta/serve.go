@@ -290,9 +290,9 @@ func serve(cfg Config, f serveFlags, ready *readyNotifier) error {
 	snapDone := make(chan struct{})
 	defer close(snapDone)
 	// Every 10 minutes when 50,000 events have come since the last one, and
-	// whenever 250,000 have.
-	// A save streams (no buffer of the queue's size is left behind): the
-	// heap is trimmed after one only when that is worth a collection.
+	// whenever 250,000 have. A save streams (it leaves no buffer of the
+	// queue's size behind): the heap is trimmed after one only when that
+	// is worth a collection.
 	go queue.Snapshots{Journal: j, Queue: q, Log: log, Interval: 10 * time.Minute, Every: 50000, Max: 250000, From: snapSeq,
 		Saved: trimIfWorth}.Run(snapDone)
 	// After a burst, give the heap's headroom back once the journal is quiet.

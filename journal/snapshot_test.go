@@ -7,6 +7,7 @@ import (
 	"hash/crc32"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -158,5 +159,58 @@ func TestWriteSnapshotStreams(t *testing.T) {
 	}
 	if left, _ := filepath.Glob(filepath.Join(j.Dir(), ".SNAPSHOT-queue.tmp-*")); len(left) > 0 {
 		t.Fatalf("temporary files left: %v", left)
+	}
+}
+
+// A snapshot saved on a full disk (a real tmpfs, filled) fails with the
+// filesystem's error and leaves the snapshot there was, whole, and no
+// temporary file.
+func TestWriteSnapshotOnAFullDisk(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("skipped: mounting a tmpfs to fill needs root (run `make test` as root, as CI does)")
+	}
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Fatalf("mount tmpfs: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
+	j := openT(t, dir)
+	filler := filepath.Join(dir, "filler")
+	// Room again before Close: Close flushes the index's memtable, and
+	// on a full disk that flush waits for room (not what this test is
+	// about).
+	defer j.Close()
+	defer os.Remove(filler)
+	if _, err := j.Append(Write{Events: []events.Event{delivered("E1", "r")}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := j.PutSnapshot("queue", 1, []byte("the state before")); err != nil {
+		t.Fatal(err)
+	}
+	// Fill what is left.
+	f, err := os.Create(filler)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk := make([]byte, 1<<20)
+	for {
+		if _, err := f.Write(chunk); err != nil {
+			break
+		}
+	}
+	f.Close()
+	big := bytes.Repeat([]byte("x"), 4<<20)
+	_, _, err = j.WriteSnapshot("queue", func(w io.Writer) (uint64, error) {
+		_, err := w.Write(big)
+		return 1, err
+	})
+	if err == nil || !strings.Contains(err.Error(), "no space left on device") {
+		t.Fatalf("a snapshot on a full disk: %v, want the filesystem's error", err)
+	}
+	if seq, data, err := j.Snapshot("queue"); err != nil || seq != 1 || string(data) != "the state before" {
+		t.Fatalf("after the failed save: seq %d, %q, %v", seq, data, err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(dir, ".SNAPSHOT-queue.tmp-*")); len(left) > 0 {
+		t.Fatalf("temporary files left on the full disk: %v", left)
 	}
 }
